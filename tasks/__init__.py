@@ -1,0 +1,1 @@
+"""Prefect tasks: thin wrappers over genair_core and storage."""
