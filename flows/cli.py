@@ -1,5 +1,111 @@
-"""The `genair` command (placeholder entry point until the flow lands)."""
+"""The `genair` command.
+
+genair run [--config genair.toml] [--force]     run the pipeline flow
+genair sql "SELECT ..." [--csv]                  query the tables through DuckDB views
+genair config [--config genair.toml]             print the effective, validated settings
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from genair_core.config import ConfigError, Settings, load_settings
 
 
-def main() -> int:
-    raise SystemExit("genair: not wired yet")
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as err:
+        print(f"genair: {err}", file=sys.stderr)
+        return 2
+    return args.command(args, settings)
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="genair", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="TOML settings (default: ./genair.toml if present)",
+    )
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the pipeline flow")
+    run.add_argument("--force", action="store_true", help="rerun steps whose inputs are unchanged")
+    run.set_defaults(command=_run)
+
+    sql = commands.add_parser("sql", help="query the tables (one DuckDB view per table)")
+    sql.add_argument("query")
+    sql.add_argument("--csv", action="store_true", help="machine-readable CSV on stdout")
+    sql.add_argument("--max-rows", type=int, default=40, help="rows shown in the readable table")
+    sql.set_defaults(command=_sql)
+
+    show = commands.add_parser("config", help="print the effective settings as JSON")
+    show.set_defaults(command=_config)
+
+    # `--config` is accepted before or after the command.
+    for sub in (run, sql, show):
+        sub.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
+    configure_prefect(settings)
+    # Imported here so that the environment above is in place before Prefect reads its settings.
+    from flows.pipeline import genair_pipeline
+    from genair_core.report import render_run_summary
+
+    config_path = str(args.config) if args.config else None
+    try:
+        summary = genair_pipeline(config_path=config_path, force=args.force)
+    except (ValueError, OSError) as err:
+        print(f"genair: run failed: {err}", file=sys.stderr)
+        return 1
+    print(render_run_summary(summary))
+    print(f"tables: {settings.storage.root / 'tables'}")
+    return 0
+
+
+def configure_prefect(settings: Settings) -> None:
+    """Environment for Prefect, set before it is imported; values the user set win."""
+    os.environ.setdefault(
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS",
+        str(settings.prefect.ephemeral_startup_timeout_s),
+    )
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def _sql(args: argparse.Namespace, settings: Settings) -> int:
+    import duckdb
+    import pyarrow.csv
+
+    from storage.sql import connect
+    from storage.store import Store
+
+    try:
+        relation = connect(Store(settings.storage.root)).sql(args.query)
+    except duckdb.Error as err:
+        print(f"genair: {err}", file=sys.stderr)
+        return 1
+    if relation is None:  # a statement without a result
+        return 0
+    if args.csv:
+        pyarrow.csv.write_csv(relation.to_arrow_table(), sys.stdout.buffer)
+    else:
+        relation.show(max_rows=args.max_rows, max_width=200)
+    return 0
+
+
+def _config(args: argparse.Namespace, settings: Settings) -> int:
+    print(settings.model_dump_json(indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

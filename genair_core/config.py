@@ -74,7 +74,7 @@ class InteractionColumns(_Section):
     item_id: str = "item_id"
     timestamp: str = "timestamp"
     rating: str | None = None
-    # How to read the timestamp column: "auto" takes numbers as Unix seconds and strings as ISO 8601.
+    # "auto": numbers are Unix seconds, strings ISO 8601 (without a zone: UTC).
     timestamp_format: Literal["auto", "unix_s", "unix_ms", "iso8601"] = "auto"
 
 

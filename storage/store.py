@@ -1,0 +1,227 @@
+"""Where every table lives and how it is written.
+
+Layout under the storage root (injected, so tests use a temporary folder):
+
+    tables/<name>.parquet      one Parquet file per table, schema from storage.schemas
+    manifests/<step>.json      what a finished step read and wrote (fingerprints, row counts)
+
+Writes are atomic: rows stream into `<name>.parquet.<random>.tmp` beside the target and the file
+is renamed over the target only when complete, so a crash leaves the previous table intact and
+never a half-written one. The bytes written depend only on the rows, so a step run twice on the
+same inputs leaves byte-identical tables.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from storage.schemas import TABLES
+
+COMPRESSION = "zstd"
+
+
+class UnknownTableError(KeyError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"unknown table {name!r}; known tables: {', '.join(sorted(TABLES))}")
+
+
+class MissingTableError(FileNotFoundError):
+    """A step needs a table that no earlier step has written."""
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    name: str
+    rows: int
+    sha256: str
+
+
+@dataclass
+class StepManifest:
+    """Proof that a step finished: its input fingerprint and what it wrote."""
+
+    step: str
+    fingerprint: str
+    outputs: dict[str, TableInfo]
+    summary: dict[str, object] = field(default_factory=dict)
+    completed_at: str = ""
+
+    def to_json(self) -> str:
+        body = asdict(self)
+        return json.dumps(body, indent=2, sort_keys=True, default=str) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> StepManifest:
+        body = json.loads(text)
+        body["outputs"] = {k: TableInfo(**v) for k, v in body["outputs"].items()}
+        return cls(**body)
+
+
+class Store:
+    """The tables of one storage root."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    # -- paths -------------------------------------------------------------------------------
+    def table_path(self, name: str) -> Path:
+        if name not in TABLES:
+            raise UnknownTableError(name)
+        return self.root / "tables" / f"{name}.parquet"
+
+    def manifest_path(self, step: str) -> Path:
+        return self.root / "manifests" / f"{step}.json"
+
+    def exists(self, name: str) -> bool:
+        return self.table_path(name).is_file()
+
+    def existing_tables(self) -> list[str]:
+        return [name for name in TABLES if self.exists(name)]
+
+    # -- writing -----------------------------------------------------------------------------
+    def write_table(self, name: str, table: pa.Table) -> TableInfo:
+        """Write a whole table atomically (its columns cast to the table's schema)."""
+        with self._writers([name]) as writers:
+            writers[name].write_table(_conform(table, TABLES[name], name))
+        return self.table_info(name)
+
+    def write_streams(
+        self, names: Sequence[str], batches: Iterable[tuple[str, list[dict]]]
+    ) -> dict[str, TableInfo]:
+        """Stream row batches tagged with their table into several tables, committed together.
+
+        Every table in `names` is written, empty if no rows arrive for it. If the stream raises,
+        no table is replaced.
+        """
+        with self._writers(names) as writers:
+            for name, rows in batches:
+                if name not in writers:
+                    raise UnknownTableError(name)
+                if rows:
+                    writers[name].write_table(pa.Table.from_pylist(rows, schema=TABLES[name]))
+        return {name: self.table_info(name) for name in names}
+
+    @contextlib.contextmanager
+    def _writers(self, names: Sequence[str]) -> Iterator[dict[str, pq.ParquetWriter]]:
+        targets = {name: self.table_path(name) for name in names}
+        temps: dict[str, Path] = {}
+        writers: dict[str, pq.ParquetWriter] = {}
+        try:
+            for name, target in targets.items():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(
+                    prefix=f".{target.name}.", suffix=".tmp", dir=target.parent
+                )
+                os.close(fd)
+                temps[name] = Path(tmp)
+                writers[name] = pq.ParquetWriter(
+                    tmp, TABLES[name], compression=COMPRESSION, write_statistics=True
+                )
+            yield writers
+            for writer in writers.values():
+                writer.close()
+            for name, tmp in temps.items():
+                _fsync(tmp)
+                os.replace(tmp, targets[name])
+            _fsync(next(iter(targets.values())).parent)
+        finally:
+            for writer in writers.values():
+                with contextlib.suppress(Exception):
+                    writer.close()
+            for tmp in temps.values():
+                tmp.unlink(missing_ok=True)
+
+    # -- reading -----------------------------------------------------------------------------
+    def read_table(self, name: str, columns: list[str] | None = None) -> pa.Table:
+        path = self.table_path(name)
+        if not path.is_file():
+            raise MissingTableError(f"table {name!r} has not been written yet ({path})")
+        return pq.read_table(path, columns=columns)
+
+    def iter_batches(
+        self, name: str, columns: list[str] | None = None, batch_size: int = 65_536
+    ) -> Iterator[pa.RecordBatch]:
+        path = self.table_path(name)
+        if not path.is_file():
+            raise MissingTableError(f"table {name!r} has not been written yet ({path})")
+        yield from pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns)
+
+    def table_info(self, name: str) -> TableInfo:
+        path = self.table_path(name)
+        rows = pq.ParquetFile(path).metadata.num_rows
+        return TableInfo(name=name, rows=rows, sha256=_sha256(path))
+
+    # -- manifests ---------------------------------------------------------------------------
+    def write_manifest(self, manifest: StepManifest) -> None:
+        manifest.completed_at = datetime.now(UTC).isoformat(timespec="seconds")
+        _atomic_write_text(self.manifest_path(manifest.step), manifest.to_json())
+
+    def read_manifest(self, step: str) -> StepManifest | None:
+        path = self.manifest_path(step)
+        if not path.is_file():
+            return None
+        return StepManifest.from_json(path.read_text())
+
+    def fresh_manifest(self, step: str, fingerprint: str) -> StepManifest | None:
+        """The step's manifest if it ran on these exact inputs and its outputs are untouched."""
+        manifest = self.read_manifest(step)
+        if manifest is None or manifest.fingerprint != fingerprint:
+            return None
+        for name, info in manifest.outputs.items():
+            if not self.exists(name) or _sha256(self.table_path(name)) != info.sha256:
+                return None
+        return manifest
+
+
+def fingerprint(*parts: object) -> str:
+    """A stable digest of JSON-serialisable parts (configs, upstream table hashes, versions)."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _conform(table: pa.Table, schema: pa.Schema, name: str) -> pa.Table:
+    missing = [f.name for f in schema if f.name not in table.column_names]
+    if missing:
+        raise ValueError(f"table {name!r} is missing columns {missing}")
+    return table.select(schema.names).cast(schema)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's or a folder's entry to disk (a rename is durable only once its folder is)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

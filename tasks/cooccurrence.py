@@ -1,0 +1,32 @@
+"""Item co-occurrence over the users' training prefixes."""
+
+from __future__ import annotations
+
+from prefect import task
+
+from genair_core.config import Settings
+from genair_core.cooccurrence import COOCCURRENCE_VERSION, cooccurrence
+from storage.store import fingerprint
+from tasks.common import TASK_DEFAULTS, run_step, store_for
+
+SEQUENCE_COLUMNS = ["user_idx", "item_idx", "split"]
+
+
+@task(name="cooccurrence", **TASK_DEFAULTS)
+def build_cooccurrence(settings: Settings, force: bool = False) -> dict[str, object]:
+    store = store_for(settings)
+    inputs = fingerprint(
+        COOCCURRENCE_VERSION,
+        store.table_info("sequences").sha256,
+        store.table_info("item_index").sha256,
+    )
+
+    def produce() -> tuple[dict, dict]:
+        sequences = store.read_table("sequences", columns=SEQUENCE_COLUMNS)
+        n_items = store.table_info("item_index").rows
+        pairs = cooccurrence(sequences, n_items=n_items)
+        info = store.write_table("cooccurrence", pairs)
+        max_count = int(pairs["count"].to_numpy().max()) if pairs.num_rows else 0
+        return {"cooccurrence": info}, {"pairs": pairs.num_rows, "max_count": max_count}
+
+    return run_step(store, "cooccurrence", inputs, produce, force=force)

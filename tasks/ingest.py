@@ -1,0 +1,38 @@
+"""Read the configured dataset, validate every row, write items, interactions and rejects."""
+
+from __future__ import annotations
+
+from prefect import task
+
+from genair_core.config import Settings
+from genair_core.datasets import open_dataset
+from genair_core.ingest import INGEST_VERSION, ingest
+from storage.sources import input_fingerprint
+from storage.sql import rejects_by_reason
+from storage.store import fingerprint
+from tasks.common import TASK_DEFAULTS, run_step, store_for
+
+OUTPUTS = ("items", "interactions", "rejects")
+
+
+@task(name="ingest-dataset", **TASK_DEFAULTS)
+def ingest_dataset(settings: Settings, force: bool = False) -> dict[str, object]:
+    store = store_for(settings)
+    dataset = open_dataset(settings.dataset, settings.storage.cache_dir)
+    inputs = fingerprint(
+        INGEST_VERSION,
+        settings.dataset.model_dump(mode="json"),
+        input_fingerprint(dataset.input_files()),
+    )
+
+    def produce() -> tuple[dict, dict]:
+        batches = ingest(dataset, max_field_chars=settings.dataset.max_field_chars)
+        outputs = store.write_streams(OUTPUTS, batches)
+        summary = {
+            "dataset": dataset.name,
+            "rows": {name: info.rows for name, info in outputs.items()},
+            "rejects_by_reason": rejects_by_reason(store),
+        }
+        return outputs, summary
+
+    return run_step(store, "ingest", inputs, produce, force=force)

@@ -1,0 +1,88 @@
+from pathlib import Path
+
+import pytest
+
+from genair_core.config import ConfigError, load_settings
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "genair.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_without_a_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings()
+    assert settings.dataset.name == "movielens-100k"
+    assert settings.preprocess.k_core == 5
+    assert settings.storage.root == tmp_path / "data"
+
+
+def test_file_values_and_relative_paths(tmp_path):
+    path = write(tmp_path, '[storage]\nroot = "out"\n[preprocess]\nk_core = 3\n')
+    settings = load_settings(path)
+    assert settings.preprocess.k_core == 3
+    assert settings.storage.root == tmp_path / "out"
+
+
+def test_environment_overrides_the_file(tmp_path, monkeypatch):
+    path = write(tmp_path, "[preprocess]\nk_core = 3\n")
+    monkeypatch.setenv("GENAIR_PREPROCESS__K_CORE", "7")
+    assert load_settings(path).preprocess.k_core == 7
+
+
+def test_wrong_value_names_the_key(tmp_path):
+    path = write(tmp_path, "[preprocess]\nk_core = 0\n")
+    with pytest.raises(ConfigError, match=r"preprocess\.k_core: Input should be greater"):
+        load_settings(path)
+
+
+def test_wrong_env_value_names_the_variable(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GENAIR_PREPROCESS__K_CORE", "many")
+    with pytest.raises(ConfigError, match="GENAIR_PREPROCESS__K_CORE"):
+        load_settings()
+
+
+def test_misspelt_key_is_an_error(tmp_path):
+    path = write(tmp_path, "[preprocess]\nkcore = 5\n")
+    with pytest.raises(ConfigError, match=r"preprocess\.kcore: Extra inputs are not permitted"):
+        load_settings(path)
+
+
+def test_unknown_dataset_lists_the_choices(tmp_path):
+    path = write(tmp_path, '[dataset]\nname = "netflix"\n')
+    with pytest.raises(ConfigError, match=r"dataset\.name: Input should be 'movielens-100k'"):
+        load_settings(path)
+
+
+def test_files_dataset_needs_its_section(tmp_path):
+    path = write(tmp_path, '[dataset]\nname = "files"\n')
+    with pytest.raises(ConfigError, match=r"\[dataset\.files\] is missing"):
+        load_settings(path)
+
+
+def test_amazon_needs_exactly_one_interaction_source(tmp_path):
+    path = write(
+        tmp_path,
+        '[dataset]\nname = "amazon-reviews"\n[dataset.amazon]\nmeta = "meta_Beauty.json.gz"\n',
+    )
+    with pytest.raises(ConfigError, match=r"exactly one of dataset\.amazon\.ratings"):
+        load_settings(path)
+
+
+def test_toml_syntax_error_names_the_file(tmp_path):
+    path = write(tmp_path, "[preprocess\nk_core = 5\n")
+    with pytest.raises(ConfigError, match=r"genair\.toml"):
+        load_settings(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_settings(tmp_path / "nope.toml")
+
+
+def test_repository_default_config_is_valid():
+    settings = load_settings(Path(__file__).parents[1] / "genair.toml")
+    assert settings.dataset.name == "movielens-100k"
