@@ -11,7 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -56,7 +63,7 @@ class AmazonConfig(_Section):
 
 
 class ItemColumns(_Section):
-    """Which source column holds each catalog field; None means the source has no such column."""
+    """Which source column holds each catalog field; "" (TOML has no null) means none."""
 
     item_id: str = "item_id"
     title: str | None = "title"
@@ -68,12 +75,32 @@ class ItemColumns(_Section):
     release_year: str | None = None
     list_separator: str = "|"  # how list fields (categories, features) are joined in a CSV cell
 
+    @field_validator(
+        "title",
+        "brand",
+        "categories",
+        "description",
+        "features",
+        "price",
+        "release_year",
+        mode="before",
+    )
+    @classmethod
+    def _empty_means_absent(cls, value: object) -> object:
+        return None if value == "" else value
+
 
 class InteractionColumns(_Section):
     user_id: str = "user_id"
     item_id: str = "item_id"
     timestamp: str = "timestamp"
     rating: str | None = None
+
+    @field_validator("rating", mode="before")
+    @classmethod
+    def _empty_means_absent(cls, value: object) -> object:
+        return None if value == "" else value
+
     # "auto": numbers are Unix seconds, strings ISO 8601 (without a zone: UTC).
     timestamp_format: Literal["auto", "unix_s", "unix_ms", "iso8601"] = "auto"
 

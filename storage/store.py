@@ -147,7 +147,7 @@ class Store:
         path = self.table_path(name)
         if not path.is_file():
             raise MissingTableError(f"table {name!r} has not been written yet ({path})")
-        return pq.read_table(path, columns=columns)
+        return _as_declared(pq.read_table(path, columns=columns), TABLES[name])
 
     def iter_batches(
         self, name: str, columns: list[str] | None = None, batch_size: int = 65_536
@@ -155,7 +155,9 @@ class Store:
         path = self.table_path(name)
         if not path.is_file():
             raise MissingTableError(f"table {name!r} has not been written yet ({path})")
-        yield from pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns)
+        schema = TABLES[name]
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns):
+            yield batch.cast(pa.schema([schema.field(n) for n in batch.schema.names]))
 
     def table_info(self, name: str) -> TableInfo:
         path = self.table_path(name)
@@ -195,6 +197,11 @@ def _conform(table: pa.Table, schema: pa.Schema, name: str) -> pa.Table:
     if missing:
         raise ValueError(f"table {name!r} is missing columns {missing}")
     return table.select(schema.names).cast(schema)
+
+
+def _as_declared(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Parquet has no second-resolution timestamps (they come back as ms): restore the schema."""
+    return table.cast(pa.schema([schema.field(name) for name in table.column_names]))
 
 
 def _sha256(path: Path) -> str:

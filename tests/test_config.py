@@ -86,3 +86,12 @@ def test_missing_file(tmp_path):
 def test_repository_default_config_is_valid():
     settings = load_settings(Path(__file__).parents[1] / "genair.toml")
     assert settings.dataset.name == "movielens-100k"
+
+
+def test_empty_column_name_means_the_source_has_none(tmp_path):
+    path = write(
+        tmp_path,
+        '[dataset]\nname = "files"\n[dataset.files]\ncatalog = "c.csv"\ninteractions = "e.csv"\n'
+        '[dataset.files.item_columns]\ntitle = ""\n',
+    )
+    assert load_settings(path).dataset.files.item_columns.title is None

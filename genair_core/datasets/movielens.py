@@ -1,0 +1,100 @@
+"""MovieLens-100K as RecBole ships it: atomic files inside the `recbole` wheel, read in place.
+
+Repairs for what RecBole's conversion of the original `u.item` left behind (1.2.1):
+
+* item 267 is the original's "unknown" movie; RecBole spells its title and year "unkonwn". Both
+  placeholders become None (the item stays: users rated it).
+* item 1412's original title ends in "(1995) (V)"; RecBole split on the last parenthesis, leaving
+  year "V" and "(1995)" in the title. A year that is not a number while the title ends in
+  "(YYYY)" is taken from the title, and the title loses that suffix.
+* the genre "unknown" (items 267 and 1373) is the original's "no genre" flag, not a genre: it is
+  dropped, leaving those items without categories.
+
+The original's 18 movies listed twice under different ids (e.g. "Chasing Amy", 1997) are kept as
+they are: ids differ, so they are different items to every stage, as in RecBole.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+from genair_core.config import MovieLensConfig
+from genair_core.datasets.base import parse_rating, parse_timestamp, parse_year, to_id
+from storage.sources import RawRecord, read_recbole_atomic
+from storage.wheel_cache import ensure_wheel
+
+_MEMBER_DIR = "recbole/dataset_example/ml-100k"
+ITEM_MEMBER = f"{_MEMBER_DIR}/ml-100k.item"
+INTER_MEMBER = f"{_MEMBER_DIR}/ml-100k.inter"
+
+_PLACEHOLDERS = {"unknown", "unkonwn"}
+_NO_GENRE = "unknown"
+_YEAR_SUFFIX = re.compile(r"^(?P<title>.*\S)\s*\((?P<year>\d{4})\)$")
+
+
+class MovieLens100K:
+    """MovieLens-100K: 1,682 movies (title, release year, genres), 943 users, 100,000 ratings."""
+
+    name = "movielens-100k"
+    item_type = "movie"
+
+    def __init__(self, wheel: Path) -> None:
+        self.wheel = wheel
+
+    @classmethod
+    def open(cls, config: MovieLensConfig, cache_dir: Path) -> MovieLens100K:
+        """Fetch (once) the recbole wheel that carries the data."""
+        return cls(ensure_wheel("recbole", config.recbole_version, cache_dir))
+
+    def input_files(self) -> list[Path]:
+        return [self.wheel]
+
+    def item_records(self) -> Iterator[RawRecord]:
+        return read_recbole_atomic(self.wheel, ITEM_MEMBER)
+
+    def interaction_records(self) -> Iterator[RawRecord]:
+        return read_recbole_atomic(self.wheel, INTER_MEMBER)
+
+    def map_item(self, fields: Mapping[str, object]) -> dict[str, object]:
+        title = _placeholder_to_none(fields.get("movie_title"))
+        year_text = _placeholder_to_none(fields.get("release_year"))
+        attributes: dict[str, str] = {}
+        year: int | None = None
+        if year_text is not None:
+            try:
+                year = parse_year(year_text)
+            except ValueError:
+                match = _YEAR_SUFFIX.match(title or "")
+                if match is None:
+                    attributes["release_year"] = year_text
+                else:
+                    title, year = match["title"], int(match["year"])
+        genres = str(fields.get("class") or "").split()
+        return {
+            "item_id": to_id(fields.get("item_id")),
+            "title": title,
+            "brand": None,
+            "categories": [g for g in genres if g != _NO_GENRE] or None,
+            "description": None,
+            "features": None,
+            "price": None,
+            "release_year": year,
+            "attributes": attributes,
+        }
+
+    def map_interaction(self, fields: Mapping[str, object]) -> dict[str, object]:
+        return {
+            "user_id": to_id(fields.get("user_id")),
+            "item_id": to_id(fields.get("item_id")),
+            "timestamp": parse_timestamp(fields.get("timestamp"), "unix_s"),
+            "rating": parse_rating(fields.get("rating")),
+        }
+
+
+def _placeholder_to_none(value: object) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    return None if text.lower() in _PLACEHOLDERS else text

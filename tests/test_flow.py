@@ -1,0 +1,74 @@
+"""The pipeline flow under Prefect (one temporary server for the whole module)."""
+
+import pytest
+from prefect.testing.utilities import prefect_test_harness
+from small_dataset import write_small_dataset
+
+import tasks.cooccurrence
+from flows.pipeline import genair_pipeline
+from storage.store import Store
+
+
+@pytest.fixture(scope="module", autouse=True)
+def harness():
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def config(tmp_path):
+    return write_small_dataset(tmp_path)
+
+
+def hashes(store: Store) -> dict[str, str]:
+    return {name: store.table_info(name).sha256 for name in store.existing_tables()}
+
+
+def test_pipeline_writes_every_table_and_a_second_run_skips(config):
+    summary = genair_pipeline(config_path=str(config))
+    store = Store(config.parent / "data")
+    assert summary["ingest"]["rows"] == {"items": 4, "interactions": 13, "rejects": 1}
+    assert summary["ingest"]["rejects_by_reason"] == {"interactions/unknown_item": 1}
+    assert store.read_table("user_index")["user_id"].to_pylist() == ["u1", "u2", "u3"]
+    assert store.read_table("sequences").num_rows == 12
+    # Training prefixes: u1 {A, B}, u2 {B, A}, u3 {C, A}.
+    pairs = store.read_table("cooccurrence").to_pylist()
+    assert [(p["i"], p["j"], p["count"]) for p in pairs] == [(1, 2, 2), (1, 3, 1)]
+    assert not any(step["skipped"] for step in summary.values())
+
+    before = hashes(store)
+    again = genair_pipeline(config_path=str(config))
+    assert all(step["skipped"] for step in again.values())
+    assert hashes(store) == before
+
+
+def test_changed_setting_reruns_only_downstream_steps(config, monkeypatch):
+    genair_pipeline(config_path=str(config))
+    monkeypatch.setenv("GENAIR_PREPROCESS__K_CORE", "1")
+    summary = genair_pipeline(config_path=str(config))
+    assert summary["ingest"]["skipped"] is True
+    assert summary["split"]["skipped"] is False
+    assert Store(config.parent / "data").read_table("user_index").num_rows == 4
+
+
+def test_transient_failure_is_retried(config, monkeypatch):
+    real = tasks.cooccurrence.cooccurrence
+    calls = []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionError("storage hiccup")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tasks.cooccurrence, "cooccurrence", flaky)
+    summary = genair_pipeline(config_path=str(config))
+    assert len(calls) == 2
+    assert summary["cooccurrence"]["pairs"] == 2
+
+
+def test_bad_input_file_fails_at_once_without_retry(config, monkeypatch):
+    (config.parent / "catalog.csv").write_text("sku,name\n1,x\n")
+    with pytest.raises(ValueError, match=r"catalog\.csv"):
+        genair_pipeline(config_path=str(config))
+    assert not Store(config.parent / "data").exists("items")
