@@ -14,5 +14,23 @@ def recbole_wheel() -> Path:
 
     Cached in ~/.cache/genair like a real run, or wherever GENAIR_TEST_CACHE points.
     """
-    cache_dir = Path(os.environ.get("GENAIR_TEST_CACHE", "~/.cache/genair")).expanduser()
-    return ensure_wheel("recbole", "1.2.1", cache_dir)
+    return ensure_wheel("recbole", "1.2.1", _cache_dir())
+
+
+@pytest.fixture(scope="session")
+def test_cache_dir() -> Path:
+    """Where tests keep downloads between runs, as a real run does."""
+    return _cache_dir()
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("GENAIR_TEST_CACHE", "~/.cache/genair")).expanduser()
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect server for the whole test session (it takes ~15 s to start here)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

@@ -1,18 +1,13 @@
-"""The pipeline flow under Prefect (one temporary server for the whole module)."""
+"""The pipeline flow under Prefect, on the hand-made dataset of small_dataset.py."""
 
 import pytest
-from prefect.testing.utilities import prefect_test_harness
 from small_dataset import write_small_dataset
 
 import tasks.cooccurrence
 from flows.pipeline import genair_pipeline
 from storage.store import Store
 
-
-@pytest.fixture(scope="module", autouse=True)
-def harness():
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
 @pytest.fixture
