@@ -4,6 +4,7 @@ import pytest
 from small_dataset import write_small_dataset
 
 import tasks.cooccurrence
+import tasks.preprocess
 from flows.pipeline import genair_pipeline
 from storage.store import Store
 
@@ -67,3 +68,31 @@ def test_bad_input_file_fails_at_once_without_retry(config, monkeypatch):
     with pytest.raises(ValueError, match=r"catalog\.csv"):
         genair_pipeline(config_path=str(config))
     assert not Store(config.parent / "data").exists("items")
+
+
+def test_crash_mid_run_loses_nothing_and_rerun_finishes(config, monkeypatch, tmp_path_factory):
+    clean = write_small_dataset(tmp_path_factory.mktemp("clean"))
+    genair_pipeline(config_path=str(clean))
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("killed mid-run")
+
+    monkeypatch.setattr(tasks.preprocess, "split_sequences", crash)
+    with pytest.raises(RuntimeError, match="killed mid-run"):
+        genair_pipeline(config_path=str(config))
+    store = Store(config.parent / "data")
+    assert store.existing_tables() == ["items", "interactions", "rejects"]
+
+    monkeypatch.undo()
+    summary = genair_pipeline(config_path=str(config))
+    assert summary["ingest"]["skipped"] is True
+    assert summary["split"]["skipped"] is False
+    reference = Store(clean.parent / "data")
+    for name in ("item_index", "user_index", "sequences", "cooccurrence"):
+        assert store.table_info(name).sha256 == reference.table_info(name).sha256, name
+    for name in ("items", "interactions", "rejects"):  # `source` names the other folder
+        assert (
+            store.read_table(name)
+            .drop_columns(["source"])
+            .equals(reference.read_table(name).drop_columns(["source"]))
+        ), name
