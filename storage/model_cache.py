@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -164,3 +165,22 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
         "transformers": transformers.__version__,
     }
     (out / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+
+
+def model_id(model_dir: Path) -> str:
+    """`<folder name>@<hash>`: the hash covers config.json and the names and sizes of the weight
+    files, so replacing the weights in the same folder gives a new id."""
+    model_dir = Path(model_dir)
+    digest = hashlib.sha256((model_dir / "config.json").read_bytes())
+    for weights in sorted(model_dir.glob("*.safetensors")):
+        digest.update(f"{weights.name}:{weights.stat().st_size}".encode())
+    return f"{model_dir.name}@{digest.hexdigest()[:10]}"
+
+
+def context_length(model_dir: Path) -> int:
+    """The model's context window in tokens (max_position_embeddings of its config.json)."""
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        if isinstance(config.get(key), int):
+            return config[key]
+    raise ModelCacheError(f"{model_dir}/config.json names no context length")

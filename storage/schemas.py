@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pyarrow as pa
 
 # Catalog: one row per accepted item. Metadata fields are typed and nullable; fields a source has
@@ -89,7 +91,66 @@ COOCCURRENCE = pa.schema(
     ]
 )
 
-TABLES: dict[str, pa.Schema] = {
+# What identifies how an archetype was made: the item's content, the model, the prompt wording
+# and the generation settings (engine, dtype, sampling, seed, max new tokens), as short ids.
+_PROVENANCE = [
+    pa.field("item_id", pa.string(), nullable=False),
+    pa.field("content_hash", pa.string(), nullable=False),
+    pa.field("model_id", pa.string(), nullable=False),
+    pa.field("prompt_version", pa.string(), nullable=False),
+    pa.field("settings_id", pa.string(), nullable=False),
+]
+
+
+def archetypes_schema(dim: int) -> pa.Schema:
+    """One row per generated archetype; `dim` is the model's hidden size (576 for SmolLM2-135M)."""
+    return pa.schema(
+        [
+            *_PROVENANCE,
+            pa.field("engine", pa.string(), nullable=False),
+            pa.field(
+                "prompt", pa.string(), nullable=False
+            ),  # the paper's prompt, before the chat template
+            pa.field("archetype", pa.string(), nullable=False),
+            pa.field("prompt_tokens", pa.int32(), nullable=False),
+            pa.field("completion_tokens", pa.int32(), nullable=False),
+            pa.field("finish_reason", pa.string(), nullable=False),  # "stop" or "length"
+            pa.field("truncated", pa.bool_(), nullable=False),  # metadata cut to fit the context
+            pa.field("input_emb", pa.list_(pa.float32(), dim), nullable=False),
+            pa.field("gen_emb", pa.list_(pa.float32(), dim), nullable=False),
+            pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+            pa.field("run_id", pa.string(), nullable=False),
+        ]
+    )
+
+
+# Items whose archetype could not be made or failed validation; never in `archetypes`.
+ARCHETYPE_FAILURES = pa.schema(
+    [
+        *_PROVENANCE,
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("detail", pa.string(), nullable=False),
+        pa.field("archetype", pa.string()),
+        pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("run_id", pa.string(), nullable=False),
+    ]
+)
+
+
+def item_embeddings_schema(dim: int) -> pa.Schema:
+    """Pooled item vectors: PCA(input_emb) ‖ PCA(gen_emb), `dim` = 768 by default."""
+    return pa.schema(
+        [
+            *_PROVENANCE,
+            pa.field("basis_id", pa.string(), nullable=False),  # which stored PCA bases
+            pa.field("vector", pa.list_(pa.float32(), dim), nullable=False),
+        ]
+    )
+
+
+Sized = Callable[[int], pa.Schema]
+
+TABLES: dict[str, pa.Schema | Sized] = {
     "items": ITEMS,
     "interactions": INTERACTIONS,
     "rejects": REJECTS,
@@ -97,4 +158,24 @@ TABLES: dict[str, pa.Schema] = {
     "user_index": USER_INDEX,
     "sequences": SEQUENCES,
     "cooccurrence": COOCCURRENCE,
+    "item_embeddings": item_embeddings_schema,
 }
+
+# Written one part file per batch under datasets/<name>/<model partition>/.
+PART_DATASETS: dict[str, pa.Schema | Sized] = {
+    "archetypes": archetypes_schema,
+    "archetype_failures": ARCHETYPE_FAILURES,
+}
+
+VECTOR_COLUMN = {"item_embeddings": "vector", "archetypes": "input_emb"}
+
+
+def schema_for(registry: dict[str, pa.Schema | Sized], name: str, actual: pa.Schema) -> pa.Schema:
+    """The declared schema of `name`; a sized one takes its size from `actual`'s vector column."""
+    declared = registry[name]
+    if isinstance(declared, pa.Schema):
+        return declared
+    column = VECTOR_COLUMN[name]
+    if column not in actual.names or not pa.types.is_fixed_size_list(actual.field(column).type):
+        raise ValueError(f"table {name!r} needs a fixed-size float32 list column {column!r}")
+    return declared(actual.field(column).type.list_size)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
 
+from storage.schemas import archetypes_schema
 from storage.store import Store
 
 
@@ -11,9 +14,49 @@ def connect(store: Store) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with a view for every table written so far."""
     con = duckdb.connect(":memory:")
     for name in store.existing_tables():
-        path = str(store.table_path(name)).replace("'", "''")
+        path = _quote(str(store.table_path(name)))
         con.execute(f"CREATE VIEW \"{name}\" AS SELECT * FROM read_parquet('{path}')")
+    for name in store.existing_datasets():
+        parts = _quote(str(store.dataset_dir(name) / "*" / "part-*.parquet"))
+        con.execute(
+            f"CREATE VIEW \"{name}\" AS SELECT * FROM read_parquet('{parts}', union_by_name = true)"
+        )
     return con
+
+
+def current_archetypes(
+    store: Store, model_id: str, prompt_version: str, settings_id: str
+) -> pa.Table | None:
+    """The archetype of every catalog item as it is now (same content_hash), made by this model,
+    prompt and settings; the newest if a batch was ever written twice. None if there is none."""
+    paths = store.part_paths("archetypes", model_id)
+    if not paths or not store.exists("items"):
+        return None
+    con = duckdb.connect(":memory:")
+    parts = [str(p) for p in paths]
+    table = con.execute(
+        """
+        SELECT a.* EXCLUDE (prompt, archetype) FROM read_parquet($parts) a
+        JOIN read_parquet($items) i USING (item_id, content_hash)
+        WHERE a.prompt_version = $prompt_version AND a.settings_id = $settings_id
+        QUALIFY row_number() OVER (PARTITION BY a.item_id ORDER BY a.created_at DESC) = 1
+        ORDER BY a.item_id
+        """,
+        {
+            "parts": parts,
+            "items": str(store.table_path("items")),
+            "prompt_version": prompt_version,
+            "settings_id": settings_id,
+        },
+    ).to_arrow_table()
+    # DuckDB hands fixed-size lists back as plain lists: restore the declared types.
+    dim = pq.read_schema(paths[0]).field("input_emb").type.list_size
+    declared = archetypes_schema(dim)
+    return table.cast(pa.schema([declared.field(name) for name in table.column_names]))
+
+
+def _quote(text: str) -> str:
+    return text.replace("'", "''")
 
 
 def query(store: Store, sql: str) -> duckdb.DuckDBPyRelation:

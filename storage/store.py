@@ -2,8 +2,11 @@
 
 Layout under the storage root (injected, so tests use a temporary folder):
 
-    tables/<name>.parquet      one Parquet file per table, schema from storage.schemas
-    manifests/<step>.json      what a finished step read and wrote (fingerprints, row counts)
+    tables/<name>.parquet                    one Parquet file per table (storage.schemas)
+    datasets/<name>/<partition>/part-<key>.parquet
+                                             tables written a batch at a time, one file per
+                                             batch key: a retried batch replaces its own part
+    manifests/<step>.json                    what a finished step read and wrote
 
 Writes are atomic: rows stream into `<name>.parquet.<random>.tmp` beside the target and the file
 is renamed over the target only when complete, so a crash leaves the previous table intact and
@@ -17,6 +20,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -24,9 +28,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from storage.schemas import TABLES
+from storage.schemas import PART_DATASETS, TABLES, VECTOR_COLUMN, schema_for
 
 COMPRESSION = "zstd"
 
@@ -89,12 +95,62 @@ class Store:
     def existing_tables(self) -> list[str]:
         return [name for name in TABLES if self.exists(name)]
 
+    def dataset_dir(self, name: str) -> Path:
+        if name not in PART_DATASETS:
+            raise UnknownTableError(name)
+        return self.root / "datasets" / name
+
+    def part_path(self, name: str, partition: str, key: str) -> Path:
+        return self.dataset_dir(name) / _safe_name(partition) / f"part-{_safe_name(key)}.parquet"
+
+    def part_paths(self, name: str, partition: str | None = None) -> list[Path]:
+        base = self.dataset_dir(name)
+        pattern = f"{_safe_name(partition)}/part-*.parquet" if partition else "*/part-*.parquet"
+        return sorted(base.glob(pattern))
+
+    def existing_datasets(self) -> list[str]:
+        return [name for name in PART_DATASETS if self.part_paths(name)]
+
     # -- writing -----------------------------------------------------------------------------
     def write_table(self, name: str, table: pa.Table) -> TableInfo:
         """Write a whole table atomically (its columns cast to the table's schema)."""
-        with self._writers([name]) as writers:
-            writers[name].write_table(_conform(table, TABLES[name], name))
+        schema = schema_for(TABLES, name, table.schema)
+        with self._writers({name: (self.table_path(name), schema)}) as writers:
+            writers[name].write_table(_conform(table, schema, name))
         return self.table_info(name)
+
+    def write_part(
+        self, name: str, partition: str, key: str, table: pa.Table | list[dict]
+    ) -> TableInfo:
+        """Write one batch's part of a dataset atomically, replacing an earlier part of that key.
+
+        `table` may be a list of row dicts; a sized schema then takes its size from the first
+        row's vector."""
+        if isinstance(table, list):
+            table = _from_rows(PART_DATASETS, name, table)
+        schema = schema_for(PART_DATASETS, name, table.schema)
+        path = self.part_path(name, partition, key)
+        with self._writers({name: (path, schema)}) as writers:
+            writers[name].write_table(_conform(table, schema, name))
+        return TableInfo(name=name, rows=table.num_rows, sha256=_sha256(path))
+
+    def delete_part(self, name: str, partition: str, key: str) -> None:
+        """Remove a part written by an earlier attempt of a batch that now writes none."""
+        self.part_path(name, partition, key).unlink(missing_ok=True)
+
+    def read_parts(
+        self,
+        name: str,
+        partition: str | None = None,
+        columns: list[str] | None = None,
+        filter: pc.Expression | None = None,
+    ) -> pa.Table | None:
+        """Every part of a dataset (of one partition if given), or None if none is written."""
+        paths = self.part_paths(name, partition)
+        if not paths:
+            return None
+        parts = ds.dataset([str(p) for p in paths], format="parquet")
+        return parts.to_table(columns=columns, filter=filter)
 
     def write_streams(
         self, names: Sequence[str], batches: Iterable[tuple[str, list[dict]]]
@@ -104,7 +160,8 @@ class Store:
         Every table in `names` is written, empty if no rows arrive for it. If the stream raises,
         no table is replaced.
         """
-        with self._writers(names) as writers:
+        targets = {name: (self.table_path(name), TABLES[name]) for name in names}
+        with self._writers(targets) as writers:
             for name, rows in batches:
                 if name not in writers:
                     raise UnknownTableError(name)
@@ -113,12 +170,13 @@ class Store:
         return {name: self.table_info(name) for name in names}
 
     @contextlib.contextmanager
-    def _writers(self, names: Sequence[str]) -> Iterator[dict[str, pq.ParquetWriter]]:
-        targets = {name: self.table_path(name) for name in names}
+    def _writers(
+        self, targets: dict[str, tuple[Path, pa.Schema]]
+    ) -> Iterator[dict[str, pq.ParquetWriter]]:
         temps: dict[str, Path] = {}
         writers: dict[str, pq.ParquetWriter] = {}
         try:
-            for name, target in targets.items():
+            for name, (target, schema) in targets.items():
                 target.parent.mkdir(parents=True, exist_ok=True)
                 fd, tmp = tempfile.mkstemp(
                     prefix=f".{target.name}.", suffix=".tmp", dir=target.parent
@@ -126,15 +184,15 @@ class Store:
                 os.close(fd)
                 temps[name] = Path(tmp)
                 writers[name] = pq.ParquetWriter(
-                    tmp, TABLES[name], compression=COMPRESSION, write_statistics=True
+                    tmp, schema, compression=COMPRESSION, write_statistics=True
                 )
             yield writers
             for writer in writers.values():
                 writer.close()
             for name, tmp in temps.items():
                 _fsync(tmp)
-                os.replace(tmp, targets[name])
-            _fsync(next(iter(targets.values())).parent)
+                os.replace(tmp, targets[name][0])
+                _fsync(targets[name][0].parent)
         finally:
             for writer in writers.values():
                 with contextlib.suppress(Exception):
@@ -143,11 +201,22 @@ class Store:
                 tmp.unlink(missing_ok=True)
 
     # -- reading -----------------------------------------------------------------------------
+    def read_table_where(
+        self, name: str, column: str, values: Sequence[object], columns: list[str] | None = None
+    ) -> pa.Table:
+        """The rows of a table whose `column` is one of `values` (filter pushed into the read)."""
+        path = self.table_path(name)
+        if not path.is_file():
+            raise MissingTableError(f"table {name!r} has not been written yet ({path})")
+        table = pq.read_table(path, columns=columns, filters=[(column, "in", list(values))])
+        return _as_declared(table, schema_for(TABLES, name, table.schema))
+
     def read_table(self, name: str, columns: list[str] | None = None) -> pa.Table:
         path = self.table_path(name)
         if not path.is_file():
             raise MissingTableError(f"table {name!r} has not been written yet ({path})")
-        return _as_declared(pq.read_table(path, columns=columns), TABLES[name])
+        table = pq.read_table(path, columns=columns)
+        return _as_declared(table, schema_for(TABLES, name, table.schema))
 
     def iter_batches(
         self, name: str, columns: list[str] | None = None, batch_size: int = 65_536
@@ -155,8 +224,9 @@ class Store:
         path = self.table_path(name)
         if not path.is_file():
             raise MissingTableError(f"table {name!r} has not been written yet ({path})")
-        schema = TABLES[name]
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=columns):
+        file = pq.ParquetFile(path)
+        schema = schema_for(TABLES, name, file.schema_arrow)
+        for batch in file.iter_batches(batch_size=batch_size, columns=columns):
             yield batch.cast(pa.schema([schema.field(n) for n in batch.schema.names]))
 
     def table_info(self, name: str) -> TableInfo:
@@ -202,6 +272,21 @@ def _conform(table: pa.Table, schema: pa.Schema, name: str) -> pa.Table:
 def _as_declared(table: pa.Table, schema: pa.Schema) -> pa.Table:
     """Parquet has no second-resolution timestamps (they come back as ms): restore the schema."""
     return table.cast(pa.schema([schema.field(name) for name in table.column_names]))
+
+
+def _from_rows(registry: dict, name: str, rows: list[dict]) -> pa.Table:
+    declared = registry[name]
+    if isinstance(declared, pa.Schema):
+        return pa.Table.from_pylist(rows, schema=declared)
+    if not rows:
+        raise ValueError(f"cannot size the schema of {name!r} from no rows")
+    column = VECTOR_COLUMN[name]
+    return pa.Table.from_pylist(rows, schema=declared(len(rows[0][column])))
+
+
+def _safe_name(text: str) -> str:
+    """A file name for a model id or batch key: keeps [A-Za-z0-9._=-], replaces the rest."""
+    return re.sub(r"[^A-Za-z0-9._=-]", "_", text)
 
 
 def _sha256(path: Path) -> str:

@@ -21,7 +21,7 @@ def hashes(store: Store) -> dict[str, str]:
 
 
 def test_pipeline_writes_every_table_and_a_second_run_skips(config):
-    summary = genair_pipeline(config_path=str(config))
+    summary = genair_pipeline(config_path=str(config), until="cooccurrence")
     store = Store(config.parent / "data")
     assert summary["ingest"]["rows"] == {"items": 4, "interactions": 13, "rejects": 1}
     assert summary["ingest"]["rejects_by_reason"] == {"interactions/unknown_item": 1}
@@ -33,15 +33,15 @@ def test_pipeline_writes_every_table_and_a_second_run_skips(config):
     assert not any(step["skipped"] for step in summary.values())
 
     before = hashes(store)
-    again = genair_pipeline(config_path=str(config))
+    again = genair_pipeline(config_path=str(config), until="cooccurrence")
     assert all(step["skipped"] for step in again.values())
     assert hashes(store) == before
 
 
 def test_changed_setting_reruns_only_downstream_steps(config, monkeypatch):
-    genair_pipeline(config_path=str(config))
+    genair_pipeline(config_path=str(config), until="cooccurrence")
     monkeypatch.setenv("GENAIR_PREPROCESS__K_CORE", "1")
-    summary = genair_pipeline(config_path=str(config))
+    summary = genair_pipeline(config_path=str(config), until="cooccurrence")
     assert summary["ingest"]["skipped"] is True
     assert summary["split"]["skipped"] is False
     assert Store(config.parent / "data").read_table("user_index").num_rows == 4
@@ -58,7 +58,7 @@ def test_transient_failure_is_retried(config, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(tasks.cooccurrence, "cooccurrence", flaky)
-    summary = genair_pipeline(config_path=str(config))
+    summary = genair_pipeline(config_path=str(config), until="cooccurrence")
     assert len(calls) == 2
     assert summary["cooccurrence"]["pairs"] == 2
 
@@ -66,25 +66,25 @@ def test_transient_failure_is_retried(config, monkeypatch):
 def test_bad_input_file_fails_at_once_without_retry(config, monkeypatch):
     (config.parent / "catalog.csv").write_text("sku,name\n1,x\n")
     with pytest.raises(ValueError, match=r"catalog\.csv"):
-        genair_pipeline(config_path=str(config))
+        genair_pipeline(config_path=str(config), until="cooccurrence")
     assert not Store(config.parent / "data").exists("items")
 
 
 def test_crash_mid_run_loses_nothing_and_rerun_finishes(config, monkeypatch, tmp_path_factory):
     clean = write_small_dataset(tmp_path_factory.mktemp("clean"))
-    genair_pipeline(config_path=str(clean))
+    genair_pipeline(config_path=str(clean), until="cooccurrence")
 
     def crash(*args, **kwargs):
         raise RuntimeError("killed mid-run")
 
     monkeypatch.setattr(tasks.preprocess, "split_sequences", crash)
     with pytest.raises(RuntimeError, match="killed mid-run"):
-        genair_pipeline(config_path=str(config))
+        genair_pipeline(config_path=str(config), until="cooccurrence")
     store = Store(config.parent / "data")
     assert store.existing_tables() == ["items", "interactions", "rejects"]
 
     monkeypatch.undo()
-    summary = genair_pipeline(config_path=str(config))
+    summary = genair_pipeline(config_path=str(config), until="cooccurrence")
     assert summary["ingest"]["skipped"] is True
     assert summary["split"]["skipped"] is False
     reference = Store(clean.parent / "data")

@@ -29,7 +29,7 @@ def store(tmp_path_factory, test_cache_dir, recbole_wheel):
             """
         )
     )
-    genair_pipeline(config_path=str(config))
+    genair_pipeline(config_path=str(config), until="cooccurrence")
     return Store(folder / "data")
 
 

@@ -58,12 +58,15 @@ def server(tmp_path):
         log.close()
 
 
-def test_genair_run_reports_to_a_prefect_server(server, tmp_path):
+def test_genair_run_reports_to_a_prefect_server(server, tmp_path, test_cache_dir):
     api, env = server
     config = write_small_dataset(tmp_path)
+    # The whole pipeline on 4 items, archetypes by the real default model (transformers engine:
+    # the vLLM engine's own end-to-end test is in test_archetypes_ml100k.py).
+    config.write_text(config.read_text() + '[llm]\nengine = "transformers"\nmax_new_tokens = 32\n')
     done = subprocess.run(
         [BIN / "genair", "--config", str(config), "run"],
-        env={**env, "PREFECT_API_URL": api},
+        env={**env, "PREFECT_API_URL": api, "GENAIR_STORAGE__CACHE_DIR": str(test_cache_dir)},
         capture_output=True,
         text=True,
         timeout=600,
@@ -80,7 +83,13 @@ def test_genair_run_reports_to_a_prefect_server(server, tmp_path):
         "ingest-dataset",
         "split-sequences",
         "cooccurrence",
+        "plan-archetypes",
+        "generate-archetypes",
+        "pool-embeddings",
         "publish-summary",
     }
     artifacts = httpx.post(f"{api}/artifacts/filter", json={}, timeout=30).json()
-    assert any(a["key"] == "genair-run-summary" for a in artifacts)
+    keys = {a["key"] for a in artifacts}
+    assert {"genair-run-summary", "genair-archetypes"} <= keys
+    progress = [a for a in artifacts if a["key"] == "genair-archetypes"]
+    assert progress[0]["data"] == 100.0

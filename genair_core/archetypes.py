@@ -1,0 +1,267 @@
+"""From catalog rows to archetypes and their two hidden-state vectors, a batch at a time.
+
+    identity = Identity(model_id, PROMPT_VERSION, settings_id("vllm", gen), "vllm")
+    batches = plan_batches(todo, batch_size=64, identity=identity)
+    rows, failures = make_archetypes(engine, items, "movie", identity, max_prompt_tokens, run_id)
+
+An archetype is keyed by (item_id, content_hash, model_id, prompt_version, settings_id): an item
+whose metadata, model, prompt wording or generation settings changed gets a new one; an item
+with all five unchanged is never generated again.
+
+A batch's key is a hash of the identity and of its items' (item_id, content_hash) pairs, so a
+retried batch writes the same part file again (replacing it) instead of adding a second copy.
+
+Nothing that fails validation becomes an archetype row: an empty completion or a non-finite
+vector becomes a failure row with its reason. Metadata too long for the model's context is cut
+(whole fields from the end of the prompt first) and the row says `truncated`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+
+from genair_core.engines.base import ArchetypeEngine, GenerationSettings, completion_span
+from genair_core.prompts import ATTRIBUTES_COLUMN, ITEM_FIELDS, build_prompt
+
+Row = dict[str, object]
+
+
+@dataclass(frozen=True)
+class Identity:
+    """How archetypes are made: every field is part of an archetype's key."""
+
+    model_id: str
+    prompt_version: str
+    settings_id: str
+    engine: str
+
+
+@dataclass(frozen=True)
+class ArchetypeBatch:
+    """Items generated together, as one Prefect task and one part file."""
+
+    key: str
+    items: tuple[tuple[str, str], ...]  # (item_id, content_hash)
+
+    @property
+    def item_ids(self) -> list[str]:
+        return [item_id for item_id, _ in self.items]
+
+    def halves(self, identity: Identity) -> list[ArchetypeBatch]:
+        """Two smaller batches (new keys), to find which item makes this one fail."""
+        mid = len(self.items) // 2
+        return [_batch(identity, part) for part in (self.items[:mid], self.items[mid:]) if part]
+
+
+def pending(
+    candidates: Sequence[tuple[str, str]], done: Sequence[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    """The (item_id, content_hash) pairs of `candidates` that have no archetype yet."""
+    finished = set(done)
+    return sorted(pair for pair in set(candidates) if pair not in finished)
+
+
+def settings_id(engine: str, settings: GenerationSettings) -> str:
+    """A short id of the engine and generation settings (sampling, seed, dtype, max tokens)."""
+    spec = json.dumps({"engine": engine, **asdict(settings)}, sort_keys=True)
+    return "g-" + hashlib.sha256(spec.encode()).hexdigest()[:10]
+
+
+def plan_batches(
+    todo: Sequence[tuple[str, str]], batch_size: int, identity: Identity
+) -> list[ArchetypeBatch]:
+    """Cut (item_id, content_hash) pairs, in item_id order, into batches of `batch_size`."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    ordered = sorted(todo)
+    return [
+        _batch(identity, ordered[start : start + batch_size])
+        for start in range(0, len(ordered), batch_size)
+    ]
+
+
+def _batch(identity: Identity, pairs: Sequence[tuple[str, str]]) -> ArchetypeBatch:
+    spec = json.dumps([asdict(identity), [list(p) for p in pairs]], sort_keys=True)
+    key = hashlib.sha256(spec.encode()).hexdigest()[:20]
+    return ArchetypeBatch(key=key, items=tuple((str(i), str(h)) for i, h in pairs))
+
+
+def fit_prompt(
+    item: Mapping[str, object],
+    item_type: str,
+    count_tokens: Callable[[str], int],
+    max_tokens: int,
+) -> tuple[str, bool]:
+    """The item's prompt and whether it had to be cut to fit `max_tokens` (as rendered).
+
+    Fields are dropped from the end of the prompt (attributes last to first, then features,
+    description, ... up to the title) until it fits; the fewest fields are dropped (binary
+    search). The title alone always stays: each value is already cut to 100 characters.
+    """
+    prompt = build_prompt(item, item_type)
+    if count_tokens(prompt) <= max_tokens:
+        return prompt, False
+    fields = _prompt_fields(item)
+    lo, hi = 1, len(fields) - 1  # keep `n` first fields; `len(fields)` is known not to fit
+    best = build_prompt(_keep_fields(item, fields[:1]), item_type)
+    while lo <= hi:
+        n = (lo + hi) // 2
+        candidate = build_prompt(_keep_fields(item, fields[:n]), item_type)
+        if count_tokens(candidate) <= max_tokens:
+            best, lo = candidate, n + 1
+        else:
+            hi = n - 1
+    if count_tokens(best) > max_tokens:
+        raise ValueError(
+            f"the prompt of item {item.get('item_id')!r} does not fit {max_tokens} tokens even "
+            "with its title alone: raise llm.max_prompt_tokens or lower llm.max_new_tokens"
+        )
+    return best, True
+
+
+def _prompt_fields(item: Mapping[str, object]) -> list[tuple[str, str | None]]:
+    """(column, attribute key) of every field in prompt order."""
+    fields: list[tuple[str, str | None]] = [(column, None) for column, _ in ITEM_FIELDS]
+    attributes = item.get(ATTRIBUTES_COLUMN) or []
+    pairs = attributes.items() if isinstance(attributes, Mapping) else attributes
+    fields += [(ATTRIBUTES_COLUMN, str(k)) for k, _ in sorted(pairs, key=lambda kv: str(kv[0]))]
+    return fields
+
+
+def _keep_fields(item: Mapping[str, object], keep: list[tuple[str, str | None]]) -> Row:
+    columns = {column for column, key in keep if key is None}
+    keys = {key for column, key in keep if key is not None}
+    kept: Row = {column: item.get(column) for column in columns}
+    attributes = item.get(ATTRIBUTES_COLUMN) or []
+    pairs = attributes.items() if isinstance(attributes, Mapping) else attributes
+    kept[ATTRIBUTES_COLUMN] = [(k, v) for k, v in pairs if str(k) in keys]
+    return kept
+
+
+def make_archetypes(
+    engine: ArchetypeEngine,
+    items: Sequence[Mapping[str, object]],
+    item_type: str,
+    identity: Identity,
+    max_prompt_tokens: int,
+    run_id: str,
+    now: datetime | None = None,
+) -> tuple[list[Row], list[Row]]:
+    """Generate and embed one batch; returns (archetype rows, failure rows).
+
+    Rows follow storage.schemas.archetypes_schema / ARCHETYPE_FAILURES.
+    """
+    now = now or datetime.now(UTC)
+    tokenizer = engine.tokenizer  # type: ignore[attr-defined]
+
+    def rendered_tokens(prompt: str) -> int:
+        ids = tokenizer(engine.render(prompt), add_special_tokens=False)["input_ids"]
+        return len(ids)
+
+    prompts, truncated = [], []
+    for item in items:
+        prompt, cut = fit_prompt(item, item_type, rendered_tokens, max_prompt_tokens)
+        prompts.append(prompt)
+        truncated.append(cut)
+    completions = engine.generate([engine.render(p) for p in prompts])
+
+    rows: list[Row] = []
+    failures: list[Row] = []
+    good = []
+    for i, (item, completion) in enumerate(zip(items, completions, strict=True)):
+        n_gen = completion_span(completion.completion_token_ids, engine.eos_token_ids)
+        ends_at_eos = (
+            n_gen > 0 and completion.completion_token_ids[n_gen - 1] in engine.eos_token_ids
+        )
+        n_text = n_gen - 1 if ends_at_eos else n_gen
+        if not completion.text.strip() or n_text == 0:
+            failures.append(
+                _failure(
+                    item,
+                    identity,
+                    "empty_completion",
+                    "the model wrote nothing",
+                    completion.text,
+                    now,
+                    run_id,
+                )
+            )
+        else:
+            good.append(i)
+
+    vectors = engine.embed(
+        [completions[i].prompt_token_ids for i in good],
+        [completions[i].completion_token_ids for i in good],
+    )
+    for i, (input_emb, gen_emb) in zip(good, vectors, strict=True):
+        item, completion = items[i], completions[i]
+        bad = [
+            name
+            for name, v in (("input_emb", input_emb), ("gen_emb", gen_emb))
+            if not np.isfinite(v).all()
+        ]
+        if bad:
+            detail = f"{' and '.join(bad)} has NaN or infinite values"
+            failures.append(
+                _failure(
+                    item, identity, "non_finite_embedding", detail, completion.text, now, run_id
+                )
+            )
+            continue
+        rows.append(
+            {
+                **_provenance(item, identity),
+                "engine": identity.engine,
+                "prompt": prompts[i],
+                "archetype": completion.text.strip(),
+                "prompt_tokens": len(completion.prompt_token_ids),
+                "completion_tokens": len(completion.completion_token_ids),
+                "finish_reason": completion.finish_reason,
+                "truncated": truncated[i],
+                "input_emb": np.asarray(input_emb, dtype=np.float32),
+                "gen_emb": np.asarray(gen_emb, dtype=np.float32),
+                "created_at": now,
+                "run_id": run_id,
+            }
+        )
+    return rows, failures
+
+
+def engine_failure(item: Mapping[str, object], identity: Identity, error: str, run_id: str) -> Row:
+    """The failure row of an item whose batch of one still failed in the engine."""
+    return _failure(item, identity, "engine_error", error, None, datetime.now(UTC), run_id)
+
+
+def _provenance(item: Mapping[str, object], identity: Identity) -> Row:
+    return {
+        "item_id": item["item_id"],
+        "content_hash": item["content_hash"],
+        "model_id": identity.model_id,
+        "prompt_version": identity.prompt_version,
+        "settings_id": identity.settings_id,
+    }
+
+
+def _failure(
+    item: Mapping[str, object],
+    identity: Identity,
+    reason: str,
+    detail: str,
+    archetype: str | None,
+    now: datetime,
+    run_id: str,
+) -> Row:
+    return {
+        **_provenance(item, identity),
+        "reason": reason,
+        "detail": detail[:2000],
+        "archetype": archetype,
+        "created_at": now,
+        "run_id": run_id,
+    }
