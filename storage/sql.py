@@ -34,7 +34,7 @@ def current_archetypes(
         return None
     con = duckdb.connect(":memory:")
     parts = [str(p) for p in paths]
-    table = con.execute(
+    table = con.sql(
         """
         SELECT a.* EXCLUDE (prompt, archetype) FROM read_parquet($parts) a
         JOIN read_parquet($items) i USING (item_id, content_hash)
@@ -42,7 +42,7 @@ def current_archetypes(
         QUALIFY row_number() OVER (PARTITION BY a.item_id ORDER BY a.created_at DESC) = 1
         ORDER BY a.item_id
         """,
-        {
+        params={
             "parts": parts,
             "items": str(store.table_path("items")),
             "prompt_version": prompt_version,
