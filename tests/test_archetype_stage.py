@@ -226,3 +226,18 @@ def test_engines_are_shut_down_at_the_end(config, monkeypatch):
     run(config)
     assert len(made) == 1  # one engine for both batches
     assert made[0].closed
+
+
+def test_refit_on_request_and_a_size_change_without_refit_is_refused(config, monkeypatch):
+    first = run(config)
+    set_title(config, "B", "Beta Reloaded")
+    monkeypatch.setenv("GENAIR_POOLING__REFIT", "true")
+    refit = run(config)
+    assert refit["pooling"]["bases"] == "fitted"
+    assert refit["pooling"]["basis_id"] != first["pooling"]["basis_id"]
+
+    monkeypatch.setenv("GENAIR_POOLING__REFIT", "false")
+    monkeypatch.setenv("GENAIR_POOLING__INPUT_DIMS", "2")
+    set_title(config, "C", "Gamma Returns")
+    with pytest.raises(ValueError, match=r"pooling\.input_dims is 2: set pooling\.refit = true"):
+        run(config)

@@ -3,6 +3,7 @@ one run of the real default model through vLLM on the CPU, checked against trans
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from transformers import (
     TopPLogitsWarper,
 )
 
+from genair_core.datasets import MovieLens100K
 from genair_core.engines import ENGINES, GenerationSettings, HFEngine, make_engine
 from genair_core.engines.base import completion_span, request_seed
 from genair_core.engines.hf_engine import _RepetitionPenalty, _SeededGumbel, _TemperatureTopP
@@ -190,18 +192,6 @@ def test_settings_validation() -> None:
 
 # ---- the real default model through the real vLLM CPU engine -------------------------------
 
-# Eight ml-100k movies as RecBole's ml-100k.item has them (title, release year, genres).
-ML100K = [
-    ("1", "Toy Story", 1995, "Animation Children's Comedy"),
-    ("2", "GoldenEye", 1995, "Action Adventure Thriller"),
-    ("3", "Four Rooms", 1995, "Thriller"),
-    ("4", "Get Shorty", 1995, "Action Comedy Drama"),
-    ("5", "Copycat", 1995, "Crime Drama Thriller"),
-    ("7", "Twelve Monkeys", 1995, "Drama Sci-Fi"),
-    ("50", "Star Wars", 1977, "Action Adventure Romance Sci-Fi War"),
-    ("98", "Silence of the Lambs, The", 1991, "Drama Thriller"),
-]
-
 # Measured with the default model in fp32 on the 2-core CPU, 64 ml-100k items (docs/engines.md):
 # worst cosine vLLM vs transformers 0.99999988, worst relative L2 error 8.6e-7. Bounds with a
 # 10x margin. (In bf16 the two engines differ by up to 1% relative error, cosine 0.99996.)
@@ -222,12 +212,13 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @pytest.mark.slow
-def test_vllm_cpu_engine_on_ml100k_agrees_with_transformers(default_model_dir: Path) -> None:
+def test_vllm_cpu_engine_on_ml100k_agrees_with_transformers(
+    default_model_dir: Path, recbole_wheel: Path
+) -> None:
     settings = GenerationSettings(dtype="float32", max_new_tokens=64, seed=11)
-    items = [
-        {"item_id": i, "title": t, "release_year": y, "categories": g.split()}
-        for i, t, y, g in ML100K
-    ]
+    movielens = MovieLens100K(recbole_wheel)  # the real ml-100k files, read from the wheel
+    items = [movielens.map_item(r.fields) for r in itertools.islice(movielens.item_records(), 8)]
+    assert items[0]["title"] == "Toy Story"
     engine = make_engine("vllm", default_model_dir, settings)
     try:
         rendered = [engine.render(build_prompt(item, "movie")) for item in items]
