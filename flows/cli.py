@@ -61,7 +61,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
-    configure_prefect(settings)
+    configure_environment(settings)
     # Imported here so that the environment above is in place before Prefect reads its settings.
     from flows.pipeline import genair_pipeline
     from genair_core.report import render_run_summary
@@ -77,14 +77,16 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def configure_prefect(settings: Settings) -> None:
-    """Environment for Prefect, set before it is imported; values the user set win."""
+def configure_environment(settings: Settings) -> None:
+    """Environment for Prefect and vLLM, set before they are imported; values the user set win."""
     os.environ.setdefault(
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS",
         str(settings.prefect.ephemeral_startup_timeout_s),
     )
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # vLLM logs every engine start at INFO (dozens of lines per engine); keep the run readable.
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
 
 def _sql(args: argparse.Namespace, settings: Settings) -> int:
