@@ -17,6 +17,7 @@ from tasks.archetypes import (
     record_engine_failure,
     shutdown_engines,
 )
+from tasks.common import exclusive_run
 from tasks.cooccurrence import build_cooccurrence
 from tasks.ingest import ingest_dataset
 from tasks.pooling import pool_item_embeddings
@@ -35,7 +36,11 @@ def genair_pipeline(
     if until not in STAGES:
         raise ValueError(f"unknown stage {until!r}; stages: {', '.join(STAGES)}")
     settings = load_settings(Path(config_path) if config_path else None)
-    wanted = STAGES[: STAGES.index(until) + 1]
+    with exclusive_run(settings):
+        return _run_stages(settings, STAGES[: STAGES.index(until) + 1], force)
+
+
+def _run_stages(settings: Settings, wanted: tuple[str, ...], force: bool) -> dict[str, dict]:
     retry = {
         "retries": settings.prefect.task_retries,
         "retry_delay_seconds": settings.prefect.retry_delay_s,
@@ -49,19 +54,26 @@ def genair_pipeline(
         summary["cooccurrence"] = build_cooccurrence.with_options(**retry)(settings, force=force)
     if "archetypes" in wanted:
         try:
-            plan = plan_archetypes(settings)
+            plan = plan_archetypes.with_options(**retry)(settings)
             summary["archetypes"] = generate_archetypes(settings, plan)
             if "pooling" in wanted:
-                summary["pooling"] = pool_item_embeddings(settings, plan.identity, force=force)
+                summary["pooling"] = pool_item_embeddings.with_options(**retry)(
+                    settings, plan.identity, force=force
+                )
         finally:
             shutdown_engines()
-    publish_summary(summary)
+    publish_summary.with_options(**retry)(summary)
     return summary
 
 
 def generate_archetypes(settings: Settings, plan: ArchetypePlan) -> dict[str, object]:
     """Every planned batch, one task each, with a progress bar in the UI."""
-    totals = {"items": plan.candidates, "up_to_date": plan.up_to_date, "batches": len(plan.batches)}
+    totals = {
+        "items": plan.candidates,
+        "up_to_date": plan.up_to_date,
+        "failed_before": plan.failed_before,
+        "batches": len(plan.batches),
+    }
     counts = {"generated": 0, "failed": 0, "truncated": 0, "completion_tokens": 0}
     progress = create_progress_artifact(
         progress=0.0 if plan.batches else 100.0,
@@ -69,28 +81,33 @@ def generate_archetypes(settings: Settings, plan: ArchetypePlan) -> dict[str, ob
         description=f"archetypes: {len(plan.batches)} batches to generate",
     )
     for done, batch in enumerate(plan.batches, start=1):
-        for name, n in _isolating_failures(settings, plan, batch).items():
-            counts[name] += n
+        _isolating_failures(settings, plan, batch, counts)
         update_progress_artifact(progress, progress=100.0 * done / len(plan.batches))
     return {**totals, **counts, "skipped": not plan.batches}
 
 
 def _isolating_failures(
-    settings: Settings, plan: ArchetypePlan, batch: ArchetypeBatch
-) -> dict[str, int]:
+    settings: Settings, plan: ArchetypePlan, batch: ArchetypeBatch, counts: dict[str, int]
+) -> None:
     """Run a batch; if it keeps failing, run its halves, down to the single item at fault, which
-    is recorded as a failure and skipped."""
+    is recorded as a failure and skipped. Adds to `counts`."""
     state = generate_archetype_batch.with_options(retries=settings.llm.batch_retries)(
         settings, plan, batch, return_state=True
     )
     if state.is_completed():
-        return state.result()
-    if len(batch.items) == 1:
-        error = state.result(raise_on_failure=False)
-        record_engine_failure(settings, plan, batch, f"{type(error).__name__}: {error}")
-        return {"failed": 1}
-    counts: dict[str, int] = {}
-    for half in batch.halves(plan.identity):
-        for name, n in _isolating_failures(settings, plan, half).items():
-            counts[name] = counts.get(name, 0) + n
-    return counts
+        for name, n in state.result().items():
+            counts[name] += n
+        return
+    if len(batch.items) > 1:
+        for half in batch.halves(plan.identity):
+            _isolating_failures(settings, plan, half, counts)
+        return
+    error = state.result(raise_on_failure=False)
+    record_engine_failure(settings, plan, batch, f"{type(error).__name__}: {error}")
+    counts["failed"] += 1
+    if counts["failed"] > settings.llm.max_failed_items:
+        raise RuntimeError(
+            f"{counts['failed']} items failed in this run (llm.max_failed_items is "
+            f"{settings.llm.max_failed_items}): the engine or the settings are the likelier "
+            f"cause. Last error: {type(error).__name__}: {error}"
+        )

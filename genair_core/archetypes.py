@@ -67,9 +67,13 @@ def pending(
     return sorted(pair for pair in set(candidates) if pair not in finished)
 
 
-def settings_id(engine: str, settings: GenerationSettings) -> str:
-    """A short id of the engine and generation settings (sampling, seed, dtype, max tokens)."""
-    spec = json.dumps({"engine": engine, **asdict(settings)}, sort_keys=True)
+def settings_id(engine: str, settings: GenerationSettings, max_prompt_tokens: int = 0) -> str:
+    """A short id of the engine and generation settings (sampling, seed, dtype, max tokens, and
+    the prompt budget, which decides where long metadata is cut)."""
+    spec = {"engine": engine, **asdict(settings)}
+    if max_prompt_tokens:
+        spec["max_prompt_tokens"] = max_prompt_tokens
+    spec = json.dumps(spec, sort_keys=True)
     return "g-" + hashlib.sha256(spec.encode()).hexdigest()[:10]
 
 
@@ -84,6 +88,11 @@ def plan_batches(
         _batch(identity, ordered[start : start + batch_size])
         for start in range(0, len(ordered), batch_size)
     ]
+
+
+def item_key(identity: Identity, item_id: str, content_hash: str) -> str:
+    """The key of one item's archetype attempt (its failure record is stored under it)."""
+    return _batch(identity, [(item_id, content_hash)]).key
 
 
 def _batch(identity: Identity, pairs: Sequence[tuple[str, str]]) -> ArchetypeBatch:

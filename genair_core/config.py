@@ -153,6 +153,10 @@ class LlmConfig(_Section):
     seed: int = 0
     batch_size: int = Field(64, ge=1)  # items per Prefect task and per part file
     batch_retries: int = Field(1, ge=0)  # then the batch is split in halves to find a bad item
+    # More items than this failing in one run means something other than the items is wrong
+    # (the engine, the settings): the run stops instead of bisecting the whole catalog.
+    max_failed_items: int = Field(10, ge=0)
+    retry_failed: bool = False  # items whose archetype failed before are skipped unless true
     kv_cache_gib: float = Field(2.0, gt=0)
     max_prompt_tokens: int = Field(0, ge=0)  # 0: the model's context minus max_new_tokens
     # Which items get archetypes: the whole catalog (new items too), or only those the k-core

@@ -167,13 +167,33 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     (out / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
 
 
+# Files that change what a model writes for a prompt: its config, tokenizer and chat template.
+_IDENTITY_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+)
+_WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
+
+
 def model_id(model_dir: Path) -> str:
-    """`<folder name>@<hash>`: the hash covers config.json and the names and sizes of the weight
-    files, so replacing the weights in the same folder gives a new id."""
+    """`<folder name>@<hash>`. The hash covers the contents of the config, tokenizer and chat
+    template files, and the name, size and modification time of every weight file (hashing
+    gigabytes of weights on every run would cost more than it protects), so new weights or a new
+    template in the same folder give a new id."""
     model_dir = Path(model_dir)
-    digest = hashlib.sha256((model_dir / "config.json").read_bytes())
-    for weights in sorted(model_dir.glob("*.safetensors")):
-        digest.update(f"{weights.name}:{weights.stat().st_size}".encode())
+    digest = hashlib.sha256()
+    for name in _IDENTITY_FILES:
+        path = model_dir / name
+        if path.is_file():
+            digest.update(name.encode() + b"\0" + path.read_bytes())
+    for pattern in _WEIGHT_PATTERNS:
+        for weights in sorted(model_dir.glob(pattern)):
+            stat = weights.stat()
+            digest.update(f"{weights.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     return f"{model_dir.name}@{digest.hexdigest()[:10]}"
 
 

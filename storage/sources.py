@@ -65,12 +65,14 @@ class SourceFormatError(ValueError):
 # --- JSON lines ------------------------------------------------------------------------------
 
 
-def read_json_lines(path: Path | str) -> Iterator[RawRecord]:
+def read_json_lines(path: Path | str, required: Sequence[str] = ()) -> Iterator[RawRecord]:
     """Yield one record per non-blank line of a JSON-lines file, plain or gzip-compressed.
 
     The file is taken to be JSON lines only if its first non-blank line is a JSON object and at
     least one line parses; otherwise (a JSON array, a pretty-printed object, a CSV, a binary file)
     SourceFormatError. After that, a single bad line becomes a `malformed_json` record.
+    `required` keys must all be in the first object parsed, or the file is not the kind of file
+    it is said to be (SourceFormatError); a later row without them is that row's problem.
     """
     source = str(path)
     seen_line = False
@@ -97,6 +99,13 @@ def read_json_lines(path: Path | str) -> Iterator[RawRecord]:
                 detail = f"expected a JSON object, got {type(value).__name__}"
                 yield RawRecord(source, number, None, "malformed_json", _cut(text), detail)
                 continue
+            if not parsed_any:
+                missing = [key for key in required if key not in value]
+                if missing:
+                    raise SourceFormatError(
+                        f"{source}: first object (line {number}) lacks {', '.join(missing)}; "
+                        f"its keys are: {', '.join(sorted(value)) or '(none)'}"
+                    )
             parsed_any = True
             yield RawRecord(source, number, value, None, _cut(text))
     if not seen_line:

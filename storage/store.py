@@ -17,12 +17,13 @@ same inputs leaves byte-identical tables.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -79,6 +80,23 @@ class Store:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+
+    @contextlib.contextmanager
+    def exclusive(self, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+        """Hold the storage root's lock: two runs over the same tables wait for each other
+        instead of racing (whatever started them: a schedule, a backfill, a shell)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".genair.lock", "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if on_wait is not None:
+                    on_wait()
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     # -- paths -------------------------------------------------------------------------------
     def table_path(self, name: str) -> Path:

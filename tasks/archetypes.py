@@ -6,17 +6,21 @@ the flow's process); `shutdown_engines` stops its processes at the end of the fl
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
+import pyarrow as pa
 import pyarrow.compute as pc
 from prefect import task
 from prefect.context import get_run_context
+from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 
 from genair_core.archetypes import (
     ArchetypeBatch,
     Identity,
     engine_failure,
+    item_key,
     make_archetypes,
     pending,
     plan_batches,
@@ -39,6 +43,7 @@ class ArchetypePlan:
     batches: tuple[ArchetypeBatch, ...]
     candidates: int  # items that should have an archetype
     up_to_date: int  # of those, items whose archetype already exists
+    failed_before: int  # of those, items whose archetype failed in an earlier run (skipped)
     item_type: str
     max_prompt_tokens: int
 
@@ -63,7 +68,9 @@ def plan_archetypes(settings: Settings) -> ArchetypePlan:
     identity = Identity(
         model_id=model_id(model_dir),
         prompt_version=PROMPT_VERSION,
-        settings_id=settings_id(llm.engine, generation_settings(settings)),
+        settings_id=settings_id(
+            llm.engine, generation_settings(settings), max_prompt_tokens=llm.max_prompt_tokens
+        ),
         engine=llm.engine,
     )
     candidates = _candidates(store, settings)
@@ -74,22 +81,42 @@ def plan_archetypes(settings: Settings) -> ArchetypePlan:
         filter=(pc.field("prompt_version") == identity.prompt_version)
         & (pc.field("settings_id") == identity.settings_id),
     )
-    done_pairs = list(zip(*done.columns, strict=True)) if done is not None else []
-    done_pairs = [(i.as_py(), h.as_py()) for i, h in done_pairs]
-    todo = pending(candidates, done_pairs)
+    done_pairs = _pairs(done)
+    failed_pairs = (
+        []
+        if llm.retry_failed
+        else _pairs(
+            store.read_parts(
+                "archetype_failures",
+                partition=identity.model_id,
+                columns=["item_id", "content_hash"],
+                filter=(pc.field("prompt_version") == identity.prompt_version)
+                & (pc.field("settings_id") == identity.settings_id),
+            )
+        )
+    )
+    todo = pending(candidates, done_pairs + failed_pairs)
     max_prompt = llm.max_prompt_tokens or context_length(model_dir) - llm.max_new_tokens
+    if max_prompt < 1:
+        raise ValueError(
+            f"llm.max_new_tokens ({llm.max_new_tokens}) leaves no room for a prompt in the "
+            f"model's context ({context_length(model_dir)} tokens)"
+        )
     plan = ArchetypePlan(
         identity=identity,
         batches=tuple(plan_batches(todo, llm.batch_size, identity)),
         candidates=len(candidates),
-        up_to_date=len(candidates) - len(todo),
+        up_to_date=len(done_pairs),
+        failed_before=len(failed_pairs),
         item_type=open_dataset(settings.dataset, settings.storage.cache_dir).item_type,
         max_prompt_tokens=max_prompt,
     )
     get_run_logger().info(
-        "archetypes: %d items, %d up to date, %d to generate in %d batches (%s, %s, %s)",
+        "archetypes: %d items, %d up to date, %d failed before (skipped), %d to generate in "
+        "%d batches (%s, %s, %s)",
         plan.candidates,
         plan.up_to_date,
+        plan.failed_before,
         len(todo),
         len(plan.batches),
         identity.model_id,
@@ -97,6 +124,12 @@ def plan_archetypes(settings: Settings) -> ArchetypePlan:
         identity.settings_id,
     )
     return plan
+
+
+def _pairs(table: pa.Table | None) -> list[tuple[str, str]]:
+    if table is None:
+        return []
+    return list(zip(table["item_id"].to_pylist(), table["content_hash"].to_pylist(), strict=True))
 
 
 def _candidates(store: Store, settings: Settings) -> list[tuple[str, str]]:
@@ -128,12 +161,14 @@ def generate_archetype_batch(
         _drop_engine(settings)  # it may have died: a retry starts a fresh one
         raise
     partition = plan.identity.model_id
-    if failures:
-        store.write_part("archetype_failures", partition, batch.key, failures)
-    else:
-        store.delete_part("archetype_failures", partition, batch.key)
+    # Failures are kept one part per item, so an item's failure is replaced when it fails again
+    # and removed when it succeeds, however the items were batched.
+    for row in failures:
+        store.write_part("archetype_failures", partition, _item_key(plan.identity, row), [row])
     if rows:
         store.write_part("archetypes", partition, batch.key, rows)
+    for row in rows:
+        store.delete_part("archetype_failures", partition, _item_key(plan.identity, row))
     return {
         "generated": len(rows),
         "failed": len(failures),
@@ -156,10 +191,18 @@ def record_engine_failure(
 
 
 def shutdown_engines() -> None:
-    """Stop every engine this process started (vLLM's engine-core processes included)."""
+    """Stop every engine this process started (vLLM's engine-core processes included). A close
+    that fails is logged and the others are still closed."""
     while _engines:
         _, engine = _engines.popitem()
+        _close_quietly(engine)
+
+
+def _close_quietly(engine: ArchetypeEngine) -> None:
+    try:
         engine.close()
+    except Exception:  # the error being handled, if any, matters more than this one
+        logging.getLogger(__name__).exception("closing the %s engine failed", engine.name)
 
 
 def _engine(settings: Settings) -> ArchetypeEngine:
@@ -178,7 +221,7 @@ def _engine(settings: Settings) -> ArchetypeEngine:
 def _drop_engine(settings: Settings) -> None:
     engine = _engines.pop(_engine_key(settings), None)
     if engine is not None:
-        engine.close()
+        _close_quietly(engine)
 
 
 def _engine_key(settings: Settings) -> tuple[str, str, GenerationSettings, float]:
@@ -201,6 +244,14 @@ def _batch_items(store: Store, batch: ArchetypeBatch) -> list[dict]:
 
 
 def _run_id() -> str:
-    context = get_run_context()
-    flow_run = getattr(context, "task_run", None)
-    return str(flow_run.flow_run_id) if flow_run is not None else "local"
+    """The flow run's id ("local" when a task function is called outside any run)."""
+    try:
+        context = get_run_context()
+    except MissingContextError:
+        return "local"
+    task_run = getattr(context, "task_run", None)
+    return str(task_run.flow_run_id) if task_run is not None else "local"
+
+
+def _item_key(identity: Identity, row: dict) -> str:
+    return item_key(identity, str(row["item_id"]), str(row["content_hash"]))

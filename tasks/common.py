@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 from prefect import Task
 from prefect.client.schemas.objects import TaskRun
@@ -45,6 +46,18 @@ TASK_DEFAULTS: dict[str, object] = {
 
 def store_for(settings: Settings) -> Store:
     return Store(settings.storage.root)
+
+
+@contextlib.contextmanager
+def exclusive_run(settings: Settings) -> Iterator[None]:
+    """One run at a time per storage root; a second run logs that it waits, then waits."""
+    store = store_for(settings)
+
+    def waiting() -> None:
+        get_run_logger().warning("another genair run holds %s; waiting for it", store.root)
+
+    with store.exclusive(on_wait=waiting):
+        yield
 
 
 def run_step(

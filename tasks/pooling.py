@@ -35,7 +35,7 @@ def pool_item_embeddings(
         POOLING_VERSION,
         cfg.model_dump(mode="json"),
         identity.__dict__,
-        input_fingerprint(parts + ([path] if path.exists() else [])),
+        input_fingerprint(parts),
         store.table_info("items").sha256,
     )
 
@@ -47,7 +47,10 @@ def pool_item_embeddings(
             raise ValueError("no archetypes to pool: the archetype stage wrote none")
         input_emb = to_matrix(current["input_emb"])  # (N, hidden)
         gen_emb = to_matrix(current["gen_emb"])  # (N, hidden)
-        refit = cfg.refit or not path.exists()
+        stored = None if cfg.refit or not path.exists() else load_bases(path)[0]
+        if stored is not None:
+            _check_stored_dims(stored, cfg.input_dims, cfg.gen_dims, path)
+        refit = stored is None or _outgrown(stored, current.num_rows)
         if refit:
             bases = {
                 "input": fit_basis(input_emb, cfg.input_dims, seed=cfg.seed),
@@ -55,8 +58,7 @@ def pool_item_embeddings(
             }
             save_bases(path, bases, {"model_id": identity.model_id, **_versions(identity)})
         else:
-            bases, _ = load_bases(path)
-            _check_stored_dims(bases, cfg.input_dims, cfg.gen_dims, path)
+            bases = stored
         vectors = pool_vectors(input_emb, gen_emb, bases["input"], bases["gen"])  # (N, k_in+k_gen)
         bid = basis_id(bases["input"], bases["gen"])
         table = (
@@ -76,7 +78,16 @@ def pool_item_embeddings(
         get_run_logger().info("pooling: %s", summary)
         return {"item_embeddings": info}, summary
 
-    return run_step(store, "pooling", inputs, produce, force=force or cfg.refit)
+    # Without its bases file the step must run (and refit) even if its inputs are unchanged.
+    return run_step(
+        store, "pooling", inputs, produce, force=force or cfg.refit or not path.exists()
+    )
+
+
+def _outgrown(bases: dict, n_items: int) -> bool:
+    """Bases capped on a small catalog (k = rows - 1) are refitted once more items exist, so a
+    quick first run does not fix the vector size for good."""
+    return any(b.dim == b.n_fit - 1 and n_items > b.n_fit for b in bases.values())
 
 
 def _versions(identity: Identity) -> dict[str, str]:

@@ -179,3 +179,19 @@ def test_a_meta_file_that_is_not_json_lines_names_the_file(tmp_path):
     dataset = AmazonReviews(AmazonConfig(meta=meta, ratings=tmp_path / "Beauty.csv"))
     with pytest.raises(SourceFormatError, match=r"meta_Beauty\.json: not a JSON-lines file"):
         run(dataset)
+
+
+def test_swapped_meta_and_reviews_files_stop_the_run_naming_the_file(meta, tmp_path):
+    reviews = tmp_path / "Beauty_5.json"
+    reviews.write_text(json.dumps({"reviewerID": "R1", "asin": "B001", "overall": 5.0}) + "\n")
+    # Review lines carry an asin too, so the catalog pass accepts them; the reviews pass then
+    # finds a meta file where review lines should be.
+    swapped = AmazonReviews(AmazonConfig(meta=reviews, reviews=meta))
+    with pytest.raises(
+        SourceFormatError, match=r"meta_Beauty\.json\.gz: first object \(line 1\) lacks reviewerID"
+    ):
+        run(swapped)
+    no_asin = tmp_path / "meta_Other.json"
+    no_asin.write_text(json.dumps({"title": "x"}) + "\n")
+    with pytest.raises(SourceFormatError, match=r"meta_Other\.json: .* lacks asin"):
+        run(AmazonReviews(AmazonConfig(meta=no_asin, reviews=reviews)))

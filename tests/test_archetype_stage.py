@@ -6,16 +6,20 @@ test_engines.py and end to end in test_archetypes_ml100k.py.
 """
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+from prefect import flow
 from small_dataset import write_small_dataset
 
 import tasks.archetypes
 from flows.pipeline import genair_pipeline
+from genair_core.config import load_settings
 from genair_core.engines.base import Completion
 from storage.sql import connect
 from storage.store import Store
+from tasks.archetypes import generate_archetype_batch, plan_archetypes
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 EOS = 0
@@ -241,3 +245,57 @@ def test_refit_on_request_and_a_size_change_without_refit_is_refused(config, mon
     set_title(config, "C", "Gamma Returns")
     with pytest.raises(ValueError, match=r"pooling\.input_dims is 2: set pooling\.refit = true"):
         run(config)
+
+
+def test_failed_items_are_skipped_next_time_unless_retry_is_asked(config, monkeypatch):
+    set_title(config, "C", "POISON pill")
+    run(config)
+    calls = ScriptedEngine.generate_calls
+    again = run(config)
+    assert again["archetypes"]["failed_before"] == 1
+    assert again["archetypes"]["batches"] == 0
+    assert ScriptedEngine.generate_calls == calls
+
+    monkeypatch.setenv("GENAIR_LLM__RETRY_FAILED", "true")
+    retried = run(config)
+    assert retried["archetypes"]["failed"] == 1
+    failures = (
+        connect(Store(config.parent / "data"))
+        .sql("SELECT item_id FROM archetype_failures")
+        .fetchall()
+    )
+    assert failures == [("C",)]  # replaced, not duplicated
+
+
+def test_too_many_failures_stop_the_run(config, monkeypatch):
+    monkeypatch.setenv("GENAIR_LLM__MAX_FAILED_ITEMS", "1")
+    set_title(config, "A", "POISON one")
+    set_title(config, "B", "POISON two")
+    with pytest.raises(RuntimeError, match=r"2 items failed in this run"):
+        run(config)
+
+
+def test_bases_fitted_on_a_small_first_run_are_refitted_when_the_catalog_grows(config, monkeypatch):
+    monkeypatch.setenv("GENAIR_LLM__MAX_ITEMS", "3")
+    small = run(config)
+    assert small["pooling"]["dims"] == 4  # 3 items: 2 + 2
+    monkeypatch.delenv("GENAIR_LLM__MAX_ITEMS")
+    grown = run(config)
+    assert grown["pooling"]["bases"] == "fitted"
+    assert grown["pooling"]["dims"] == 6
+
+
+def test_a_batch_written_twice_replaces_its_part(config):
+    @flow
+    def same_batch_twice(config_path: str) -> None:
+        settings = load_settings(Path(config_path))
+        plan = plan_archetypes(settings)
+        generate_archetype_batch(settings, plan, plan.batches[0])
+        generate_archetype_batch(settings, plan, plan.batches[0])
+
+    run(config, until="cooccurrence")
+    same_batch_twice(str(config))
+    store = Store(config.parent / "data")
+    assert len(store.part_paths("archetypes")) == 1
+    assert [r[0] for r in archetypes(config)] == ["A", "B"]
+    assert ScriptedEngine.generate_calls == 2

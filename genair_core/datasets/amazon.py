@@ -57,13 +57,13 @@ class AmazonReviews:
         return [self.meta, *([interactions] if interactions is not None else [])]
 
     def item_records(self) -> Iterator[RawRecord]:
-        return read_json_lines(self.meta)
+        return read_json_lines(self.meta, required=("asin",))
 
     def interaction_records(self) -> Iterator[RawRecord]:
         if self.config.ratings is not None:
             return read_delimited(self.config.ratings, header=False, fieldnames=RATINGS_COLUMNS)
         if self.config.reviews is not None:
-            return read_json_lines(self.config.reviews)
+            return read_json_lines(self.config.reviews, required=("reviewerID", "asin"))
         raise ValueError("set dataset.amazon.ratings or dataset.amazon.reviews")
 
     def map_item(self, fields: Mapping[str, object]) -> dict[str, object]:
