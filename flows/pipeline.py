@@ -12,6 +12,7 @@ from genair_core.archetypes import ArchetypeBatch
 from genair_core.config import Settings, load_settings
 from tasks.archetypes import (
     ArchetypePlan,
+    BatchContext,
     generate_archetype_batch,
     plan_archetypes,
     record_engine_failure,
@@ -81,29 +82,29 @@ def generate_archetypes(settings: Settings, plan: ArchetypePlan) -> dict[str, ob
         description=f"archetypes: {len(plan.batches)} batches to generate",
     )
     for done, batch in enumerate(plan.batches, start=1):
-        _isolating_failures(settings, plan, batch, counts)
+        _isolating_failures(settings, plan.context, batch, counts)
         update_progress_artifact(progress, progress=100.0 * done / len(plan.batches))
     return {**totals, **counts, "skipped": not plan.batches}
 
 
 def _isolating_failures(
-    settings: Settings, plan: ArchetypePlan, batch: ArchetypeBatch, counts: dict[str, int]
+    settings: Settings, context: BatchContext, batch: ArchetypeBatch, counts: dict[str, int]
 ) -> None:
     """Run a batch; if it keeps failing, run its halves, down to the single item at fault, which
     is recorded as a failure and skipped. Adds to `counts`."""
     state = generate_archetype_batch.with_options(retries=settings.llm.batch_retries)(
-        settings, plan, batch, return_state=True
+        settings, context, batch, return_state=True
     )
     if state.is_completed():
         for name, n in state.result().items():
             counts[name] += n
         return
     if len(batch.items) > 1:
-        for half in batch.halves(plan.identity):
-            _isolating_failures(settings, plan, half, counts)
+        for half in batch.halves(context.identity):
+            _isolating_failures(settings, context, half, counts)
         return
     error = state.result(raise_on_failure=False)
-    record_engine_failure(settings, plan, batch, f"{type(error).__name__}: {error}")
+    record_engine_failure(settings, context, batch, f"{type(error).__name__}: {error}")
     counts["failed"] += 1
     if counts["failed"] > settings.llm.max_failed_items:
         raise RuntimeError(

@@ -268,4 +268,7 @@ def _resolve_paths(settings: Settings, base_dir: Path) -> Settings:
             update={k: fix(getattr(dataset.files, k)) for k in ("catalog", "interactions")}
         )
         dataset = dataset.model_copy(update={"files": files})
-    return settings.model_copy(update={"storage": storage, "dataset": dataset})
+    llm = settings.llm
+    if llm.model != "default":
+        llm = llm.model_copy(update={"model": str(fix(Path(llm.model)))})
+    return settings.model_copy(update={"storage": storage, "dataset": dataset, "llm": llm})

@@ -21,6 +21,19 @@ def connect(store: Store) -> duckdb.DuckDBPyConnection:
         con.execute(
             f"CREATE VIEW \"{name}\" AS SELECT * FROM read_parquet('{parts}', union_by_name = true)"
         )
+    if "archetypes" in store.existing_datasets() and store.exists("items"):
+        # Every part ever written stays in `archetypes` (other models, prompts, old content);
+        # this view keeps the newest archetype of each item's current content per model,
+        # prompt version and settings.
+        con.execute(
+            """
+            CREATE VIEW current_archetypes AS
+            SELECT a.* FROM archetypes a JOIN items i USING (item_id, content_hash)
+            QUALIFY row_number() OVER (
+                PARTITION BY a.item_id, a.model_id, a.prompt_version, a.settings_id
+                ORDER BY a.created_at DESC) = 1
+            """
+        )
     return con
 
 

@@ -173,10 +173,12 @@ class Store:
     def write_streams(
         self, names: Sequence[str], batches: Iterable[tuple[str, list[dict]]]
     ) -> dict[str, TableInfo]:
-        """Stream row batches tagged with their table into several tables, committed together.
+        """Stream row batches tagged with their table into several tables.
 
         Every table in `names` is written, empty if no rows arrive for it. If the stream raises,
-        no table is replaced.
+        no table is replaced. The finished files are renamed into place one after another, so a
+        crash in that instant can leave a new table beside an old one: the step's manifest,
+        written last, is what marks the step done, and a rerun redoes it.
         """
         targets = {name: (self.table_path(name), TABLES[name]) for name in names}
         with self._writers(targets) as writers:

@@ -38,6 +38,15 @@ _engines: dict[tuple[str, str, GenerationSettings, float], ArchetypeEngine] = {}
 
 
 @dataclass(frozen=True)
+class BatchContext:
+    """What every batch task needs besides its batch: small, so task inputs stay small."""
+
+    identity: Identity
+    item_type: str
+    max_prompt_tokens: int
+
+
+@dataclass(frozen=True)
 class ArchetypePlan:
     identity: Identity
     batches: tuple[ArchetypeBatch, ...]
@@ -46,6 +55,10 @@ class ArchetypePlan:
     failed_before: int  # of those, items whose archetype failed in an earlier run (skipped)
     item_type: str
     max_prompt_tokens: int
+
+    @property
+    def context(self) -> BatchContext:
+        return BatchContext(self.identity, self.item_type, self.max_prompt_tokens)
 
 
 def generation_settings(settings: Settings) -> GenerationSettings:
@@ -145,7 +158,7 @@ def _candidates(store: Store, settings: Settings) -> list[tuple[str, str]]:
 
 @task(name="generate-archetypes", **{**TASK_DEFAULTS, "retry_condition_fn": None})
 def generate_archetype_batch(
-    settings: Settings, plan: ArchetypePlan, batch: ArchetypeBatch
+    settings: Settings, context: BatchContext, batch: ArchetypeBatch
 ) -> dict[str, int]:
     """Generate, embed, validate and write one batch (its part files replace earlier attempts)."""
     store = store_for(settings)
@@ -153,22 +166,27 @@ def generate_archetype_batch(
     engine = _engine(settings)
     try:
         rows, failures = make_archetypes(
-            engine, items, plan.item_type, plan.identity, plan.max_prompt_tokens, _run_id()
+            engine,
+            items,
+            context.item_type,
+            context.identity,
+            context.max_prompt_tokens,
+            _run_id(),
         )
     except (ValueError, TypeError):
         raise  # a bad input: the engine is fine
     except Exception:
         _drop_engine(settings)  # it may have died: a retry starts a fresh one
         raise
-    partition = plan.identity.model_id
+    partition = context.identity.model_id
     # Failures are kept one part per item, so an item's failure is replaced when it fails again
     # and removed when it succeeds, however the items were batched.
     for row in failures:
-        store.write_part("archetype_failures", partition, _item_key(plan.identity, row), [row])
+        store.write_part("archetype_failures", partition, _item_key(context.identity, row), [row])
     if rows:
         store.write_part("archetypes", partition, batch.key, rows)
     for row in rows:
-        store.delete_part("archetype_failures", partition, _item_key(plan.identity, row))
+        store.delete_part("archetype_failures", partition, _item_key(context.identity, row))
     return {
         "generated": len(rows),
         "failed": len(failures),
@@ -179,14 +197,15 @@ def generate_archetype_batch(
 
 @task(name="record-archetype-failure", **TASK_DEFAULTS)
 def record_engine_failure(
-    settings: Settings, plan: ArchetypePlan, batch: ArchetypeBatch, error: str
+    settings: Settings, context: BatchContext, batch: ArchetypeBatch, error: str
 ) -> None:
-    """An item whose batch of one kept failing: recorded, then skipped by this run."""
+    """An item whose batch of one kept failing: recorded (under its item key, like every
+    failure), then skipped by this run and by later ones unless llm.retry_failed is set."""
     store = store_for(settings)
-    rows = [
-        engine_failure(item, plan.identity, error, _run_id()) for item in _batch_items(store, batch)
-    ]
-    store.write_part("archetype_failures", plan.identity.model_id, batch.key, rows)
+    for item in _batch_items(store, batch):
+        row = engine_failure(item, context.identity, error, _run_id())
+        key = _item_key(context.identity, row)
+        store.write_part("archetype_failures", context.identity.model_id, key, [row])
     get_run_logger().warning("archetypes: item %s failed and is skipped: %s", batch.item_ids, error)
 
 

@@ -152,6 +152,11 @@ def test_second_run_generates_nothing_and_a_changed_title_regenerates_that_item(
     b = next(row for row in current if row["item_id"] == "B")
     items = {r["item_id"]: r["content_hash"] for r in store.read_table("items").to_pylist()}
     assert b["content_hash"] == items["B"]
+    con = connect(store)
+    assert con.sql("SELECT count(*) FROM archetypes").fetchall() == [(5,)]  # B's old one too
+    current = con.sql("SELECT item_id, archetype FROM current_archetypes ORDER BY 1").fetchall()
+    assert current[1] == ("B", "people who like Beta Reloaded")
+    assert len(current) == 4
 
 
 def test_a_retried_batch_replaces_its_part_instead_of_duplicating(config):
@@ -290,8 +295,8 @@ def test_a_batch_written_twice_replaces_its_part(config):
     def same_batch_twice(config_path: str) -> None:
         settings = load_settings(Path(config_path))
         plan = plan_archetypes(settings)
-        generate_archetype_batch(settings, plan, plan.batches[0])
-        generate_archetype_batch(settings, plan, plan.batches[0])
+        generate_archetype_batch(settings, plan.context, plan.batches[0])
+        generate_archetype_batch(settings, plan.context, plan.batches[0])
 
     run(config, until="cooccurrence")
     same_batch_twice(str(config))
