@@ -157,7 +157,9 @@ class LlmConfig(_Section):
     # (the engine, the settings): the run stops instead of bisecting the whole catalog.
     max_failed_items: int = Field(10, ge=0)
     retry_failed: bool = False  # items whose archetype failed before are skipped unless true
-    kv_cache_gib: float = Field(2.0, gt=0)
+    # vLLM's KV cache for generation. 64 sequences of ~210 tokens take 0.6 GiB at 46 KB a token
+    # (SmolLM2-135M, fp32); a 7B model with 512 new tokens needs far more (GPU profile: 16).
+    kv_cache_gib: float = Field(1.0, gt=0)
     max_prompt_tokens: int = Field(0, ge=0)  # 0: the model's context minus max_new_tokens
     # Which items get archetypes: the whole catalog (new items too), or only those the k-core
     # kept (what the recommenders use).

@@ -3,7 +3,9 @@
     .venv/bin/python scripts/peak_rss.py -- make run
 
 `/usr/bin/time -v` reports the largest single process; the pipeline's vLLM engines run in child
-processes, so this samples the sum over the tree (every 0.2 s) as well.
+processes, so this samples the sum over the tree as well: RSS (which counts pages shared between
+processes, such as the torch libraries, once per process) and PSS (which splits each shared page
+among the processes that map it, so the sum is the memory the tree really holds).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import psutil
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
-    parser.add_argument("--interval", type=float, default=0.2)
+    parser.add_argument("--interval", type=float, default=0.5)
     args = parser.parse_args()
     if args.command and args.command[0] == "--":
         args.command = args.command[1:]
@@ -29,12 +31,15 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def tree_rss(root: psutil.Process) -> int:
-    total = 0
+def tree_memory(root: psutil.Process) -> tuple[int, int]:
+    """(sum of RSS, sum of PSS) over the process tree, in bytes."""
+    rss = pss = 0
     for proc in [root, *root.children(recursive=True)]:
         with contextlib.suppress(psutil.Error):  # ended between listing and reading
-            total += proc.memory_info().rss
-    return total
+            info = proc.memory_full_info()
+            rss += info.rss
+            pss += info.pss
+    return rss, pss
 
 
 def main() -> int:
@@ -42,16 +47,18 @@ def main() -> int:
     start = time.monotonic()
     child = subprocess.Popen(args.command)
     root = psutil.Process(child.pid)
-    peak = 0
+    peak_rss = peak_pss = 0
     while child.poll() is None:
         try:
-            peak = max(peak, tree_rss(root))
+            rss, pss = tree_memory(root)
         except psutil.NoSuchProcess:
             break
+        peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
         time.sleep(args.interval)
     code = child.wait()
     print(
-        f"peak_rss_tree_gib={peak / 2**30:.2f} wall_s={time.monotonic() - start:.0f} exit={code}",
+        f"peak_pss_tree_gib={peak_pss / 2**30:.2f} peak_rss_tree_gib={peak_rss / 2**30:.2f} "
+        f"wall_s={time.monotonic() - start:.0f} exit={code}",
         file=sys.stderr,
     )
     return code
