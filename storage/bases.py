@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +29,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save
 
 from genair_core.pooling import PcaBasis
+from storage.store import atomic_write_bytes
 
 FORMAT = "genair-pca-bases/1"  # bump when the layout below changes
 _ARRAYS = ("mean", "components", "explained_variance_ratio")
@@ -78,18 +77,7 @@ def save_bases(path: Path, bases: dict[str, PcaBasis], metadata: dict[str, str])
             raise ValueError(f"metadata key {key!r} is reserved by the bases file layout")
         header[key] = value
 
-    data = _canonical(save(tensors, metadata=header))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    atomic_write_bytes(path, _canonical(save(tensors, metadata=header)))
 
 
 def load_bases(path: Path) -> tuple[dict[str, PcaBasis], dict[str, str]]:
@@ -140,12 +128,3 @@ def _safe(text: str) -> str:
     if cleaned == text:
         return text
     return f"{cleaned}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
-
-
-def _fsync_dir(path: Path) -> None:
-    """A rename is durable only once its folder's entry is flushed."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

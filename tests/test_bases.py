@@ -11,7 +11,6 @@ import pytest
 from safetensors.numpy import load_file
 
 from genair_core.pooling import PcaBasis, basis_id, fit_basis
-from storage import bases as bases_module
 from storage.bases import (
     BasesFileError,
     BasesNotFoundError,
@@ -97,7 +96,7 @@ def test_interrupted_write_leaves_the_old_file_intact(tmp_path, monkeypatch):
     def crash(*args):
         raise OSError("disk full")
 
-    monkeypatch.setattr(bases_module.os, "replace", crash)
+    monkeypatch.setattr(os, "replace", crash)  # the rename of the atomic write
     with pytest.raises(OSError, match="disk full"):
         save_bases(path, _bases(seed=1), {"model_id": "other"})
     assert path.read_bytes() == before

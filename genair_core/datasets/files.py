@@ -14,6 +14,8 @@ from pathlib import Path
 
 from genair_core.config import FilesConfig
 from genair_core.datasets.base import (
+    INTERACTION_FIELDS,
+    ITEM_FIELDS,
     join_paragraphs,
     parse_price,
     parse_rating,
@@ -28,17 +30,8 @@ from storage.sources import RawRecord, read_table_file
 
 _ITEM_KEY = "dataset.files.item_columns"
 _INTERACTION_KEY = "dataset.files.interaction_columns"
-_ITEM_COLUMN_FIELDS = (
-    "item_id",
-    "title",
-    "brand",
-    "categories",
-    "description",
-    "features",
-    "price",
-    "release_year",
-)
-_INTERACTION_COLUMN_FIELDS = ("user_id", "item_id", "timestamp", "rating")
+_ITEM_COLUMN_FIELDS = tuple(name for name in ITEM_FIELDS if name != "attributes")
+_INTERACTION_COLUMN_FIELDS = INTERACTION_FIELDS
 
 
 class FilesDataset:
