@@ -45,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_machine import cpu_model
 
 from genair_core.config import MovieLensConfig
 from genair_core.datasets.movielens import MovieLens100K
@@ -105,24 +106,6 @@ class Result:
     output_tokens: int
     stopped: int  # rows that ended with EOS (the rest hit max new tokens)
     bad_vectors: int  # rows whose vectors are missing, of the wrong shape or not finite
-
-
-def cpu_model() -> str:
-    """`model name (family F, model M)` of the first CPU (AMD family 26 = Zen 5)."""
-    fields: dict[str, str] = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if not line.strip():
-                    break
-                key, _, value = line.partition(":")
-                fields[key.strip()] = value.strip()
-    except OSError:
-        pass
-    name = fields.get("model name") or platform.processor() or "unknown"
-    if "cpu family" in fields:
-        name += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
-    return name
 
 
 def load_items(cache_dir: Path, n: int) -> list[dict]:

@@ -20,7 +20,7 @@ import json
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 
-from genair_core.datasets import Dataset, RowError
+from genair_core.datasets import ITEM_FIELDS, Dataset, RowError
 from storage.sources import RAW_MAX_CHARS, RawRecord
 
 # Part of the ingest step's input fingerprint: bump it when a rule here or in a dataset mapping
@@ -42,16 +42,7 @@ REASONS = (
 )
 
 # The metadata that identifies an item's content; item_id and provenance are deliberately absent.
-HASHED_FIELDS = (
-    "title",
-    "brand",
-    "categories",
-    "description",
-    "features",
-    "price",
-    "release_year",
-    "attributes",
-)
+HASHED_FIELDS = tuple(name for name in ITEM_FIELDS if name != "item_id")
 _TEXT_FIELDS = ("item_id", "title", "brand", "description")
 _LIST_FIELDS = ("categories", "features")
 _EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
