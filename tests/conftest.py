@@ -34,3 +34,19 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="module")
+def ml100k_config(tmp_path_factory, test_cache_dir, recbole_wheel):
+    """Write a genair.toml for the real ml-100k data in a fresh folder, plus `extra` TOML."""
+
+    def write(name: str, extra: str = "") -> Path:
+        folder = tmp_path_factory.mktemp(name)
+        config = folder / "genair.toml"
+        config.write_text(
+            f'[storage]\nroot = "data"\ncache_dir = "{test_cache_dir}"\n'
+            f'[dataset]\nname = "movielens-100k"\n{extra}'
+        )
+        return config
+
+    return write

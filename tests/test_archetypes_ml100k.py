@@ -1,8 +1,6 @@
 """The archetype and pooling stages end to end: real ml-100k items, the real default model,
 the real vLLM CPU engine, under Prefect."""
 
-import textwrap
-
 import numpy as np
 import pytest
 
@@ -16,25 +14,11 @@ N_ITEMS = 16
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, test_cache_dir, recbole_wheel):
-    folder = tmp_path_factory.mktemp("ml100k-archetypes")
-    config = folder / "genair.toml"
-    config.write_text(
-        textwrap.dedent(
-            f"""\
-            [storage]
-            root = "data"
-            cache_dir = "{test_cache_dir}"
-            [llm]
-            engine = "vllm"
-            max_items = {N_ITEMS}
-            batch_size = 8
-            max_new_tokens = 64
-            """
-        )
-    )
+def run(ml100k_config):
+    extra = f'[llm]\nengine = "vllm"\nmax_items = {N_ITEMS}\nbatch_size = 8\nmax_new_tokens = 64\n'
+    config = ml100k_config("ml100k-archetypes", extra)
     first = genair_pipeline(config_path=str(config))
-    return config, first, Store(folder / "data")
+    return config, first, Store(config.parent / "data")
 
 
 def test_every_item_gets_a_finite_archetype_and_vectors(run):

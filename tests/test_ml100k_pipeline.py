@@ -1,7 +1,5 @@
 """The whole pipeline on the real MovieLens-100K files, checked against independent SQL."""
 
-import textwrap
-
 import duckdb
 import pytest
 
@@ -13,24 +11,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, test_cache_dir, recbole_wheel):
-    folder = tmp_path_factory.mktemp("ml100k")
-    config = folder / "genair.toml"
-    config.write_text(
-        textwrap.dedent(
-            f"""\
-            [storage]
-            root = "data"
-            cache_dir = "{test_cache_dir}"
-            [dataset]
-            name = "movielens-100k"
-            [preprocess]
-            k_core = 5
-            """
-        )
-    )
+def store(ml100k_config):
+    config = ml100k_config("ml100k", "[preprocess]\nk_core = 5\n")
     genair_pipeline(config_path=str(config), until="cooccurrence")
-    return Store(folder / "data")
+    return Store(config.parent / "data")
 
 
 def test_counts_after_5_core_filtering(store):
