@@ -1,0 +1,250 @@
+"""Runs (backbone x variant x seed) aggregated into the results table an ML engineer reads.
+
+A cell is the mean ± std over seeds of each run's mean metric, so the spread shows how much a
+number moves with the training seed alone. Whether a variant beats the `id` baseline of the same
+backbone is a paired test on the per-user values (every run scores the same test users in the same
+order), each user's value averaged over the seeds both rows share: with thousands of users this
+detects differences that a comparison of a handful of seed means cannot.
+
+The test is the two-sided Wilcoxon signed-rank test with zero_method="wilcox": users on whom both
+models score the same (for HR@k and NDCG@k most of them, both missing or both at the same rank)
+say nothing about which is better and are dropped. For a 0/1 metric on one seed the test then
+reduces to the sign test on the users where exactly one model hits (McNemar's test), the standard
+paired test for hit rates. "pratt" would keep those ties in the ranking, which makes the p-value
+depend on how many users neither model reaches.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+# The order of variants in the table; any other variant follows, alphabetically.
+VARIANT_ORDER = ("id", "llm", "genair", "input-only", "gen-only")
+BETTER, WORSE = "▲", "▼"
+# User groups of the METRICS table: held-out item in the long tail or not; short or long history.
+GROUPS = ("tail", "head", "short", "long")
+
+
+def paired_test(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sided Wilcoxon signed-rank p-value for paired per-user values a and b; 1.0 if a == b.
+
+    Differences are rounded to 12 decimals first, so float noise from averaging over seeds neither
+    makes a nonzero difference out of an equal pair nor splits a tie between equal magnitudes.
+    """
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"paired values must be two arrays of one shape, got {a.shape}, {b.shape}")
+    diff = np.round(a - b, 12)
+    if np.isnan(diff).any():
+        raise ValueError("paired values contain NaN")
+    if not diff.any():
+        return 1.0
+    return float(stats.wilcoxon(diff, zero_method="wilcox", alternative="two-sided").pvalue)
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: == on dicts of arrays would be ambiguous
+class RunResult:
+    """One trained model's per-user test metrics, e.g. rank_metrics of its full-ranking ranks.
+
+    Every run's arrays hold the same users in the same order.
+    """
+
+    backbone: str
+    variant: str
+    seed: int
+    per_user: dict[str, np.ndarray]
+
+
+def summarize(
+    runs: list[RunResult],
+    metrics: tuple[str, ...] = ("hr@10", "ndcg@10"),
+    baseline: str = "id",
+    alpha: float = 0.05,
+) -> list[dict]:
+    """One row per (backbone, variant), in table order (see variant_sort_key).
+
+    A row is {"backbone", "variant", "seeds": number of seeds, "users", "baseline", "alpha",
+    metric: {"mean", "std", "p", "rel_pct", "mark"}} for each metric: mean and std (ddof=1, 0 for
+    one seed) over seeds of the run means; for a variant other than `baseline`, p is the paired
+    test against the baseline of the same backbone on per-user values averaged over the seeds
+    both have, rel_pct is 100 * (mean / baseline mean - 1), and mark is BETTER or WORSE when
+    p < alpha (else ""). p and rel_pct are None for the baseline itself, when the backbone has no
+    baseline run or no seed in common with it (p), or when the baseline mean is 0 (rel_pct).
+    """
+    grouped = _group(runs, metrics)
+    n_users = next(iter(runs[0].per_user.values())).size if runs else 0
+    rows = []
+    for (backbone, variant), by_seed in grouped.items():
+        base = grouped.get((backbone, baseline)) if variant != baseline else None
+        row: dict = {
+            "backbone": backbone,
+            "variant": variant,
+            "seeds": len(by_seed),
+            "users": n_users,
+            "baseline": baseline,
+            "alpha": alpha,
+        }
+        for metric in metrics:
+            row[metric] = _cell(by_seed, base, metric, alpha)
+        rows.append(row)
+    return _ordered(rows)
+
+
+def _group(
+    runs: list[RunResult], metrics: tuple[str, ...]
+) -> dict[tuple[str, str], dict[int, dict[str, np.ndarray]]]:
+    """{(backbone, variant): {seed: per_user}}, checking every run covers the same users."""
+    grouped: dict[tuple[str, str], dict[int, dict[str, np.ndarray]]] = {}
+    n_users = None
+    for run in runs:
+        for metric in metrics:
+            if metric not in run.per_user:
+                raise ValueError(f"{run.backbone}/{run.variant} seed {run.seed} lacks {metric!r}")
+            size = np.asarray(run.per_user[metric]).shape
+            n_users = size if n_users is None else n_users
+            if size != n_users or len(size) != 1:
+                raise ValueError(
+                    f"{run.backbone}/{run.variant} seed {run.seed}: {metric} has shape {size}, "
+                    f"other runs {n_users}; every run must score the same users"
+                )
+        by_seed = grouped.setdefault((run.backbone, run.variant), {})
+        if run.seed in by_seed:
+            raise ValueError(f"{run.backbone}/{run.variant} seed {run.seed} given twice")
+        by_seed[run.seed] = {m: np.asarray(run.per_user[m], dtype=np.float64) for m in metrics}
+    return grouped
+
+
+def _cell(
+    by_seed: dict[int, dict[str, np.ndarray]],
+    base: dict[int, dict[str, np.ndarray]] | None,
+    metric: str,
+    alpha: float,
+) -> dict:
+    run_means = np.array([values[metric].mean() for values in by_seed.values()])
+    mean = float(run_means.mean())
+    std = float(run_means.std(ddof=1)) if run_means.size >= 2 else 0.0
+    cell = {"mean": mean, "std": std, "p": None, "rel_pct": None, "mark": ""}
+    if base is None:
+        return cell
+    base_mean = float(np.mean([values[metric].mean() for values in base.values()]))
+    if base_mean != 0.0:
+        cell["rel_pct"] = 100.0 * (mean / base_mean - 1.0)
+    shared = sorted(by_seed.keys() & base.keys())
+    if not shared:
+        return cell
+    ours = np.mean([by_seed[s][metric] for s in shared], axis=0)
+    theirs = np.mean([base[s][metric] for s in shared], axis=0)
+    p = paired_test(ours, theirs)
+    cell["p"] = p
+    shift = ours.mean() - theirs.mean()
+    if p < alpha and shift != 0.0:
+        cell["mark"] = BETTER if shift > 0.0 else WORSE
+    return cell
+
+
+def variant_sort_key(variant: str) -> tuple[int, str]:
+    """id, llm, genair, input-only, gen-only first, in that order; other variants alphabetically."""
+    if variant in VARIANT_ORDER:
+        return (VARIANT_ORDER.index(variant), "")
+    return (len(VARIANT_ORDER), variant)
+
+
+def _ordered(rows: list[dict]) -> list[dict]:
+    """Backbones in order of first appearance, variants by variant_sort_key within each."""
+    backbones = list(dict.fromkeys(row["backbone"] for row in rows))
+    return sorted(
+        rows, key=lambda r: (backbones.index(r["backbone"]), variant_sort_key(r["variant"]))
+    )
+
+
+def render_results_markdown(
+    rows: list[dict],
+    metrics: tuple[str, ...] = ("hr@10", "ndcg@10"),
+    title: str | None = None,
+) -> str:
+    """A Markdown table of summarize() rows, one line per backbone x variant, and its legend.
+
+    A cell reads "0.1234 ± 0.0056 ▲ +3.2%": mean ± std over seeds, the mark when the paired test
+    against the baseline is significant, and the change relative to the baseline mean.
+    """
+    lines = [f"## {title}", ""] if title else []
+    if not rows:
+        return "\n".join([*lines, "_No runs._", ""])
+    header = ["Backbone", "Variant", "Seeds", *(m.upper() for m in metrics)]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "|".join([" --- "] * 3 + [" ---: "] * len(metrics)) + "|")
+    for row in _ordered(rows):
+        cells = [_escape(row["backbone"]), _escape(row["variant"]), str(row["seeds"])]
+        cells += [_format_cell(row[m]) for m in metrics]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", _legend(rows), ""]
+    return "\n".join(lines)
+
+
+def _format_cell(cell: dict) -> str:
+    if math.isnan(cell["mean"]):
+        return "n/a"
+    text = f"{cell['mean']:.4f} ± {cell['std']:.4f}"
+    if cell["mark"]:
+        text += f" {cell['mark']}"
+    if cell["rel_pct"] is not None:
+        text += f" {cell['rel_pct']:+.1f}%"
+    return text
+
+
+def _legend(rows: list[dict]) -> str:
+    baseline, alpha, users = rows[0]["baseline"], rows[0]["alpha"], rows[0]["users"]
+    seeds = sorted({row["seeds"] for row in rows})
+    if len(seeds) > 1:
+        over = f"{seeds[0]}–{seeds[-1]} seeds (column Seeds)"
+    else:
+        over = f"{seeds[0]} seed" + ("s" if seeds[0] != 1 else "")
+    return (
+        f"Mean ± std over {over} of each run's mean over {users:,} test users. "
+        f"{BETTER} / {WORSE}: significantly better / worse than `{baseline}` of the same backbone "
+        f"(two-sided Wilcoxon signed-rank test on per-user values averaged over the shared seeds, "
+        f"p < {alpha:g}); % is the change relative to the `{baseline}` mean."
+    )
+
+
+def _escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def render_group_table(
+    rows: list[dict], metric: str = "ndcg@10", groups: tuple[str, ...] = GROUPS
+) -> str:
+    """Mean over seeds of `metric` per user group, one line per backbone × variant.
+
+    `rows` are METRICS rows of one protocol and split (backbone, variant, seed, group, metric,
+    value, users); the header gives each group's number of users."""
+    cells: dict[tuple[str, str], dict[str, list[float]]] = {}
+    users: dict[str, int] = {}
+    for row in rows:
+        if row["metric"] != metric or row["group"] not in groups:
+            continue
+        cell = cells.setdefault((row["backbone"], row["variant"]), {})
+        cell.setdefault(row["group"], []).append(row["value"])
+        users[row["group"]] = row["users"]
+    if not cells:
+        return "_No runs._\n"
+    header = [f"{group} ({users.get(group, 0):,} users)" for group in groups]
+    lines = [
+        "| Backbone | Variant | " + " | ".join(header) + " |",
+        "|" + "|".join([" --- "] * 2 + [" ---: "] * len(groups)) + "|",
+    ]
+    keyed = [{"backbone": b, "variant": v} for b, v in cells]
+    for row in _ordered(keyed):
+        cell = cells[(row["backbone"], row["variant"])]
+        values = [f"{np.mean(cell[g]):.4f}" if g in cell else "n/a" for g in groups]
+        lines.append(
+            f"| {_escape(row['backbone'])} | {_escape(row['variant'])} | "
+            + " | ".join(values)
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
