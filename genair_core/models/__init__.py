@@ -1,0 +1,45 @@
+"""Sequential recommenders: one backbone per file, one contract (base.py), one registry."""
+
+from __future__ import annotations
+
+import torch
+
+from genair_core.models.base import BackboneConfig, SequentialRecommender
+from genair_core.models.bert4rec import BERT4Rec
+from genair_core.models.gru4rec import GRU4Rec
+from genair_core.models.item_encoders import VARIANTS, Variant, get_variant, make_encoder
+from genair_core.models.registry import UnknownNameError
+from genair_core.models.sasrec import SASRec
+
+BACKBONES: dict[str, type[SequentialRecommender]] = {
+    "sasrec": SASRec,
+    "bert4rec": BERT4Rec,
+    "gru4rec": GRU4Rec,
+}
+
+
+def build_model(
+    backbone: str,
+    variant: str,
+    config: BackboneConfig,
+    table: torch.Tensor | None = None,
+    input_dims: int = 384,
+) -> SequentialRecommender:
+    """A backbone with the variant's item encoder. `table` (n_items + 1, d): the frozen item
+    vectors by item index, row 0 zeros; `input_dims`: how many of its columns are the input half."""
+    if backbone not in BACKBONES:
+        raise UnknownNameError("backbone", backbone, BACKBONES)
+    encoder = make_encoder(get_variant(variant), config.n_items, config.hidden, table, input_dims)
+    return BACKBONES[backbone](config, encoder)
+
+
+__all__ = [
+    "BACKBONES",
+    "VARIANTS",
+    "BackboneConfig",
+    "SequentialRecommender",
+    "UnknownNameError",
+    "Variant",
+    "build_model",
+    "get_variant",
+]

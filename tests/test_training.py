@@ -1,0 +1,204 @@
+"""The trainer on small synthetic sequences: determinism, resume after a crash, checkpoints,
+batching and negative sampling."""
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from genair_core.losses import CooccurrenceLookup
+from genair_core.metrics import sample_negatives
+from genair_core.models import BackboneConfig, build_model
+from genair_core.sequences import UserSequences
+from genair_core.training import (
+    TrainConfig,
+    _sample_negatives,
+    _user_item_keys,
+    evaluate,
+    fit,
+    length_batches,
+)
+from storage.checkpoints import RunCheckpoints
+
+N_ITEMS = 30
+
+
+def synthetic_sequences(n_users=40, seed=0):
+    """Users walk through items in steps of 1 or 2 (a learnable next-item pattern)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for user in range(n_users):
+        length = int(rng.integers(5, 15))
+        item = int(rng.integers(1, N_ITEMS + 1))
+        for position in range(length):
+            split = (
+                "test" if position == length - 1 else "valid" if position == length - 2 else "train"
+            )
+            rows.append((user, position, item, split))
+            item = (item + int(rng.integers(1, 3)) - 1) % N_ITEMS + 1
+    user, position, item, split = zip(*rows, strict=True)
+    table = pa.table(
+        {
+            "user_idx": pa.array(user, pa.int32()),
+            "position": pa.array(position, pa.int32()),
+            "item_idx": pa.array(item, pa.int32()),
+            "split": pa.array(split),
+        }
+    )
+    return UserSequences.from_table(table, N_ITEMS)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return synthetic_sequences()
+
+
+@pytest.fixture(scope="module")
+def negatives(data):
+    ptr, items = data.all_items_csr()
+    return sample_negatives(ptr, items, N_ITEMS, n=10, seed=0)
+
+
+def new_model(backbone="sasrec", variant="id", seed=3):
+    torch.manual_seed(seed)
+    config = BackboneConfig(n_items=N_ITEMS, hidden=16, max_len=8, dropout=0.2)
+    vectors = torch.randn(N_ITEMS + 1, 6)
+    vectors[0] = 0
+    return build_model(backbone, variant, config, vectors, input_dims=3)
+
+
+def lookup():
+    i = np.array([1, 2, 3], dtype=np.int32)
+    j = np.array([2, 3, 4], dtype=np.int32)
+    return CooccurrenceLookup.from_pairs(i, j, np.array([1.0, 0.5, 0.25], np.float32), N_ITEMS)
+
+
+CONFIG = TrainConfig(seed=7, batch_size=16, max_epochs=4, patience=10, alpha=0.1)
+
+
+def test_training_is_deterministic_for_a_seed(data, tmp_path):
+    a = fit(new_model(), data, CONFIG, RunCheckpoints(tmp_path / "a"))
+    b = fit(new_model(), data, CONFIG, RunCheckpoints(tmp_path / "b"))
+    strip = [{k: v for k, v in e.items() if k != "seconds"} for e in a.history]
+    assert strip == [{k: v for k, v in e.items() if k != "seconds"} for e in b.history]
+    c = fit(
+        new_model(),
+        data,
+        TrainConfig(**{**CONFIG.__dict__, "seed": 8}),
+        RunCheckpoints(tmp_path / "c"),
+    )
+    assert [e["train_loss"] for e in c.history] != [e["train_loss"] for e in a.history]
+
+
+class Crash(RuntimeError):
+    pass
+
+
+@pytest.mark.parametrize(
+    ("backbone", "variant"), [("sasrec", "id"), ("bert4rec", "genair"), ("gru4rec", "llm")]
+)
+def test_resume_after_a_crash_gives_the_same_final_metrics(
+    data, negatives, tmp_path, backbone, variant
+):
+    calibrated = variant == "genair"
+    kwargs = {"lookup": lookup(), "calibrated": True} if calibrated else {}
+    whole = new_model(backbone, variant)
+    fit(whole, data, CONFIG, RunCheckpoints(tmp_path / "whole"), **kwargs)
+    expected = evaluate(whole, data, negatives)
+
+    def crash_after_two(state):
+        if state.epoch == 2:
+            raise Crash("killed")
+
+    checkpoints = RunCheckpoints(tmp_path / "crashed")
+    with pytest.raises(Crash):
+        fit(
+            new_model(backbone, variant),
+            data,
+            CONFIG,
+            checkpoints,
+            on_epoch=crash_after_two,
+            **kwargs,
+        )
+    epochs_seen = []
+    resumed = new_model(backbone, variant, seed=99)  # different init: the checkpoint must win
+    state = fit(
+        resumed, data, CONFIG, checkpoints, on_epoch=lambda s: epochs_seen.append(s.epoch), **kwargs
+    )
+    assert epochs_seen == [3, 4]  # epochs 1-2 are not redone
+    assert state.epoch == 4
+    got = evaluate(resumed, data, negatives)
+    np.testing.assert_array_equal(got.full, expected.full)
+    np.testing.assert_array_equal(got.sampled, expected.sampled)
+
+
+def test_checkpoints_are_safetensors_and_json_only(data, tmp_path):
+    checkpoints = RunCheckpoints(tmp_path / "run")
+    fit(new_model(), data, CONFIG, checkpoints)
+    names = sorted(p.name for p in (tmp_path / "run").iterdir())
+    assert names == sorted(
+        [
+            "state.json",
+            "epoch-0004.safetensors",
+            "epoch-0004.optim.safetensors",
+            json.loads((tmp_path / "run" / "state.json").read_text())["best"],
+        ]
+    )
+    for path in (tmp_path / "run").glob("*.safetensors"):
+        assert path.read_bytes()[8:9] == b"{"  # a safetensors header, not a pickle
+    state, weights, optimizer = checkpoints.load()
+    assert state.epoch == 4
+    assert len(state.history) == 4
+    assert set(weights) == set(new_model().state_dict())
+    assert optimizer["state"]
+    assert isinstance(optimizer["param_groups"][0]["betas"], tuple)
+
+
+def test_early_stopping_keeps_the_best_epoch(data, tmp_path):
+    config = TrainConfig(seed=1, batch_size=16, max_epochs=30, patience=2, lr=0.05)
+    model = new_model()
+    state = fit(model, data, config, RunCheckpoints(tmp_path / "run"))
+    assert state.stopped_early
+    assert state.epoch == state.best_epoch + 2
+    best = max(e["valid_ndcg@10"] for e in state.history)
+    assert state.best_score == best
+    assert state.history[state.best_epoch - 1]["valid_ndcg@10"] == best
+
+
+def test_calibrated_variant_needs_the_cooccurrence_lookup(data, tmp_path):
+    with pytest.raises(ValueError, match="co-occurrence"):
+        fit(new_model(variant="genair"), data, CONFIG, RunCheckpoints(tmp_path), calibrated=True)
+
+
+def test_length_batches_cover_every_row_once_with_similar_lengths():
+    lengths = np.array([3, 50, 4, 48, 5, 52, 3, 49])
+    batches = length_batches(lengths, 4, jitter=0.0, generator=torch.Generator().manual_seed(0))
+    assert sorted(np.concatenate(batches).tolist()) == list(range(8))
+    assert sorted(sorted(lengths[b].tolist()) for b in batches) == [[3, 3, 4, 5], [48, 49, 50, 52]]
+    jittered = length_batches(lengths, 4, 0.5, torch.Generator().manual_seed(0))
+    assert sorted(np.concatenate(jittered).tolist()) == list(range(8))
+
+
+def test_sampled_training_negatives_avoid_the_users_items(data):
+    keys = _user_item_keys(data, torch.device("cpu"))
+    users = torch.arange(data.n_users).repeat_interleave(50)
+    drawn = _sample_negatives(users, N_ITEMS, keys, torch.Generator().manual_seed(0))
+    for user, item in zip(users.tolist(), drawn.tolist(), strict=True):
+        train = data.items[data.ptr[user] : data.ptr[user] + data.n_train[user]]
+        assert item not in train
+        assert 1 <= item <= N_ITEMS
+
+
+def test_training_beats_an_untrained_model_on_a_learnable_pattern(data, negatives, tmp_path):
+    untrained = evaluate(new_model(), data, negatives)
+    model = new_model()
+    fit(
+        model,
+        data,
+        TrainConfig(seed=1, batch_size=16, max_epochs=30, lr=0.01),
+        RunCheckpoints(tmp_path),
+    )
+    trained = evaluate(model, data, negatives)
+    assert (trained.full < 10).mean() > (untrained.full < 10).mean() + 0.2
