@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from flows.stages import STAGES
 from genair_core.config import ConfigError, Settings, load_settings
 
 
@@ -39,9 +40,16 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--force", action="store_true", help="rerun steps whose inputs are unchanged")
     run.add_argument(
         "--until",
-        default="pooling",
+        default=STAGES[-1],
         metavar="STAGE",
-        help="last stage to run: ingest, split, cooccurrence, archetypes, pooling (default)",
+        help=f"last stage to run: {', '.join(STAGES)} (default: {STAGES[-1]})",
+    )
+    run.add_argument(
+        "--from",
+        dest="start",
+        default=STAGES[0],
+        metavar="STAGE",
+        help="first stage to run; earlier stages' tables must exist (default: ingest)",
     )
     run.set_defaults(command=_run)
 
@@ -68,7 +76,9 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 
     config_path = str(args.config) if args.config else None
     try:
-        summary = genair_pipeline(config_path=config_path, force=args.force, until=args.until)
+        summary = genair_pipeline(
+            config_path=config_path, force=args.force, until=args.until, start=args.start
+        )
     except (ValueError, OSError) as err:
         print(f"genair: run failed: {err}", file=sys.stderr)
         return 1

@@ -1,5 +1,6 @@
 """The genair pipeline: catalog + interactions → validated tables → splits → co-occurrence →
-archetypes and hidden-state embeddings → pooled item vectors."""
+archetypes and hidden-state embeddings → pooled item vectors → recommenders trained and
+evaluated → results table."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ from pathlib import Path
 
 from prefect import flow
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.futures import as_completed
 
+from flows.stages import STAGES
 from genair_core.archetypes import ArchetypeBatch
 from genair_core.config import Settings, load_settings
+from genair_core.experiment import share_cpu
 from tasks.archetypes import (
     ArchetypePlan,
     BatchContext,
@@ -23,22 +27,29 @@ from tasks.cooccurrence import build_cooccurrence
 from tasks.ingest import ingest_dataset
 from tasks.pooling import pool_item_embeddings
 from tasks.preprocess import split_interactions
+from tasks.recommenders import publish_results, sample_eval_negatives, train_recommender
 from tasks.report import publish_summary
-
-STAGES = ("ingest", "split", "cooccurrence", "archetypes", "pooling")
 
 
 @flow(name="genair-pipeline")
 def genair_pipeline(
-    config_path: str | None = None, force: bool = False, until: str = STAGES[-1]
+    config_path: str | None = None,
+    force: bool = False,
+    until: str = STAGES[-1],
+    start: str = STAGES[0],
 ) -> dict[str, dict]:
-    """Run the stages on the configured dataset, up to and including `until`. Steps whose inputs
-    did not change are skipped (`force` reruns them); outputs are replaced, never appended to."""
-    if until not in STAGES:
-        raise ValueError(f"unknown stage {until!r}; stages: {', '.join(STAGES)}")
+    """Run the stages from `start` to `until` on the configured dataset. Steps whose inputs did
+    not change are skipped (`force` reruns them); outputs are replaced, never appended to. A later
+    `start` uses the tables earlier stages left, e.g. retraining recommenders on today's vectors
+    without looking at the catalog."""
+    for stage in (start, until):
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+    if STAGES.index(start) > STAGES.index(until):
+        raise ValueError(f"stage {start!r} comes after {until!r}")
     settings = load_settings(Path(config_path) if config_path else None)
     with exclusive_run(settings):
-        return _run_stages(settings, STAGES[: STAGES.index(until) + 1], force)
+        return _run_stages(settings, STAGES[STAGES.index(start) : STAGES.index(until) + 1], force)
 
 
 def _run_stages(settings: Settings, wanted: tuple[str, ...], force: bool) -> dict[str, dict]:
@@ -48,21 +59,27 @@ def _run_stages(settings: Settings, wanted: tuple[str, ...], force: bool) -> dic
     }
 
     summary: dict[str, dict] = {}
-    summary["ingest"] = ingest_dataset.with_options(**retry)(settings, force=force)
+    if "ingest" in wanted:
+        summary["ingest"] = ingest_dataset.with_options(**retry)(settings, force=force)
     if "split" in wanted:
         summary["split"] = split_interactions.with_options(**retry)(settings, force=force)
     if "cooccurrence" in wanted:
         summary["cooccurrence"] = build_cooccurrence.with_options(**retry)(settings, force=force)
-    if "archetypes" in wanted:
+    if "archetypes" in wanted or "pooling" in wanted:
         try:
             plan = plan_archetypes.with_options(**retry)(settings)
-            summary["archetypes"] = generate_archetypes(settings, plan)
+            if "archetypes" in wanted:
+                summary["archetypes"] = generate_archetypes(settings, plan)
             if "pooling" in wanted:
                 summary["pooling"] = pool_item_embeddings.with_options(**retry)(
                     settings, plan.identity, force=force
                 )
         finally:
             shutdown_engines()
+    if "negatives" in wanted:
+        summary["negatives"] = sample_eval_negatives.with_options(**retry)(settings, force=force)
+    if "recommenders" in wanted:
+        summary["recommenders"] = train_recommenders(settings, force)
     publish_summary.with_options(**retry)(summary)
     return summary
 
@@ -85,6 +102,33 @@ def generate_archetypes(settings: Settings, plan: ArchetypePlan) -> dict[str, ob
         _isolating_failures(settings, plan.context, batch, counts)
         update_progress_artifact(progress, progress=100.0 * done / len(plan.batches))
     return {**totals, **counts, "skipped": not plan.batches}
+
+
+def train_recommenders(settings: Settings, force: bool) -> dict[str, object]:
+    """Every configured (backbone, variant, seed) as its own task, `workers` at a time, then the
+    results table over all of them."""
+    cfg = settings.recommenders
+    # Seed by seed: a run stopped part-way has every backbone × variant for its first seeds.
+    runs = [(b, v, s) for s in cfg.seeds for b in cfg.backbones for v in cfg.variants]
+    threads = share_cpu(cfg.workers)
+    train = train_recommender.with_options(
+        retries=settings.prefect.task_retries, retry_delay_seconds=settings.prefect.retry_delay_s
+    )
+    summaries, waiting, training = [], list(runs), []
+    while waiting or training:
+        while waiting and len(training) < cfg.workers:
+            training.append(train.submit(settings, *waiting.pop(0), force=force))
+        finished = next(as_completed(training))
+        training.remove(finished)
+        summaries.append(finished.result())
+    publish_results.with_options(retries=settings.prefect.task_retries)(settings, runs)
+    return {
+        "runs": len(runs),
+        "trained": sum(not s["skipped"] for s in summaries),
+        "workers": cfg.workers,
+        "threads_per_run": threads,
+        "test_ndcg@10 (full ranking)": {s["run"]: s["test_ndcg@10"] for s in summaries},
+    }
 
 
 def _isolating_failures(

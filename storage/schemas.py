@@ -148,6 +148,64 @@ def item_embeddings_schema(dim: int) -> pa.Schema:
     )
 
 
+# The sampled protocol's candidates: 100 items per user drawn once (seeded, excluding every item
+# the user ever had) and shared by every model, so sampled metrics are comparable across runs.
+EVAL_NEGATIVES = pa.schema(
+    [
+        pa.field("user_idx", pa.int32(), nullable=False),
+        pa.field("negatives", pa.list_(pa.int32()), nullable=False),
+    ]
+)
+
+# What identifies one recommender run, on every row it writes.
+_RUN = [
+    pa.field("run_id", pa.string(), nullable=False),  # hash of the inputs and the settings
+    pa.field("dataset", pa.string(), nullable=False),
+    pa.field("backbone", pa.string(), nullable=False),
+    pa.field("variant", pa.string(), nullable=False),
+    pa.field("seed", pa.int32(), nullable=False),
+    pa.field("loss", pa.string(), nullable=False),  # bce | ce
+]
+
+# Test (and validation) metrics of a run's best epoch, one row per metric and user group.
+METRICS = pa.schema(
+    [
+        *_RUN,
+        pa.field("protocol", pa.string(), nullable=False),  # full | sampled
+        pa.field("split", pa.string(), nullable=False),  # valid | test
+        pa.field("group", pa.string(), nullable=False),  # all | tail | head | short | long
+        pa.field("metric", pa.string(), nullable=False),  # hr@10, ndcg@10, ...
+        pa.field("value", pa.float64(), nullable=False),
+        pa.field("users", pa.int32(), nullable=False),  # users in the group
+    ]
+)
+
+# Every evaluated user's rank of the held-out item: the per-user values paired tests need.
+EVAL_RANKS = pa.schema(
+    [
+        *_RUN,
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("user_idx", pa.int32(), nullable=False),
+        pa.field("item_idx", pa.int32(), nullable=False),
+        pa.field("rank_full", pa.int32(), nullable=False),  # 0-based, among all items
+        pa.field("rank_sampled", pa.int32(), nullable=False),  # 0-based, among the negatives
+    ]
+)
+
+# One row per epoch of a run: losses, validation metrics and wall time.
+TRAINING_LOG = pa.schema(
+    [
+        *_RUN,
+        pa.field("epoch", pa.int32(), nullable=False),
+        pa.field("train_loss", pa.float64(), nullable=False),  # rec_loss + alpha * cal_loss
+        pa.field("rec_loss", pa.float64(), nullable=False),
+        pa.field("cal_loss", pa.float64(), nullable=False),
+        pa.field("valid_hr@10", pa.float64(), nullable=False),
+        pa.field("valid_ndcg@10", pa.float64(), nullable=False),
+        pa.field("seconds", pa.float64(), nullable=False),
+    ]
+)
+
 Sized = Callable[[int], pa.Schema]
 
 TABLES: dict[str, pa.Schema | Sized] = {
@@ -159,12 +217,17 @@ TABLES: dict[str, pa.Schema | Sized] = {
     "sequences": SEQUENCES,
     "cooccurrence": COOCCURRENCE,
     "item_embeddings": item_embeddings_schema,
+    "eval_negatives": EVAL_NEGATIVES,
 }
 
 # Written one part file per batch under datasets/<name>/<model partition>/.
 PART_DATASETS: dict[str, pa.Schema | Sized] = {
     "archetypes": archetypes_schema,
     "archetype_failures": ARCHETYPE_FAILURES,
+    # partition: one run (backbone-variant-seed), key "final"; a rerun replaces its part
+    "metrics": METRICS,
+    "eval_ranks": EVAL_RANKS,
+    "training_log": TRAINING_LOG,
 }
 
 VECTOR_COLUMN = {"item_embeddings": "vector", "archetypes": "input_emb"}

@@ -52,6 +52,7 @@ class TableInfo:
     name: str
     rows: int
     sha256: str
+    part: str | None = None  # "<partition>/<key>" for one part of a part dataset
 
 
 @dataclass
@@ -126,6 +127,18 @@ class Store:
         pattern = f"{_safe_name(partition)}/part-*.parquet" if partition else "*/part-*.parquet"
         return sorted(base.glob(pattern))
 
+    def recommender_dir(self, run_name: str) -> Path:
+        """`models/recommenders/<run>/`: a run's checkpoints and its published best weights."""
+        return self.root / "models" / "recommenders" / _safe_name(run_name)
+
+    def report_path(self, name: str) -> Path:
+        return self.root / "reports" / f"{_safe_name(name)}.md"
+
+    def write_report(self, name: str, markdown: str) -> Path:
+        path = self.report_path(name)
+        atomic_write_bytes(path, markdown.encode())
+        return path
+
     def existing_datasets(self) -> list[str]:
         return [name for name in PART_DATASETS if self.part_paths(name)]
 
@@ -150,7 +163,9 @@ class Store:
         path = self.part_path(name, partition, key)
         with self._writers({name: (path, schema)}) as writers:
             writers[name].write_table(_conform(table, schema, name))
-        return TableInfo(name=name, rows=table.num_rows, sha256=_sha256(path))
+        return TableInfo(
+            name=name, rows=table.num_rows, sha256=_sha256(path), part=f"{partition}/{key}"
+        )
 
     def delete_part(self, name: str, partition: str, key: str) -> None:
         """Remove a part written by an earlier attempt of a batch that now writes none."""
@@ -270,8 +285,14 @@ class Store:
         manifest = self.read_manifest(step)
         if manifest is None or manifest.fingerprint != fingerprint:
             return None
-        for name, info in manifest.outputs.items():
-            if not self.exists(name) or _sha256(self.table_path(name)) != info.sha256:
+        for info in manifest.outputs.values():
+            if info.part is None and info.name not in TABLES:
+                return None  # an older manifest that did not record which part it wrote
+            if info.part is None:
+                path = self.table_path(info.name)
+            else:
+                path = self.part_path(info.name, *info.part.rsplit("/", 1))
+            if not path.is_file() or _sha256(path) != info.sha256:
                 return None
         return manifest
 

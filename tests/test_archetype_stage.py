@@ -101,6 +101,7 @@ def config(tmp_path, monkeypatch):
 
 
 def run(config, **kwargs):
+    kwargs.setdefault("until", "pooling")
     return genair_pipeline(config_path=str(config), **kwargs)
 
 

@@ -61,11 +61,12 @@ def server(tmp_path):
 def test_genair_run_reports_to_a_prefect_server(server, tmp_path, test_cache_dir):
     api, env = server
     config = write_small_dataset(tmp_path)
-    # The whole pipeline on 4 items, archetypes by the real default model (transformers engine:
-    # the vLLM engine's own end-to-end test is in test_archetypes_ml100k.py).
+    # The pipeline up to the item vectors on 4 items, archetypes by the real default model
+    # (transformers engine: the vLLM engine's own end-to-end test is in
+    # test_archetypes_ml100k.py). Recommenders need more than 4 items: test_recommenders_ml100k.
     config.write_text(config.read_text() + '[llm]\nengine = "transformers"\nmax_new_tokens = 32\n')
     done = subprocess.run(
-        [BIN / "genair", "--config", str(config), "run"],
+        [BIN / "genair", "--config", str(config), "run", "--until", "pooling"],
         env={**env, "PREFECT_API_URL": api, "GENAIR_STORAGE__CACHE_DIR": str(test_cache_dir)},
         capture_output=True,
         text=True,

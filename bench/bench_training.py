@@ -1,0 +1,80 @@
+"""Training seconds per epoch on MovieLens-100K, for each backbone: genair's batches against the
+reference's, same data, same run.
+
+    .venv/bin/python bench/bench_training.py --epochs 3
+
+fast: users grouped by history length (a batch is padded to its longest window) and dropout
+masks drawn with torch.rand. reference: random batches padded to max_len (200) and nn.Dropout
+(bernoulli_), as the paper's scripts train. Both train the `id` variant with the paper's settings
+(hidden 128, 2 layers, batch 128, BCE with one negative) from the same initial weights; the
+median epoch time of each is reported. Needs the tables of a run (`make run`, or
+`genair run --until cooccurrence`) under --root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from genair_core.models import BackboneConfig, build_model
+from genair_core.models.transformer import Dropout
+from genair_core.training import TrainConfig, fit
+from storage.checkpoints import RunCheckpoints
+from storage.store import Store
+from tasks.recommenders import load_sequences
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, default=Path("data"), help="the storage root")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per configuration")
+    parser.add_argument("--backbones", nargs="+", default=["sasrec", "bert4rec", "gru4rec"])
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    return parser.parse_args(argv)
+
+
+def bernoulli_dropout(self, x):
+    return F.dropout(x, self.p, self.training)
+
+
+def epoch_seconds(backbone, data, epochs, reference: bool) -> list[float]:
+    torch.manual_seed(0)
+    model = build_model(backbone, "id", BackboneConfig(n_items=data.n_items))
+    config = TrainConfig(seed=0, max_epochs=epochs, patience=epochs, pad_to_max_len=reference)
+    original = Dropout.forward
+    if reference:
+        Dropout.forward = bernoulli_dropout
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            state = fit(model, data, config, RunCheckpoints(Path(folder)))
+    finally:
+        Dropout.forward = original
+    return [epoch["seconds"] for epoch in state.history]
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data = load_sequences(Store(args.root))
+    print(
+        f"data: {data.n_users} users, {data.n_items} items, {int(data.n_train.sum()):,} training "
+        f"interactions; torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"python {platform.python_version()}; median of {args.epochs} epochs (incl. validation)"
+    )
+    print("| backbone | reference (s/epoch) | genair (s/epoch) | speed-up |")
+    print("|---|---:|---:|---:|")
+    for backbone in args.backbones:
+        reference = statistics.median(epoch_seconds(backbone, data, args.epochs, reference=True))
+        fast = statistics.median(epoch_seconds(backbone, data, args.epochs, reference=False))
+        print(f"| {backbone} | {reference:.2f} | {fast:.2f} | {reference / fast:.1f}× |")
+
+
+if __name__ == "__main__":
+    main()

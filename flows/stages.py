@@ -1,0 +1,11 @@
+"""The pipeline's stages in order (no imports, so the CLI can list them before Prefect loads)."""
+
+STAGES = (
+    "ingest",
+    "split",
+    "cooccurrence",
+    "archetypes",
+    "pooling",
+    "negatives",
+    "recommenders",
+)
