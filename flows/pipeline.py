@@ -80,6 +80,10 @@ def _run_stages(settings: Settings, wanted: tuple[str, ...], force: bool) -> dic
         summary["negatives"] = sample_eval_negatives.with_options(**retry)(settings, force=force)
     if "recommenders" in wanted:
         summary["recommenders"] = train_recommenders(settings, force)
+    if "results" in wanted:
+        runs = recommender_runs(settings)
+        publish_results.with_options(**retry)(settings, runs)
+        summary["results"] = {"runs": len(runs), "report": "reports/recommenders.md"}
     publish_summary.with_options(**retry)(summary)
     return summary
 
@@ -104,12 +108,16 @@ def generate_archetypes(settings: Settings, plan: ArchetypePlan) -> dict[str, ob
     return {**totals, **counts, "skipped": not plan.batches}
 
 
-def train_recommenders(settings: Settings, force: bool) -> dict[str, object]:
-    """Every configured (backbone, variant, seed) as its own task, `workers` at a time, then the
-    results table over all of them."""
+def recommender_runs(settings: Settings) -> list[tuple[str, str, int]]:
     cfg = settings.recommenders
     # Seed by seed: a run stopped part-way has every backbone × variant for its first seeds.
-    runs = [(b, v, s) for s in cfg.seeds for b in cfg.backbones for v in cfg.variants]
+    return [(b, v, s) for s in cfg.seeds for b in cfg.backbones for v in cfg.variants]
+
+
+def train_recommenders(settings: Settings, force: bool) -> dict[str, object]:
+    """Every configured (backbone, variant, seed) as its own task, `workers` at a time."""
+    cfg = settings.recommenders
+    runs = recommender_runs(settings)
     threads = share_cpu(cfg.workers)
     train = train_recommender.with_options(
         retries=settings.prefect.task_retries, retry_delay_seconds=settings.prefect.retry_delay_s
@@ -121,7 +129,6 @@ def train_recommenders(settings: Settings, force: bool) -> dict[str, object]:
         finished = next(as_completed(training))
         training.remove(finished)
         summaries.append(finished.result())
-    publish_results.with_options(retries=settings.prefect.task_retries)(settings, runs)
     return {
         "runs": len(runs),
         "trained": sum(not s["skipped"] for s in summaries),

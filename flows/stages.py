@@ -8,4 +8,5 @@ STAGES = (
     "pooling",
     "negatives",
     "recommenders",
+    "results",  # the results table over every configured run that has finished
 )

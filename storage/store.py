@@ -266,6 +266,8 @@ class Store:
 
     def table_info(self, name: str) -> TableInfo:
         path = self.table_path(name)
+        if not path.is_file():
+            raise MissingTableError(f"table {name!r} has not been written yet ({path})")
         rows = pq.ParquetFile(path).metadata.num_rows
         return TableInfo(name=name, rows=rows, sha256=_sha256(path))
 

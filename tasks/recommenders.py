@@ -193,7 +193,8 @@ _LOG_COLUMNS = {
 @task(name="recommender-results", **TASK_DEFAULTS)
 def publish_results(settings: Settings, runs: list[tuple[str, str, int]]) -> str:
     """The results table (backbone × variant, mean ± std over seeds, paired test against `id`)
-    for both protocols, as a Prefect artifact and as reports/recommenders.md."""
+    for both protocols, as a Prefect artifact and as reports/recommenders.md. Runs that have not
+    finished are left out (the Seeds column says how many each row has)."""
     store = store_for(settings)
     data = load_sequences(store)
     negatives = load_negatives(store, data)
