@@ -12,6 +12,7 @@ the user's history length. A backbone
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
@@ -31,14 +32,15 @@ class BackboneConfig:
     mask_prob: float = 0.6  # BERT4Rec's cloze masking rate (the reference's value)
 
 
-class SequentialRecommender(nn.Module):
+class SequentialRecommender(nn.Module, ABC):
     def __init__(self, config: BackboneConfig, encoder: IdEncoder | AdapterEncoder) -> None:
         super().__init__()
         self.config = config
         self.encoder = encoder
 
+    @abstractmethod
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError  # abstract: each backbone defines its own
+        """(B, L) left-padded item indices → (B, L, h)."""
 
     def training_pairs(
         self, window: torch.Tensor, generator: torch.Generator
