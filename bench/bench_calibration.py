@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import torch
+from bench_machine import best_of
 
 from genair_core.losses import CooccurrenceLookup, calibration_loss, calibration_loss_reference
 
@@ -83,15 +84,6 @@ def synthetic_catalog(n_items: int, n_pairs: int, seed: int) -> Catalog:
     s = (np.log1p(count) / np.log1p(count.max())).astype(np.float32)
     name = f"synthetic, {n_items:,} items, seed {seed}"
     return Catalog(name, n_items, key // (n_items + 1), key % (n_items + 1), s)
-
-
-def best_of(repeats: int, fn, *args) -> tuple[float, torch.Tensor]:
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn(*args)
-        times.append(time.perf_counter() - start)
-    return min(times), result
 
 
 def fast_step(

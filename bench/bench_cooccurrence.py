@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import argparse
 import platform
-import time
 
 import numpy as np
 import pyarrow as pa
+from bench_machine import best_of
 
 from genair_core.cooccurrence import cooccurrence, cooccurrence_reference
 from genair_core.preprocess import split_sequences
@@ -57,15 +57,6 @@ def synthetic_interactions(
         ],
         schema=INTERACTIONS,
     )
-
-
-def best_of(repeats: int, fn, *args) -> tuple[float, pa.Table]:
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn(*args)
-        times.append(time.perf_counter() - start)
-    return min(times), result
 
 
 def main(argv=None) -> None:

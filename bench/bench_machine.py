@@ -73,6 +73,16 @@ def load() -> str:
     return "/".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def best_of(repeats: int, fn, *args):
+    """(best wall time of `repeats` calls of fn(*args), the last call's result)."""
+    times, result = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn(*args)
+        times.append(time.perf_counter() - start)
+    return min(times), result
+
+
 def timed(fn, repeats: int, warmup: int = 1) -> list[float]:
     for _ in range(warmup):
         fn()
