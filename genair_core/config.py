@@ -9,7 +9,7 @@ Relative paths in the file are resolved against the file's folder.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -195,6 +195,7 @@ class RecommenderConfig(_Section):
     n_heads: int = Field(1, ge=1)
     dropout: float = Field(0.5, ge=0, lt=1)
     mask_prob: float = Field(0.6, gt=0, lt=1)  # BERT4Rec
+    mask_last_prob: float = Field(0.0, ge=0, le=1)  # BERT4Rec: sequences with only the last masked
     batch_size: int = Field(128, ge=1)
     lr: float = Field(1e-3, gt=0)
     max_epochs: int = Field(50, ge=1)
@@ -208,6 +209,48 @@ class RecommenderConfig(_Section):
     # Runs trained side by side (threads in one process), each with cpu_count / workers torch
     # threads: on 2 CPU cores, 2 workers of 1 thread train ~1.4x more runs per hour than 1 of 2.
     workers: int = Field(1, ge=1)
+    # Training settings one backbone uses instead of the ones above, e.g.
+    # [recommenders.per_backbone.bert4rec] loss = "ce"; unset ones are inherited.
+    per_backbone: dict[Literal["sasrec", "bert4rec", "gru4rec"], dict[str, Any]] = {}
+
+    @model_validator(mode="after")
+    def _per_backbone_settings_are_valid(self) -> RecommenderConfig:
+        for backbone in self.per_backbone:
+            self.for_backbone(backbone)
+        return self
+
+    def for_backbone(self, backbone: str) -> RecommenderConfig:
+        """The settings `backbone` trains with: these, with its `per_backbone` entries applied."""
+        overrides = self.per_backbone.get(backbone, {})
+        if not overrides:
+            return self
+        wrong = sorted(set(overrides) - PER_BACKBONE_SETTINGS)
+        if wrong:
+            raise ValueError(
+                f"recommenders.per_backbone.{backbone}: {', '.join(wrong)} cannot be set per "
+                f"backbone (allowed: {', '.join(sorted(PER_BACKBONE_SETTINGS))})"
+            )
+        base = self.model_dump(exclude={"per_backbone"})
+        return RecommenderConfig.model_validate({**base, **overrides})
+
+
+# What a backbone may set for itself: how it trains, not what is run or how results are scored.
+PER_BACKBONE_SETTINGS = {
+    "loss",
+    "hidden",
+    "max_len",
+    "n_layers",
+    "n_heads",
+    "dropout",
+    "mask_prob",
+    "mask_last_prob",
+    "batch_size",
+    "lr",
+    "max_epochs",
+    "patience",
+    "tau",
+    "alpha",
+}
 
 
 class PrefectConfig(_Section):

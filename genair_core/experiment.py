@@ -93,7 +93,11 @@ def train_and_evaluate(
     device: torch.device | str = "cpu",
 ) -> RunOutcome:
     """Train `spec` (resuming from `checkpointer`) and evaluate its best epoch on validation and
-    test with both protocols. `negatives` (n_users, m): the fixed sampled candidates by user row."""
+    test with both protocols. `negatives` (n_users, m): the fixed sampled candidates by user row.
+    `config`'s `per_backbone` settings for `spec.backbone` apply."""
+    config = config.for_backbone(spec.backbone)
+    if spec.loss != config.loss:
+        raise ValueError(f"run {spec.name} says loss {spec.loss!r}, its settings {config.loss!r}")
     variant = get_variant(spec.variant)
     backbone_config = BackboneConfig(
         n_items=data.n_items,
@@ -103,6 +107,7 @@ def train_and_evaluate(
         n_heads=config.n_heads,
         dropout=config.dropout,
         mask_prob=config.mask_prob,
+        mask_last_prob=config.mask_last_prob,
     )
     with _GLOBAL_RNG:  # initial weights come from the global RNG; runs may share a process
         torch.manual_seed(spec.seed)

@@ -13,7 +13,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
-from genair_core.config import Settings
+from genair_core.config import RecommenderConfig, Settings
 from genair_core.experiment import (
     TRAINING_VERSION,
     RunSpec,
@@ -79,13 +79,13 @@ def train_recommender(
     """Train and evaluate one run. A retry or a rerun resumes from the run's last epoch
     checkpoint; a run whose inputs and settings are unchanged since it finished is skipped."""
     store = store_for(settings)
-    cfg = settings.recommenders
+    cfg = settings.recommenders.for_backbone(backbone)
     spec = RunSpec(backbone, variant, seed, cfg.loss)
     kind = get_variant(variant)
     needs = ["sequences", "item_index", "eval_negatives"]
     needs += ["item_embeddings"] if kind.frozen else []
     needs += ["cooccurrence"] if kind.calibrated else []
-    settings_key = cfg.model_dump(mode="json", exclude={"backbones", "variants", "seeds", "device"})
+    settings_key = run_settings_key(cfg, backbone)
     inputs = fingerprint(
         TRAINING_VERSION,
         settings_key,
@@ -218,7 +218,7 @@ def publish_results(settings: Settings, runs: list[tuple[str, str, int]]) -> str
     for backbone, variant, seed in runs:
         ranks = store.read_parts(
             "eval_ranks",
-            RunSpec(backbone, variant, seed, settings.recommenders.loss).name,
+            run_name(settings, backbone, variant, seed),
             filter=pc.field("split") == "test",
         )
         if ranks is not None:
@@ -245,7 +245,7 @@ def publish_results(settings: Settings, runs: list[tuple[str, str, int]]) -> str
         ]
     metrics = []
     for run in test_ranks:
-        name = RunSpec(*run, settings.recommenders.loss).name
+        name = run_name(settings, *run)
         part = store.read_parts(
             "metrics",
             name,
@@ -268,6 +268,20 @@ def publish_results(settings: Settings, runs: list[tuple[str, str, int]]) -> str
     )
     get_run_logger().info("results written to %s", path)
     return markdown
+
+
+def run_name(settings: Settings, backbone: str, variant: str, seed: int) -> str:
+    return RunSpec(backbone, variant, seed, settings.recommenders.for_backbone(backbone).loss).name
+
+
+def run_settings_key(cfg: RecommenderConfig, backbone: str) -> dict[str, object]:
+    """The settings that decide what a run computes, for its cache key. `mask_last_prob` is in
+    BERT4Rec's key only; the older BERT4Rec-only `mask_prob` stays in every key, as it was when
+    the finished runs were keyed, so that they stay valid."""
+    exclude = {"backbones", "variants", "seeds", "device", "per_backbone"}
+    if backbone != "bert4rec":
+        exclude.add("mask_last_prob")
+    return cfg.model_dump(mode="json", exclude=exclude)
 
 
 def load_sequences(store: Store) -> UserSequences:

@@ -95,3 +95,29 @@ def test_empty_column_name_means_the_source_has_none(tmp_path):
         '[dataset.files.item_columns]\ntitle = ""\n',
     )
     assert load_settings(path).dataset.files.item_columns.title is None
+
+
+def test_per_backbone_settings_override_only_that_backbone(tmp_path):
+    path = write(
+        tmp_path,
+        "[recommenders]\nmax_epochs = 50\n"
+        "[recommenders.per_backbone.bert4rec]\n"
+        'loss = "ce"\nbatch_size = 32\nmask_last_prob = 0.5\n',
+    )
+    cfg = load_settings(path).recommenders
+    bert = cfg.for_backbone("bert4rec")
+    assert (bert.loss, bert.batch_size, bert.mask_last_prob, bert.max_epochs) == ("ce", 32, 0.5, 50)
+    assert cfg.for_backbone("sasrec") == cfg
+    assert (cfg.loss, cfg.batch_size) == ("bce", 128)
+
+
+def test_per_backbone_rejects_settings_that_are_not_per_backbone(tmp_path):
+    path = write(tmp_path, "[recommenders.per_backbone.gru4rec]\nseeds = [1]\n")
+    with pytest.raises(ConfigError, match=r"per_backbone\.gru4rec: seeds cannot be set"):
+        load_settings(path)
+
+
+def test_per_backbone_values_are_checked_like_the_others(tmp_path):
+    path = write(tmp_path, "[recommenders.per_backbone.bert4rec]\ndropout = 1.5\n")
+    with pytest.raises(ConfigError, match="dropout"):
+        load_settings(path)

@@ -130,6 +130,30 @@ def test_bert4rec_masks_only_real_items_and_targets_only_masked_positions():
     assert query.shape == (1, 16)
 
 
+def test_bert4rec_mask_last_prob_masks_only_the_last_item_of_that_share_of_rows():
+    window = torch.randint(1, N_ITEMS + 1, (400, 10))
+    window[:5, :4] = 0  # short histories: the last item is still a real one
+    m = model("bert4rec", mask_prob=0.3, mask_last_prob=0.5)
+    inputs, targets = m.training_pairs(window, torch.Generator().manual_seed(2))
+    masked = inputs == N_ITEMS + 1
+    last_only = masked[:, -1] & (masked.sum(1) == 1)
+    assert 150 < int(last_only.sum()) < 250  # ~half the rows, a few cloze rows look the same
+    assert torch.equal(targets[:, -1][last_only], window[:, -1][last_only])
+
+    every = model("bert4rec", mask_prob=0.3, mask_last_prob=1.0)
+    inputs, targets = every.training_pairs(window, torch.Generator().manual_seed(2))
+    assert torch.equal(inputs[:, :-1], window[:, 1:-1])
+    assert (inputs[:, -1] == N_ITEMS + 1).all()
+    assert torch.equal(targets[:, -1], window[:, -1])
+    assert not targets[:, :-1].any()
+
+    # 0 (the reference) draws exactly the masks it drew before the setting existed
+    reference = model("bert4rec", mask_prob=0.3)
+    plain = reference.training_pairs(window, torch.Generator().manual_seed(2))
+    draw = torch.rand(window[:, 1:].shape, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(plain[0] == N_ITEMS + 1, (draw < 0.3) & (window[:, 1:] != 0))
+
+
 def test_unknown_names_list_the_valid_ones():
     config = BackboneConfig(n_items=N_ITEMS)
     with pytest.raises(UnknownNameError, match="sasrec, bert4rec, gru4rec"):

@@ -30,6 +30,7 @@ class BackboneConfig:
     n_heads: int = 1
     dropout: float = 0.5
     mask_prob: float = 0.6  # BERT4Rec's cloze masking rate (the reference's value)
+    mask_last_prob: float = 0.0  # BERT4Rec: share of sequences with only their last item masked
 
 
 class SequentialRecommender(nn.Module, ABC):
