@@ -231,6 +231,14 @@ def publish_results(settings: Settings, runs: list[tuple[str, str, int]]) -> str
         "sampled": f"Test, sampled ({settings.recommenders.negatives} fixed negatives per user)",
     }
     sections = [f"# Recommenders on {settings.dataset.name}", ""]
+    sections += [
+        f"{backbone} trains with its own settings: "
+        + ", ".join(f"{key} = {value}" for key, value in overrides.items())
+        + "."
+        for backbone, overrides in settings.recommenders.per_backbone.items()
+        if backbone in settings.recommenders.backbones and overrides
+    ]
+    sections += [""] if sections[-1] else []
     for protocol, title in titles.items():
         results = [
             RunResult(*run, rank_metrics(ranks[f"rank_{protocol}"].to_numpy()))

@@ -21,8 +21,9 @@ k_core = 5
 backbones = ["sasrec"]
 variants = ["id", "genair"]
 seeds = [44]
-loss = "ce"
 max_epochs = {EPOCHS}
+[recommenders.per_backbone.sasrec]
+loss = "ce"
 [prefect]
 retry_delay_s = 0
 """
@@ -76,7 +77,9 @@ def test_a_short_sasrec_run_beats_popularity_on_full_ranking(trained):
     """12 epochs with softmax cross-entropy (with BCE, SASRec needs ~20 epochs here)."""
     _, store, summary = trained
     assert summary["recommenders"]["trained"] == 2
-    assert "Popularity" in store.report_path("recommenders").read_text()
+    report = store.report_path("recommenders").read_text()
+    assert "Popularity" in report
+    assert "sasrec trains with its own settings: loss = ce." in report
     for name in ("hr@10", "ndcg@10"):
         assert metric(store, "sasrec-id-ce-s44", name) > metric(store, "popularity", name)
 
