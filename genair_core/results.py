@@ -169,8 +169,9 @@ def render_results_markdown(
 ) -> str:
     """A Markdown table of summarize() rows, one line per backbone x variant, and its legend.
 
-    A cell reads "0.1234 ± 0.0056 ▲ +3.2%": mean ± std over seeds, the mark when the paired test
-    against the baseline is significant, and the change relative to the baseline mean.
+    A cell reads "0.1234 ± 0.0056 ▲ +3.2%": mean ± std over seeds (no ± for a single seed), the
+    mark when the paired test against the baseline is significant, and the change relative to the
+    baseline mean.
     """
     lines = [f"## {title}", ""] if title else []
     if not rows:
@@ -180,16 +181,18 @@ def render_results_markdown(
     lines.append("|" + "|".join([" --- "] * 3 + [" ---: "] * len(metrics)) + "|")
     for row in _ordered(rows):
         cells = [_escape(row["backbone"]), _escape(row["variant"]), str(row["seeds"])]
-        cells += [_format_cell(row[m]) for m in metrics]
+        cells += [_format_cell(row[m], row["seeds"]) for m in metrics]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", _legend(rows), ""]
     return "\n".join(lines)
 
 
-def _format_cell(cell: dict) -> str:
+def _format_cell(cell: dict, seeds: int) -> str:
     if math.isnan(cell["mean"]):
         return "n/a"
-    text = f"{cell['mean']:.4f} ± {cell['std']:.4f}"
+    text = f"{cell['mean']:.4f}"
+    if seeds > 1:  # one seed has no spread to show
+        text += f" ± {cell['std']:.4f}"
     if cell["mark"]:
         text += f" {cell['mark']}"
     if cell["rel_pct"] is not None:
@@ -205,7 +208,8 @@ def _legend(rows: list[dict]) -> str:
     else:
         over = f"{seeds[0]} seed" + ("s" if seeds[0] != 1 else "")
     return (
-        f"Mean ± std over {over} of each run's mean over {users:,} test users. "
+        f"{'Mean ± std' if seeds[-1] > 1 else 'Value'} over {over} of each run's mean over "
+        f"{users:,} test users. "
         f"{BETTER} / {WORSE}: significantly better / worse than `{baseline}` of the same backbone "
         f"(two-sided Wilcoxon signed-rank test on per-user values averaged over the shared seeds, "
         f"p < {alpha:g}); % is the change relative to the `{baseline}` mean."

@@ -150,7 +150,7 @@ def test_render_results_markdown():
     assert (
         body[2] == "| sasrec | genair | 3 | 0.5333 ± 0.0333 ▲ +60.0% | 0.2667 ± 0.0167 ▲ +60.0% |"
     )
-    assert body[1] == "| sasrec | llm | 1 | 0.3667 ± 0.0000 +10.0% | 0.1833 ± 0.0000 +10.0% |"
+    assert body[1] == "| sasrec | llm | 1 | 0.3667 +10.0% | 0.1833 +10.0% |"  # no spread
     assert "▼ -70.0%" in body[3]
     legend = lines[13]
     assert "over 1–3 seeds (column Seeds)" in legend
