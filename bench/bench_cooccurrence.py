@@ -18,7 +18,7 @@ from bench_machine import best_of
 
 from genair_core.cooccurrence import cooccurrence, cooccurrence_reference
 from genair_core.preprocess import split_sequences
-from storage.schemas import INTERACTIONS
+from genair_core.tables import INTERACTIONS
 
 
 def parse_args(argv=None) -> argparse.Namespace:

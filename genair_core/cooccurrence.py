@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 from scipy import sparse
 
 from genair_core.preprocess import SPLITS, TRAIN
-from storage.schemas import COOCCURRENCE
+from genair_core.tables import COOCCURRENCE
 
 # Part of the pipeline's cache key: bump it whenever the same input would give a different
 # table (split handling, counting rule, weighting), so stored outputs are recomputed.

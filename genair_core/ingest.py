@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 
-from genair_core.datasets import ITEM_FIELDS, Dataset, RowError
-from storage.sources import RAW_MAX_CHARS, RawRecord
+from genair_core.datasets import Dataset, RowError
+from genair_core.tables import CATALOG_FIELDS, RAW_MAX_CHARS, RawRecord
 
 # Part of the ingest step's input fingerprint: bump it when a rule here or in a dataset mapping
 # changes, so that tables written under the old rules are rebuilt.
@@ -42,7 +42,7 @@ REASONS = (
 )
 
 # The metadata that identifies an item's content; item_id and provenance are deliberately absent.
-HASHED_FIELDS = tuple(name for name in ITEM_FIELDS if name != "item_id")
+HASHED_FIELDS = tuple(name for name in CATALOG_FIELDS if name != "item_id")
 _TEXT_FIELDS = ("item_id", "title", "brand", "description")
 _LIST_FIELDS = ("categories", "features")
 _EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
@@ -67,22 +67,29 @@ def content_hash(item: Mapping[str, object]) -> str:
 
 
 def ingest(
-    dataset: Dataset, *, max_field_chars: int, batch_size: int = 10_000
+    dataset: Dataset,
+    item_records: Iterable[RawRecord],
+    interaction_records: Iterable[RawRecord],
+    *,
+    max_field_chars: int,
+    batch_size: int = 10_000,
 ) -> Iterator[tuple[str, list[Row]]]:
     """Yield (table, rows) batches: the whole catalog and its rejects first, then interactions.
 
-    Rows have exactly the columns of storage.schemas ITEMS, INTERACTIONS or REJECTS. Only the
-    de-duplication state (item ids with their hash, interaction keys) is held in memory.
+    `dataset` maps the records' fields; the catalog records are all consumed before the first
+    interaction record is asked for. Rows have exactly the columns of genair_core.tables ITEMS,
+    INTERACTIONS or REJECTS. Only the de-duplication state (item ids with their hash,
+    interaction keys) is held in memory.
     """
     out = _Batches(batch_size)
     accepted: dict[str, tuple[str, int]] = {}  # item_id -> (content_hash, line)
-    for record in dataset.item_records():
+    for record in item_records:
         table, row = _item_outcome(dataset, record, accepted, max_field_chars)
         yield from out.add(table, row)
     yield from out.flush()
 
     seen: set[tuple[str, str, int]] = set()
-    for record in dataset.interaction_records():
+    for record in interaction_records:
         table, row = _interaction_outcome(dataset, record, accepted, seen, max_field_chars)
         yield from out.add(table, row)
     yield from out.flush()

@@ -5,11 +5,16 @@
     vectors = pool_vectors(input_emb, gen_emb, input_basis, gen_basis)   # (N, k_in + k_gen)
     basis_id(input_basis, gen_basis)                 # which bases made these vectors
 
+    pooled = pool_archetypes(archetypes, PoolingConfig(), stored)   # the stage: all of the above
+    pooled.item_embeddings, pooled.bases, pooled.fitted             # table, bases to store, refit?
+
 As in the paper (method.md, stage 4): PCA of input_emb and, separately, of gen_emb, each to 384
 dims with random_state 42, concatenated input half first → 768 dims. Unlike the reference, which
 calls `fit_transform` once per run, a basis here is a value that is stored and reused: items added
 later are projected with the stored basis (`PcaBasis.project`), so their vectors live in the same
-space as the old ones; refitting moves every vector and is left to an explicit request.
+space as the old ones; refitting moves every vector and is left to an explicit request (or to a
+catalog that outgrew bases capped on a tiny first run, see `pool_archetypes`). Bases travel to and
+from storage as plain arrays and ints (`PcaBasis.to_dict` / `from_dict`).
 
 Decisions:
 - sklearn's PCA with its default ("auto") solver and random_state=seed, as the reference does;
@@ -35,10 +40,18 @@ Decisions:
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 from sklearn.decomposition import PCA
+
+from genair_core.config import PoolingConfig
+from genair_core.tables import to_fixed_list, to_matrix
+
+ROLES = ("input", "gen")  # the two bases, in the order their halves are concatenated
+_PROVENANCE = ["item_id", "content_hash", "model_id", "prompt_version", "settings_id"]
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -103,6 +116,21 @@ class PcaBasis:
         _check_finite(x, "projected rows")
         centred = x.astype(np.float64) - self.mean.astype(np.float64)  # (N, D)
         return (centred @ self.components.T.astype(np.float64)).astype(np.float32)  # (N, k)
+
+    def to_dict(self) -> dict[str, np.ndarray | int]:
+        """The fields as plain arrays and ints, for storage."""
+        return {
+            "mean": self.mean,
+            "components": self.components,
+            "explained_variance_ratio": self.explained_variance_ratio,
+            "n_fit": self.n_fit,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_dict(cls, fields: Mapping[str, object]) -> PcaBasis:
+        """The basis `to_dict` gave `fields` for; checked as a new basis is."""
+        return cls(**fields)
 
     def __repr__(self) -> str:
         return (
@@ -176,6 +204,90 @@ def basis_id(input_basis: PcaBasis, gen_basis: PcaBasis) -> str:
         digest.update(np.ascontiguousarray(basis.mean, dtype="<f4").tobytes())
         digest.update(np.ascontiguousarray(basis.components, dtype="<f4").tobytes())
     return digest.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class PooledItems:
+    """What `pool_archetypes` made."""
+
+    item_embeddings: pa.Table  # tables.item_embeddings_schema: one row per archetype row
+    bases: dict[str, dict[str, np.ndarray | int]]  # ROLES -> PcaBasis.to_dict()
+    fitted: bool  # True: fitted by this call, so to be stored; False: the stored ones, reused
+    summary: dict[str, object]
+
+
+def pool_archetypes(
+    archetypes: pa.Table | None,
+    config: PoolingConfig,
+    stored: Mapping[str, Mapping[str, object]] | None = None,
+    *,
+    stored_at: str = "",
+) -> PooledItems:
+    """Item vectors for the current archetypes, with the stored bases or with bases fitted now.
+
+    `archetypes`: the archetype rows (provenance columns, input_emb, gen_emb); None or no rows is
+    an error. `stored`: the bases of an earlier fit (`PooledItems.bases`), or None; `stored_at`
+    names where they came from in error messages. Bases are fitted when none are stored, when
+    `config.refit` is set, or when a stored basis was capped on a small catalog (k = rows - 1)
+    and more items exist now, so that a quick first run does not fix the vector size for good.
+    Stored bases of another size than configured are refused rather than silently reused.
+    """
+    if archetypes is None or archetypes.num_rows == 0:
+        raise ValueError("no archetypes to pool: the archetype stage wrote none")
+    n = archetypes.num_rows
+    input_emb = to_matrix(archetypes["input_emb"])  # (N, hidden)
+    gen_emb = to_matrix(archetypes["gen_emb"])  # (N, hidden)
+    bases = None if stored is None or config.refit else _stored(stored, config, stored_at)
+    fitted = bases is None or _outgrown(bases, n)
+    if fitted:
+        bases = {
+            "input": fit_basis(input_emb, config.input_dims, seed=config.seed),
+            "gen": fit_basis(gen_emb, config.gen_dims, seed=config.seed),
+        }
+    vectors = pool_vectors(input_emb, gen_emb, bases["input"], bases["gen"])  # (N, k_in + k_gen)
+    bid = basis_id(bases["input"], bases["gen"])
+    table = (
+        archetypes.select(_PROVENANCE)
+        .append_column("basis_id", pa.array([bid] * n, pa.string()))
+        .append_column("vector", to_fixed_list(vectors))
+    )
+    summary = {
+        "items": n,
+        "dims": int(vectors.shape[1]),
+        "bases": "fitted" if fitted else "stored",
+        "basis_id": bid,
+        "explained_input": float(bases["input"].explained_variance_ratio.sum()),
+        "explained_gen": float(bases["gen"].explained_variance_ratio.sum()),
+    }
+    plain = {role: basis.to_dict() for role, basis in bases.items()}
+    return PooledItems(table, plain, fitted, summary)
+
+
+def _stored(
+    stored: Mapping[str, Mapping[str, object]], config: PoolingConfig, stored_at: str
+) -> dict[str, PcaBasis]:
+    """The stored bases, refused when their size is not the configured one. (A basis may be
+    smaller than configured when it was capped on a small catalog.)"""
+    where = f" in {stored_at}" if stored_at else ""
+    try:
+        bases = {role: PcaBasis.from_dict(stored[role]) for role in ROLES}
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(
+            f"stored PCA bases{where} are unusable ({e}): set pooling.refit = true to refit them"
+        ) from e
+    for name, wanted in (("input", config.input_dims), ("gen", config.gen_dims)):
+        basis = bases[name]
+        capped = basis.dim == basis.n_fit - 1 or basis.dim == basis.input_dim
+        if basis.dim != wanted and not (capped and basis.dim < wanted):
+            raise ValueError(
+                f"stored {name} basis{where} has {basis.dim} dims but pooling.{name}_dims is "
+                f"{wanted}: set pooling.refit = true to refit it"
+            )
+    return bases
+
+
+def _outgrown(bases: Mapping[str, PcaBasis], n_items: int) -> bool:
+    return any(b.dim == b.n_fit - 1 and n_items > b.n_fit for b in bases.values())
 
 
 def _frozen_f32(a: np.ndarray) -> np.ndarray:

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from storage.schemas import INTERACTIONS, ITEM_INDEX, SEQUENCES, USER_INDEX
+from genair_core.tables import INTERACTIONS, ITEM_INDEX, SEQUENCES, USER_INDEX
 
 # Part of the pipeline's cache key: bump it whenever the same input would give different
 # tables (k-core, indexing, ordering, split rule), so stored outputs are recomputed.
@@ -43,7 +43,7 @@ _REQUIRED_COLUMNS = ("user_id", "item_id", "timestamp", "rating")
 
 @dataclass(frozen=True)
 class SplitTables:
-    """The output of `split_sequences`; the three tables match storage.schemas exactly."""
+    """The output of `split_sequences`; the three tables match genair_core.tables exactly."""
 
     item_index: pa.Table
     user_index: pa.Table
@@ -67,7 +67,7 @@ def split_sequences(interactions: pa.Table, k: int) -> SplitTables:
     """k-core filter, index users and items, order each user's history and split it.
 
     `interactions` needs the user_id, item_id, timestamp and rating columns of
-    storage.schemas.INTERACTIONS with exactly those types; other columns are ignored.
+    genair_core.tables.INTERACTIONS with exactly those types; other columns are ignored.
     Raises TypeError when one of them has another type, ValueError when one is missing or has
     nulls the schema forbids, and ValueError when the k-core leaves no interaction (an empty
     dataset is never what a run wants).

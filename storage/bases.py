@@ -1,15 +1,17 @@
-"""Fitted PCA bases on disk: one safetensors file per (model, prompt version).
+"""Fitted PCA bases on disk: one safetensors file per (model, prompt version and settings).
 
-    save_bases(path, {"input": input_basis, "gen": gen_basis}, {"model_id": ..., ...})
-    bases, metadata = load_bases(path)
+    save_bases(path, {"input": input_basis.to_dict(), "gen": ...}, {"model_id": ..., ...})
+    bases, metadata = load_bases(path)    # the same plain dicts; PcaBasis.from_dict rebuilds one
 
-The caller decides where the file lives (the Store passes `bases_path(root, model, version)`,
-i.e. `<root>/models/pca/<model>-<prompt_version>.safetensors`). Inside the file, basis `name`
-is three float32 tensors `name.mean` (D,), `name.components` (k, D) and
-`name.explained_variance_ratio` (k,), and the string metadata `name.n_fit` and `name.seed`;
-`format` names this layout. The caller's own metadata (model_id, prompt_version, ...) is stored
-beside those keys and comes back unchanged. safetensors holds raw arrays and strings only: unlike
-the reference's pickles, loading a file can never run code.
+A basis is a plain dict here: the arrays `mean`, `components`, `explained_variance_ratio` and the
+ints `n_fit`, `seed` (what genair_core.pooling.PcaBasis.to_dict gives). The caller decides where
+the file lives; the pooling task passes `bases_path(root, model, version)`, i.e.
+`<root>/models/pca/<model>-<version>.safetensors`. Inside the file, basis `name` is three
+float32 tensors `name.mean` (D,), `name.components` (k, D) and `name.explained_variance_ratio`
+(k,), and the string metadata `name.n_fit` and `name.seed`; `format` names this layout. The
+caller's own metadata (model_id, prompt_version, ...) is stored beside those keys and comes back
+unchanged. safetensors holds raw arrays and strings only: unlike the reference's pickles, loading
+a file can never run code.
 
 Writes are atomic (temp file in the same folder, fsync, os.replace), so an interrupted write
 leaves the previous file whole. The bytes depend only on the arrays and the metadata: safetensors
@@ -22,13 +24,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save
 
-from genair_core.pooling import PcaBasis
 from storage.store import atomic_write_bytes
 
 FORMAT = "genair-pca-bases/1"  # bump when the layout below changes
@@ -36,6 +38,8 @@ _ARRAYS = ("mean", "components", "explained_variance_ratio")
 _INTS = ("n_fit", "seed")
 _NAME = re.compile(r"[A-Za-z0-9_-]+")
 _MAX_STEM = 80  # characters of a sanitised id kept in a file name
+
+Basis = dict[str, np.ndarray | int]  # _ARRAYS -> array, _INTS -> int
 
 
 class BasesFileError(ValueError):
@@ -46,17 +50,19 @@ class BasesNotFoundError(FileNotFoundError):
     """No bases file at the path: nothing has been fitted yet for this model and prompt."""
 
 
-def bases_path(root: Path, model_id: str, prompt_version: str) -> Path:
-    """`<root>/models/pca/<model>-<prompt_version>.safetensors`, both ids made file-name safe.
+def bases_path(root: Path, model_id: str, version: str) -> Path:
+    """`<root>/models/pca/<model>-<version>.safetensors`, both ids made file-name safe.
 
     A model id may be a hub name ("HuggingFaceTB/SmolLM2-135M-Instruct") or a local folder path.
     Characters outside [A-Za-z0-9._-] become "_", and an id that had to change gets a short hash
     of the original appended, so two different ids can never share a file.
     """
-    return Path(root) / "models" / "pca" / f"{_safe(model_id)}-{_safe(prompt_version)}.safetensors"
+    return Path(root) / "models" / "pca" / f"{_safe(model_id)}-{_safe(version)}.safetensors"
 
 
-def save_bases(path: Path, bases: dict[str, PcaBasis], metadata: dict[str, str]) -> None:
+def save_bases(
+    path: Path, bases: Mapping[str, Mapping[str, object]], metadata: dict[str, str]
+) -> None:
     """Write the bases and the caller's metadata to one safetensors file, atomically."""
     path = Path(path)
     if not bases:
@@ -67,9 +73,9 @@ def save_bases(path: Path, bases: dict[str, PcaBasis], metadata: dict[str, str])
         if not _NAME.fullmatch(name):
             raise ValueError(f"basis name {name!r} must match {_NAME.pattern}")
         for field in _ARRAYS:
-            tensors[f"{name}.{field}"] = np.ascontiguousarray(getattr(basis, field))
+            tensors[f"{name}.{field}"] = np.ascontiguousarray(basis[field])
         for field in _INTS:
-            header[f"{name}.{field}"] = str(getattr(basis, field))
+            header[f"{name}.{field}"] = str(int(basis[field]))
     for key, value in metadata.items():
         if not isinstance(key, str) or not isinstance(value, str):
             raise TypeError(f"metadata must map str to str; got {key!r}: {value!r}")
@@ -80,7 +86,7 @@ def save_bases(path: Path, bases: dict[str, PcaBasis], metadata: dict[str, str])
     atomic_write_bytes(path, _canonical(save(tensors, metadata=header)))
 
 
-def load_bases(path: Path) -> tuple[dict[str, PcaBasis], dict[str, str]]:
+def load_bases(path: Path) -> tuple[dict[str, Basis], dict[str, str]]:
     """The bases in a file written by save_bases, and the caller's metadata as it was saved."""
     path = Path(path)
     if not path.is_file():
@@ -99,12 +105,12 @@ def load_bases(path: Path) -> tuple[dict[str, PcaBasis], dict[str, str]]:
 
     names = sorted({key.rsplit(".", 1)[0] for key in tensors})
     reserved = {"format"}
-    bases: dict[str, PcaBasis] = {}
+    bases: dict[str, Basis] = {}
     try:
         for name in names:
             arrays = {field: tensors[f"{name}.{field}"] for field in _ARRAYS}
             ints = {field: int(header[f"{name}.{field}"]) for field in _INTS}
-            bases[name] = PcaBasis(**arrays, **ints)
+            bases[name] = {**arrays, **ints}
             reserved.update(f"{name}.{field}" for field in _INTS)
     except (KeyError, ValueError) as e:
         raise BasesFileError(f"PCA bases file {path} is incomplete or inconsistent: {e}") from e

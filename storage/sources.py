@@ -1,8 +1,8 @@
 """Streaming readers for every input format genair accepts, yielding rows with provenance.
 
-Each reader yields `RawRecord`s: one per input row, carrying where it came from (file and line)
-so that a row the pipeline rejects can be traced back and shown to a person. Two kinds of
-trouble are kept apart on purpose:
+Each reader yields `RawRecord`s (genair_core.tables): one per input row, carrying where it came
+from (file and line) so that a row the pipeline rejects can be traced back and shown to a person.
+Two kinds of trouble are kept apart on purpose:
 
 * a *row* that cannot be read (one bad line of JSON, a CSV row with the wrong number of cells, a
   line that is not UTF-8) becomes a RawRecord with `error` set; the rows around it still flow;
@@ -25,37 +25,19 @@ import zlib
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-RAW_MAX_CHARS = 2000
+from genair_core.tables import RAW_MAX_CHARS, RawRecord
+
 _GZIP_MAGIC = b"\x1f\x8b"
 _PARQUET_BATCH_ROWS = 4096
 
 # Required columns: either bare names, or name -> the config key that named it (for the message).
 RequiredColumns = Mapping[str, str] | Sequence[str]
-
-
-@dataclass(frozen=True, slots=True)
-class RawRecord:
-    """One input row as read, before any mapping.
-
-    `line` is the 1-based physical line of a text file (the first line of a multi-line CSV record)
-    or the 1-based row of a Parquet file. `error` is None for a parsed row, else a reason code
-    ("invalid_utf8", "malformed_json", "malformed_row") with `fields` None and `detail` saying what
-    exactly was wrong.
-    """
-
-    source: str
-    line: int
-    fields: dict[str, object] | None
-    error: str | None
-    raw: str
-    detail: str = ""
 
 
 class SourceFormatError(ValueError):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from prefect import task
 
-from genair_core.config import Settings
 from genair_core.cooccurrence import COOCCURRENCE_VERSION, cooccurrence
 from storage.store import fingerprint
 from tasks.common import TASK_DEFAULTS, run_step, store_for
+from tasks.settings import Settings
 
 SEQUENCE_COLUMNS = ["user_idx", "item_idx", "split"]
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from prefect import task
 
-from genair_core.config import Settings
-from genair_core.datasets import open_dataset
+from genair_core.datasets import make_dataset
 from genair_core.ingest import INGEST_VERSION, ingest
+from storage.datasets import open_dataset
 from storage.sources import input_fingerprint
 from storage.sql import rejects_by_reason
 from storage.store import fingerprint
 from tasks.common import TASK_DEFAULTS, run_step, store_for
+from tasks.settings import Settings
 
 OUTPUTS = ("items", "interactions", "rejects")
 
@@ -18,15 +19,21 @@ OUTPUTS = ("items", "interactions", "rejects")
 @task(name="ingest-dataset", **TASK_DEFAULTS)
 def ingest_dataset(settings: Settings, force: bool = False) -> dict[str, object]:
     store = store_for(settings)
-    dataset = open_dataset(settings.dataset, settings.storage.cache_dir)
+    dataset = make_dataset(settings.dataset)
+    files = open_dataset(settings.dataset, settings.storage.cache_dir)
     inputs = fingerprint(
         INGEST_VERSION,
         settings.dataset.model_dump(mode="json"),
-        input_fingerprint(dataset.input_files()),
+        input_fingerprint(files.input_files),
     )
 
     def produce() -> tuple[dict, dict]:
-        batches = ingest(dataset, max_field_chars=settings.dataset.max_field_chars)
+        batches = ingest(
+            dataset,
+            files.item_records(),
+            files.interaction_records(),
+            max_field_chars=settings.dataset.max_field_chars,
+        )
         outputs = store.write_streams(OUTPUTS, batches)
         summary = {
             "dataset": dataset.name,

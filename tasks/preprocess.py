@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from prefect import task
 
-from genair_core.config import Settings
 from genair_core.preprocess import PREPROCESS_VERSION, split_sequences
 from storage.store import fingerprint
 from tasks.common import TASK_DEFAULTS, run_step, store_for
+from tasks.settings import Settings
 
 INTERACTION_COLUMNS = ["user_id", "item_id", "timestamp", "rating"]
 

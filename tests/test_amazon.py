@@ -5,10 +5,11 @@ import json
 from datetime import UTC, datetime
 
 import pytest
+from ingest_files import ingest_files
 
 from genair_core.config import AmazonConfig, DatasetConfig
-from genair_core.datasets import AmazonReviews, open_dataset
-from genair_core.ingest import ingest
+from genair_core.datasets import AmazonReviews, make_dataset
+from storage.datasets import open_dataset
 from storage.sources import SourceFormatError
 
 FULL_ITEM = {
@@ -55,19 +56,17 @@ def meta(tmp_path):
     return path
 
 
-def run(dataset):
-    tables = {"items": [], "interactions": [], "rejects": []}
-    for table, rows in ingest(dataset, max_field_chars=1000):
-        tables[table].extend(rows)
-    return tables
+def amazon(**files) -> DatasetConfig:
+    return DatasetConfig(name="amazon-reviews", amazon=AmazonConfig(**files))
 
 
 def test_meta_fields_are_mapped_and_image_and_related_fields_dropped(meta, tmp_path):
     ratings = tmp_path / "Beauty.csv"
     ratings.write_text("")
-    dataset = AmazonReviews(AmazonConfig(meta=meta, ratings=ratings, item_type="beauty product"))
+    config = amazon(meta=meta, ratings=ratings, item_type="beauty product")
+    dataset = make_dataset(config)
     assert (dataset.name, dataset.item_type) == ("amazon-reviews", "beauty product")
-    assert dataset.input_files() == [meta, ratings]
+    assert open_dataset(config, tmp_path).input_files == (meta, ratings)
     assert dataset.map_item(FULL_ITEM) == {
         "item_id": "B001",
         "title": "Rose Cream",
@@ -112,8 +111,7 @@ def test_meta_and_ratings_csv_through_ingest(meta, tmp_path):
         "B999,u3,3.0,1400000200\n"
         "B001,u1,5.0,1400000000\n"
     )
-    config = DatasetConfig(name="amazon-reviews", amazon=AmazonConfig(meta=meta, ratings=ratings))
-    tables = run(open_dataset(config, tmp_path / "cache"))
+    tables = ingest_files(amazon(meta=meta, ratings=ratings), tmp_path / "cache")
     items = {row["item_id"]: row for row in tables["items"]}
     assert list(items) == ["B001", "B002", "B003"]
     assert items["B001"]["title"] == "Rose Cream"  # the first accepted row wins
@@ -157,7 +155,7 @@ def test_review_lines_with_unix_time_and_review_time_fallback(meta, tmp_path):
         {"overall": 2.0, "reviewTime": "2016-09-03", "reviewerID": "R5", "asin": "B002"},
     ]
     reviews.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    tables = run(AmazonReviews(AmazonConfig(meta=meta, reviews=reviews)))
+    tables = ingest_files(amazon(meta=meta, reviews=reviews), tmp_path)
     assert [
         (r["user_id"], r["item_id"], r["timestamp"], r["rating"]) for r in tables["interactions"]
     ] == [
@@ -176,9 +174,9 @@ def test_review_lines_with_unix_time_and_review_time_fallback(meta, tmp_path):
 def test_a_meta_file_that_is_not_json_lines_names_the_file(tmp_path):
     meta = tmp_path / "meta_Beauty.json"
     meta.write_text('[{"asin": "B001"}]\n')
-    dataset = AmazonReviews(AmazonConfig(meta=meta, ratings=tmp_path / "Beauty.csv"))
+    config = amazon(meta=meta, ratings=tmp_path / "Beauty.csv")
     with pytest.raises(SourceFormatError, match=r"meta_Beauty\.json: not a JSON-lines file"):
-        run(dataset)
+        ingest_files(config, tmp_path)
 
 
 def test_swapped_meta_and_reviews_files_stop_the_run_naming_the_file(meta, tmp_path):
@@ -186,12 +184,17 @@ def test_swapped_meta_and_reviews_files_stop_the_run_naming_the_file(meta, tmp_p
     reviews.write_text(json.dumps({"reviewerID": "R1", "asin": "B001", "overall": 5.0}) + "\n")
     # Review lines carry an asin too, so the catalog pass accepts them; the reviews pass then
     # finds a meta file where review lines should be.
-    swapped = AmazonReviews(AmazonConfig(meta=reviews, reviews=meta))
+    swapped = amazon(meta=reviews, reviews=meta)
     with pytest.raises(
         SourceFormatError, match=r"meta_Beauty\.json\.gz: first object \(line 1\) lacks reviewerID"
     ):
-        run(swapped)
+        ingest_files(swapped, tmp_path)
     no_asin = tmp_path / "meta_Other.json"
     no_asin.write_text(json.dumps({"title": "x"}) + "\n")
     with pytest.raises(SourceFormatError, match=r"meta_Other\.json: .* lacks asin"):
-        run(AmazonReviews(AmazonConfig(meta=no_asin, reviews=reviews)))
+        ingest_files(amazon(meta=no_asin, reviews=reviews), tmp_path)
+
+
+def test_without_a_meta_file_the_dataset_cannot_be_opened(tmp_path):
+    with pytest.raises(ValueError, match=r"dataset\.amazon\.meta is not set"):
+        open_dataset(amazon(ratings=tmp_path / "Beauty.csv"), tmp_path)

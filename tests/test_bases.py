@@ -22,11 +22,16 @@ from storage.bases import (
 METADATA = {"model_id": "HuggingFaceTB/SmolLM2-135M-Instruct", "prompt_version": "p3-é"}
 
 
-def _bases(seed: int = 0) -> dict[str, PcaBasis]:
+def _fitted(seed: int = 0) -> dict[str, PcaBasis]:
     rng = np.random.default_rng(seed)
     input_emb = rng.normal(size=(30, 16)).astype(np.float32)
     gen_emb = rng.normal(size=(30, 24)).astype(np.float32)
     return {"input": fit_basis(input_emb, 8), "gen": fit_basis(gen_emb, 6, seed=7)}
+
+
+def _bases(seed: int = 0) -> dict[str, dict]:
+    """The bases as storage takes them: plain dicts (PcaBasis.to_dict)."""
+    return {name: basis.to_dict() for name, basis in _fitted(seed).items()}
 
 
 def _assert_same(a: PcaBasis, b: PcaBasis) -> None:
@@ -41,13 +46,14 @@ def _temp_files(folder: Path) -> list[str]:
 
 
 def test_round_trip_is_exact_and_keeps_metadata(tmp_path):
-    bases = _bases()
+    bases = _fitted()
     path = tmp_path / "models" / "pca" / "m-p3.safetensors"
-    save_bases(path, bases, METADATA)
+    save_bases(path, {name: basis.to_dict() for name, basis in bases.items()}, METADATA)
 
-    loaded, metadata = load_bases(path)
+    plain, metadata = load_bases(path)
     assert metadata == METADATA
-    assert sorted(loaded) == ["gen", "input"]
+    assert sorted(plain) == ["gen", "input"]
+    loaded = {name: PcaBasis.from_dict(fields) for name, fields in plain.items()}
     for name in bases:
         _assert_same(loaded[name], bases[name])
     assert basis_id(loaded["input"], loaded["gen"]) == basis_id(bases["input"], bases["gen"])
@@ -68,7 +74,7 @@ def test_file_is_plain_safetensors(tmp_path):
     )
     assert tensors["input.components"].shape == (8, 16)
     assert tensors["gen.components"].dtype == np.float32
-    np.testing.assert_array_equal(tensors["gen.mean"], bases["gen"].mean)
+    np.testing.assert_array_equal(tensors["gen.mean"], bases["gen"]["mean"])
 
 
 def test_same_bases_give_byte_identical_files_across_processes(tmp_path):
@@ -102,7 +108,7 @@ def test_interrupted_write_leaves_the_old_file_intact(tmp_path, monkeypatch):
     assert path.read_bytes() == before
     assert _temp_files(tmp_path) == []
     loaded, metadata = load_bases(path)
-    _assert_same(loaded["input"], old["input"])
+    _assert_same(PcaBasis.from_dict(loaded["input"]), PcaBasis.from_dict(old["input"]))
     assert metadata == METADATA
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from genair_core.cooccurrence import cooccurrence, cooccurrence_reference
 from genair_core.preprocess import split_sequences
-from storage.schemas import COOCCURRENCE, INTERACTIONS, SEQUENCES
+from genair_core.tables import COOCCURRENCE, INTERACTIONS, SEQUENCES
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 

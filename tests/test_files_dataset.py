@@ -1,14 +1,16 @@
 """The `files` dataset: Parquet and CSV exports, column mapping, timestamps, attributes."""
 
 from datetime import UTC, datetime
+from typing import get_args
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from ingest_files import ingest_files
 
 from genair_core.config import DatasetConfig, FilesConfig, InteractionColumns, ItemColumns
-from genair_core.datasets import FilesDataset, open_dataset
-from genair_core.ingest import ingest
+from genair_core.datasets import DATASETS, FilesDataset, make_dataset
+from storage.datasets import OPENERS, open_dataset
 from storage.sources import SourceFormatError
 
 MAPPED = ItemColumns(
@@ -23,11 +25,8 @@ MAPPED = ItemColumns(
 )
 
 
-def run(dataset):
-    tables = {"items": [], "interactions": [], "rejects": []}
-    for table, rows in ingest(dataset, max_field_chars=1000):
-        tables[table].extend(rows)
-    return tables
+def files_dataset(files: FilesConfig) -> DatasetConfig:
+    return DatasetConfig(name="files", files=files)
 
 
 def write_parquet_catalog(path):
@@ -76,9 +75,12 @@ def test_parquet_catalog_with_mapped_columns_and_attributes(tmp_path):
             item_type="home product",
         ),
     )
-    dataset = open_dataset(config, tmp_path / "cache")
+    dataset = make_dataset(config)
+    assert isinstance(dataset, FilesDataset)
     assert (dataset.name, dataset.item_type) == ("files", "home product")
-    tables = run(dataset)
+    files = open_dataset(config, tmp_path / "cache")
+    assert files.input_files == (tmp_path / "catalog.parquet", tmp_path / "events.parquet")
+    tables = ingest_files(config, tmp_path / "cache")
     assert tables["rejects"] == []
     lamp, desk = tables["items"]
     assert {k: v for k, v in lamp.items() if k not in ("content_hash", "source")} == {
@@ -115,7 +117,8 @@ def test_unmapped_columns_can_be_ignored(tmp_path):
         item_columns=MAPPED,
         unmapped_columns="ignore",
     )
-    items = [FilesDataset(config).map_item(r.fields) for r in FilesDataset(config).item_records()]
+    records = open_dataset(files_dataset(config), tmp_path).item_records()
+    items = [FilesDataset(config).map_item(r.fields) for r in records]
     assert [item["attributes"] for item in items] == [{}, {}]
 
 
@@ -134,7 +137,7 @@ def test_csv_catalog_with_list_separator_delimiter_and_unparseable_numbers(tmp_p
         csv_delimiter=";",
     )
     (tmp_path / "events.csv").write_text("user_id;item_id;timestamp\n")
-    tables = run(FilesDataset(config))
+    tables = ingest_files(files_dataset(config), tmp_path)
     assert tables["rejects"] == []
     chair, stool = tables["items"]
     assert (chair["categories"], chair["price"], chair["release_year"]) == (
@@ -161,7 +164,7 @@ def test_csv_timestamps_iso_and_unix(tmp_path):
         "u8,A,01/05/2024\n"  # 9: not ISO 8601
     )
     config = FilesConfig(catalog=tmp_path / "catalog.csv", interactions=tmp_path / "events.csv")
-    tables = run(FilesDataset(config))
+    tables = ingest_files(files_dataset(config), tmp_path)
     noon = datetime(2024, 5, 1, 12, tzinfo=UTC)
     assert [(r["user_id"], r["timestamp"]) for r in tables["interactions"]] == [
         ("u1", noon),
@@ -194,7 +197,7 @@ def test_explicit_timestamp_formats(tmp_path, fmt, value, expected):
         interactions=tmp_path / "events.csv",
         interaction_columns=InteractionColumns(timestamp_format=fmt),
     )
-    tables = run(FilesDataset(config))
+    tables = ingest_files(files_dataset(config), tmp_path)
     if expected is None:
         assert [r["reason"] for r in tables["rejects"]] == ["bad_timestamp"]
     else:
@@ -210,15 +213,15 @@ def test_a_missing_mapped_column_names_file_column_and_config_key(tmp_path):
         item_columns=ItemColumns(item_id="id", title="title"),
         interaction_columns=InteractionColumns(user_id="user", item_id="id", timestamp="time"),
     )
-    dataset = FilesDataset(config)
+    files = open_dataset(files_dataset(config), tmp_path)
     with pytest.raises(SourceFormatError) as err:
-        list(dataset.item_records())
+        list(files.item_records())
     assert str(err.value) == (
         f"{tmp_path / 'catalog.csv'}: missing column 'title' "
         "(configured as dataset.files.item_columns.title); columns are: id, name"
     )
     with pytest.raises(SourceFormatError) as err:
-        list(dataset.interaction_records())
+        list(files.interaction_records())
     assert str(err.value) == (
         f"{tmp_path / 'ev.parquet'}: missing column 'time' "
         "(configured as dataset.files.interaction_columns.timestamp); columns are: user, id, ts"
@@ -228,4 +231,11 @@ def test_a_missing_mapped_column_names_file_column_and_config_key(tmp_path):
 def test_unknown_dataset_name_lists_the_valid_ones(tmp_path):
     config = DatasetConfig.model_construct(name="netflix")
     with pytest.raises(ValueError, match="valid names: amazon-reviews, files, movielens-100k"):
+        make_dataset(config)
+    with pytest.raises(ValueError, match="valid names: amazon-reviews, files, movielens-100k"):
         open_dataset(config, tmp_path)
+
+
+def test_every_configurable_dataset_has_a_mapping_and_a_reader():
+    names = set(get_args(DatasetConfig.model_fields["name"].annotation))
+    assert set(DATASETS) == set(OPENERS) == names

@@ -6,9 +6,11 @@ from datetime import UTC, datetime
 import pyarrow as pa
 import pytest
 
-from genair_core.config import FilesConfig, InteractionColumns, ItemColumns
-from genair_core.datasets import FilesDataset
+from genair_core.config import DatasetConfig, FilesConfig, InteractionColumns, ItemColumns
+from genair_core.datasets import FilesDataset, make_dataset
 from genair_core.ingest import REASONS, content_hash, ingest
+from genair_core.tables import RawRecord
+from storage.datasets import open_dataset
 from storage.schemas import TABLES
 
 LONG = "x" * 101  # max_field_chars is 100 below
@@ -50,16 +52,24 @@ EVENTS = (
 
 
 @pytest.fixture
-def dataset(tmp_path):
+def run_ingest(tmp_path):
+    """ingest over CATALOG and EVENTS, read from files as the ingest task reads them."""
     (tmp_path / "catalog.csv").write_bytes(CATALOG)
     (tmp_path / "events.csv").write_bytes(EVENTS)
-    config = FilesConfig(
+    files = FilesConfig(
         catalog=tmp_path / "catalog.csv",
         interactions=tmp_path / "events.csv",
         item_columns=ItemColumns(price="price"),
         interaction_columns=InteractionColumns(rating="rating"),
     )
-    return FilesDataset(config)
+    config = DatasetConfig(name="files", files=files)
+    opened = open_dataset(config, tmp_path)
+
+    def run(**options):
+        records = (opened.item_records(), opened.interaction_records())
+        return ingest(make_dataset(config), *records, **options)
+
+    return run
 
 
 def collect(batches):
@@ -69,8 +79,8 @@ def collect(batches):
     return tables
 
 
-def test_every_bad_row_becomes_exactly_the_expected_reject(dataset, tmp_path):
-    tables = collect(ingest(dataset, max_field_chars=100))
+def test_every_bad_row_becomes_exactly_the_expected_reject(run_ingest, tmp_path):
+    tables = collect(run_ingest(max_field_chars=100))
     catalog, events = str(tmp_path / "catalog.csv"), str(tmp_path / "events.csv")
     got = [(r["table"], r["source"], r["line"], r["field"], r["reason"]) for r in tables["rejects"]]
     assert got == [
@@ -110,8 +120,8 @@ def test_every_bad_row_becomes_exactly_the_expected_reject(dataset, tmp_path):
     assert by_line["interactions", 11]["detail"] == "item_id 'Z' is not in the accepted catalog"
 
 
-def test_good_rows_survive_with_canonical_values(dataset, tmp_path):
-    tables = collect(ingest(dataset, max_field_chars=100))
+def test_good_rows_survive_with_canonical_values(run_ingest, tmp_path):
+    tables = collect(run_ingest(max_field_chars=100))
     catalog, events = str(tmp_path / "catalog.csv"), str(tmp_path / "events.csv")
     items = {row["item_id"]: row for row in tables["items"]}
     assert list(items) == ["A", "B", "F", "H"]
@@ -164,8 +174,8 @@ def test_good_rows_survive_with_canonical_values(dataset, tmp_path):
     ]
 
 
-def test_batches_fit_the_schemas_and_put_the_catalog_first(dataset):
-    batches = list(ingest(dataset, max_field_chars=100, batch_size=3))
+def test_batches_fit_the_schemas_and_put_the_catalog_first(run_ingest):
+    batches = list(run_ingest(max_field_chars=100, batch_size=3))
     assert all(1 <= len(rows) <= 3 for _, rows in batches)
     # which input each batch comes from: no catalog row may follow an interaction row
     phases = [rows[0]["table"] if t == "rejects" else t for t, rows in batches]
@@ -181,13 +191,33 @@ def test_batches_fit_the_schemas_and_put_the_catalog_first(dataset):
         pa.Table.from_pylist(rows, schema=TABLES[table])  # raises if a value does not fit
 
 
-def test_every_input_row_is_accounted_for(dataset):
-    tables = collect(ingest(dataset, max_field_chars=100))
+def test_every_input_row_is_accounted_for(run_ingest):
+    tables = collect(run_ingest(max_field_chars=100))
     item_rows = 12  # data records in CATALOG (H spans two lines)
     event_rows = 15
     assert len(tables["items"]) + sum(r["table"] == "items" for r in tables["rejects"]) == item_rows
     interactions = len(tables["interactions"])
     assert interactions + sum(r["table"] == "interactions" for r in tables["rejects"]) == event_rows
+
+
+def test_any_records_can_be_fed_and_the_catalog_is_read_first():
+    read = []
+
+    def records(source, rows):
+        for line, fields in enumerate(rows, 1):
+            read.append(source)
+            yield RawRecord(source, line, fields, None, str(fields))
+
+    items = records("catalog", [{"item_id": "A", "title": "Alpha"}])
+    events = records("events", [{"user_id": "u1", "item_id": "A", "timestamp": "100"}])
+    dataset = FilesDataset(FilesConfig(catalog="unread.csv", interactions="unread.csv"))
+    tables = collect(ingest(dataset, items, events, max_field_chars=100))
+    assert read == ["catalog", "events"]
+    assert [(r["item_id"], r["title"], r["source"]) for r in tables["items"]] == [
+        ("A", "Alpha", "catalog")
+    ]
+    assert [(r["user_id"], r["item_id"]) for r in tables["interactions"]] == [("u1", "A")]
+    assert tables["rejects"] == []
 
 
 ITEM = {

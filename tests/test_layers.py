@@ -1,0 +1,98 @@
+"""The layers import one way: flows -> tasks -> storage, genair_core; storage -> genair_core.tables.
+
+Every import statement of every module counts, including those inside functions, so a lazy
+import cannot hide a dependency.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LAYERS = ("genair_core", "storage", "tasks", "flows")
+
+# What genair_core never imports: it is the method as a plain library.
+CORE_FORBIDDEN = ("storage", "tasks", "flows", "prefect")
+# What storage may take from genair_core: the table schemas (and the raw input record) that both
+# sides share, and the settings sections, because storage opens the configured dataset
+# (storage.datasets reads DatasetConfig). Both are plain declarations without logic.
+STORAGE_ALLOWED_CORE = ("genair_core.tables", "genair_core.config")
+STORAGE_FORBIDDEN = ("tasks", "flows")
+# Tasks and flows hand work to genair_core and storage; arrays and tensors stay there.
+ORCHESTRATION_FORBIDDEN = ("torch", "numpy")
+
+
+def _modules(layer: str) -> list[Path]:
+    return sorted((ROOT / layer).rglob("*.py"))
+
+
+def _imports(path: Path, root: Path = ROOT) -> list[tuple[int, str]]:
+    """(line, absolute module name) of every import in the file, at any depth."""
+    package = ".".join(path.relative_to(root).with_suffix("").parts[:-1])
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found.extend((node.lineno, alias.name) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: resolve against the file's own package
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                module = f"{base}.{node.module}" if node.module else base
+            else:
+                module = node.module or ""
+            found.append((node.lineno, module))
+    return found
+
+
+def _within(module: str, packages: tuple[str, ...]) -> bool:
+    return any(module == p or module.startswith(f"{p}.") for p in packages)
+
+
+def _violations(layer: str, bad: Callable[[str], bool]) -> list[str]:
+    return [
+        f"{path.relative_to(ROOT)}:{line} imports {module}"
+        for path in _modules(layer)
+        for line, module in _imports(path)
+        if bad(module)
+    ]
+
+
+def test_every_layer_has_modules():
+    for layer in LAYERS:
+        assert _modules(layer), f"no Python files under {layer}/"
+
+
+def test_the_import_walker_sees_imports_inside_functions_and_relative_ones(tmp_path):
+    module = tmp_path / "genair_core" / "models" / "x.py"
+    module.parent.mkdir(parents=True)
+    module.write_text(
+        "import os\n\n\ndef f():\n    from storage.store import Store\n"
+        "    from . import y\n    from ..tables import ITEMS\n"
+    )
+    assert [m for _, m in _imports(module, root=tmp_path)] == [
+        "os",
+        "storage.store",
+        "genair_core.models",
+        "genair_core.tables",
+    ]
+
+
+def test_genair_core_imports_no_storage_tasks_flows_or_prefect():
+    assert _violations("genair_core", lambda m: _within(m, CORE_FORBIDDEN)) == []
+
+
+def test_storage_imports_only_the_shared_declarations_of_genair_core():
+    def bad(module: str) -> bool:
+        if _within(module, STORAGE_FORBIDDEN):
+            return True
+        return _within(module, ("genair_core",)) and not _within(module, STORAGE_ALLOWED_CORE)
+
+    assert _violations("storage", bad) == []
+
+
+@pytest.mark.parametrize("layer", ["tasks", "flows"])
+def test_tasks_and_flows_import_neither_torch_nor_numpy(layer):
+    assert _violations(layer, lambda m: _within(m, ORCHESTRATION_FORBIDDEN)) == []
