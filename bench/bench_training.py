@@ -22,12 +22,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from genair_core.models import BackboneConfig, build_model
+from genair_core.config import ModelConfig, TrainingConfig
+from genair_core.experiment import RunInputs
+from genair_core.models import build_model
 from genair_core.models.transformer import Dropout
-from genair_core.training import TrainConfig, fit
+from genair_core.training import fit
 from storage.checkpoints import RunCheckpoints
+from storage.recommenders import read_run_tables
 from storage.store import Store
-from tasks.recommenders import load_sequences
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -45,14 +47,15 @@ def bernoulli_dropout(self, x):
 
 def epoch_seconds(backbone, data, epochs, reference: bool) -> list[float]:
     torch.manual_seed(0)
-    model = build_model(backbone, "id", BackboneConfig(n_items=data.n_items))
-    config = TrainConfig(seed=0, max_epochs=epochs, patience=epochs, pad_to_max_len=reference)
+    model = build_model(backbone, "id", ModelConfig(), data.n_items)
+    config = TrainingConfig(max_epochs=epochs, patience=epochs)
     original = Dropout.forward
     if reference:
         Dropout.forward = bernoulli_dropout
     try:
         with tempfile.TemporaryDirectory() as folder:
-            state = fit(model, data, config, RunCheckpoints(Path(folder)))
+            checkpoints = RunCheckpoints(Path(folder))
+            state = fit(model, data, config, checkpoints, seed=0, pad_to_max_len=reference)
     finally:
         Dropout.forward = original
     return [epoch["seconds"] for epoch in state.history]
@@ -62,7 +65,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    data = load_sequences(Store(args.root))
+    data = RunInputs.from_tables(read_run_tables(Store(args.root), ["sequences"])).data
     print(
         f"data: {data.n_users} users, {data.n_items} items, {int(data.n_train.sum()):,} training "
         f"interactions; torch {torch.__version__}, {torch.get_num_threads()} threads, "

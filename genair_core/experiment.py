@@ -1,46 +1,199 @@
-"""One recommender run end to end — build, train (resumable), evaluate — and its metric rows.
+"""One recommender run end to end — build, train (resumable), evaluate — and the rows it adds to
+the eval_ranks, training_log and metrics tables.
 
-    run = RunSpec("sasrec", "genair", seed=44)
-    outcome = train_and_evaluate(run, settings.recommenders, data, negatives, checkpointer,
-                                 table=table, lookup=lookup)
-    rows = metric_rows(outcome, groups_for(data, outcome.test, tail_share=0.2))
+    run = RunSpec.of(RecommenderConfig(), "sasrec", "genair", seed=44)
+    inputs = RunInputs.from_tables(tables)  # what storage.recommenders.read_run_tables returns
+    columns = run.columns(run_id, dataset="movielens-100k")
+    trained = train_run(run, inputs, checkpointer, columns, input_dims=384)
+    metrics = score_run(inputs.data, pa.Table.from_pylist(trained.ranks), 0.2, columns)
 
-No Prefect and no files here: `tasks.recommenders` reads the tables, passes them in and writes
-what comes back.
+Metrics are computed from the stored ranks rather than from the run itself, so a change of how
+users are grouped (`tail_share`) rescores a run without retraining it. No Prefect and no files
+here: `tasks.recommenders` passes in what storage read and writes what comes back.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
+import pyarrow as pa
 import torch
 
-from genair_core.config import RecommenderConfig
+from genair_core.config import ModelConfig, RecommenderConfig, TrainingConfig
 from genair_core.losses import CooccurrenceLookup
-from genair_core.metrics import group_metrics, short_history, tail_items
-from genair_core.models import BackboneConfig, build_model, get_variant
+from genair_core.metrics import (
+    group_metrics,
+    rank_metrics,
+    sample_negatives,
+    short_history,
+    tail_items,
+)
+from genair_core.models import build_model, get_variant
+from genair_core.models.item_encoders import frozen_table
 from genair_core.sequences import UserSequences
-from genair_core.training import Checkpointer, Evaluation, TrainConfig, TrainerState, evaluate, fit
+from genair_core.training import (
+    Checkpointer,
+    Evaluation,
+    TrainerState,
+    evaluate,
+    fit,
+    popularity_ranks,
+)
 
 # Part of every run's cache key: bump when the same inputs would train or score differently.
-TRAINING_VERSION = 1
-PROTOCOLS = ("full", "sampled")
+# 2: the key is RunSpec.cache_key's explicit list (issue 9), no longer every setting.
+TRAINING_VERSION = 2
+RUN_TABLES = ("sequences", "item_index", "eval_negatives")
+LOG_COLUMNS = (
+    "epoch",
+    "train_loss",
+    "rec_loss",
+    "cal_loss",
+    "valid_hr@10",
+    "valid_ndcg@10",
+    "seconds",
+)
+BERT4REC_ONLY = {"mask_prob", "mask_last_prob"}
+CALIBRATION_ONLY = {"tau", "alpha"}
 _GLOBAL_RNG = threading.Lock()
 
 
 @dataclass(frozen=True)
 class RunSpec:
+    """One (backbone, variant, seed) with the model and training settings it runs with."""
+
     backbone: str
     variant: str
     seed: int
-    loss: str = "bce"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+    @classmethod
+    def of(cls, config: RecommenderConfig, backbone: str, variant: str, seed: int) -> RunSpec:
+        """The run with `backbone`'s `per_backbone` settings applied."""
+        model, training = config.for_backbone(backbone)
+        return cls(backbone, variant, seed, model, training)
 
     @property
     def name(self) -> str:
-        return f"{self.backbone}-{self.variant}-{self.loss}-s{self.seed}"
+        return f"{self.backbone}-{self.variant}-{self.training.loss}-s{self.seed}"
+
+    @property
+    def tables(self) -> list[str]:
+        """The tables the run reads: item vectors for frozen variants, co-occurrence for
+        calibrated ones."""
+        kind = get_variant(self.variant)
+        return [
+            *RUN_TABLES,
+            *(["item_embeddings"] if kind.frozen else []),
+            *(["cooccurrence"] if kind.calibrated else []),
+        ]
+
+    def cache_key(self, input_dims: int, table_hashes: dict[str, str]) -> list[object]:
+        """What decides the run's ranks and training log, for its cache key: the run, its model
+        and training settings (BERT4Rec's masking only for BERT4Rec, the calibration weights only
+        for calibrated variants), the split of the item vectors for the half variants, and the
+        hashes of `self.tables`. Left out: the grid, `workers` and `device` (which runs, how many
+        at a time, where) and the evaluation settings (the negatives are in eval_negatives'
+        hash; `tail_share` only groups the metrics, which are rescored without training)."""
+        kind = get_variant(self.variant)
+        model = self.model.model_dump(
+            mode="json", exclude=set() if self.backbone == "bert4rec" else BERT4REC_ONLY
+        )
+        training = self.training.model_dump(
+            mode="json", exclude=set() if kind.calibrated else CALIBRATION_ONLY
+        )
+        return [
+            TRAINING_VERSION,
+            self.backbone,
+            self.variant,
+            self.seed,
+            model,
+            training,
+            input_dims if kind.half is not None else None,
+            {name: table_hashes[name] for name in self.tables},
+        ]
+
+    def columns(self, run_id: str, dataset: str) -> dict[str, object]:
+        """The columns that say which run wrote a row, on every row it writes."""
+        return {
+            "run_id": run_id,
+            "dataset": dataset,
+            "backbone": self.backbone,
+            "variant": self.variant,
+            "seed": self.seed,
+            "loss": self.training.loss,
+        }
+
+
+class RunTables(Protocol):
+    """What a run reads, as storage.recommenders hands it over (Arrow tables, numpy arrays)."""
+
+    n_items: int
+    sequences: pa.Table  # user_idx, position, item_idx, split
+    negative_users: np.ndarray | None  # (U,) the user_idx of each row of `negatives`
+    negatives: np.ndarray | None  # (U, m) eval_negatives
+    item_ids: list[str] | None  # item_id by item_idx, from 1
+    vector_item_ids: list[str] | None  # the item of each row of `vectors`
+    vectors: np.ndarray | None  # (N, d) item_embeddings
+    pairs: pa.Table | None  # cooccurrence i, j, s
+
+
+@dataclass(frozen=True)
+class RunInputs:
+    data: UserSequences
+    negatives: np.ndarray | None  # (n_users, m) by row of `data`
+    table: torch.Tensor | None  # (n_items + 1, d) frozen item vectors by item index
+    lookup: CooccurrenceLookup | None
+
+    @classmethod
+    def from_tables(cls, tables: RunTables) -> RunInputs:
+        """A missing or unreadable co-occurrence table fails before this (the reference silently
+        trains with w = 1 instead)."""
+        data = UserSequences.from_table(tables.sequences, tables.n_items)
+        negatives = None
+        if tables.negatives is not None:
+            negatives = negatives_by_row(data, tables.negative_users, tables.negatives)
+        table = None
+        if tables.vectors is not None:
+            table = frozen_table(tables.item_ids, tables.vector_item_ids, tables.vectors)
+        lookup = None
+        if tables.pairs is not None:
+            pairs = tables.pairs
+            lookup = CooccurrenceLookup.from_pairs(
+                pairs["i"].to_numpy(), pairs["j"].to_numpy(), pairs["s"].to_numpy(), data.n_items
+            )
+        return cls(data, negatives, table, lookup)
+
+
+def negatives_by_row(data: UserSequences, users: np.ndarray, negatives: np.ndarray) -> np.ndarray:
+    """(n_users, m) the rows of `negatives` (one per user in `users`) in the row order of
+    `data`."""
+    by_user = dict(zip(users.tolist(), range(len(users)), strict=True))
+    missing = [int(u) for u in data.user_idx if int(u) not in by_user]
+    if missing:
+        raise ValueError(
+            f"eval_negatives has no row for {len(missing)} users (first: {missing[:5]}); "
+            "rerun the negatives stage"
+        )
+    return negatives[np.array([by_user[int(u)] for u in data.user_idx])]
+
+
+def eval_negatives(data: UserSequences, n: int, seed: int) -> pa.Table:
+    """The sampled protocol's candidates: `n` items per user that the user never had, drawn once
+    and shared by every run (an EVAL_NEGATIVES table)."""
+    ptr, items = data.all_items_csr()
+    negatives = sample_negatives(ptr, items, data.n_items, n, seed)
+    return pa.table(
+        {
+            "user_idx": pa.array(data.user_idx, pa.int32()),
+            "negatives": pa.array(list(negatives), pa.list_(pa.int32())),
+        }
+    )
 
 
 @dataclass(frozen=True)
@@ -68,63 +221,144 @@ def share_cpu(workers: int) -> int:
     return threads
 
 
-def train_config(config: RecommenderConfig, seed: int) -> TrainConfig:
-    return TrainConfig(
-        seed=seed,
-        loss=config.loss,
-        batch_size=config.batch_size,
-        lr=config.lr,
-        max_epochs=config.max_epochs,
-        patience=config.patience,
-        tau=config.tau,
-        alpha=config.alpha,
-    )
+def resume_from(checkpointer: Checkpointer, training: TrainingConfig, restart: bool) -> int:
+    """The epoch a run resumes after (0: from scratch). `restart` clears the checkpoints of a
+    finished run, so that it trains again; an unfinished one (a retry) resumes even then."""
+    saved = checkpointer.load()
+    if saved is None:
+        return 0
+    state = TrainerState.from_dict(saved[0])
+    if restart and state.finished(training):
+        checkpointer.clear()
+        return 0
+    return state.epoch
 
 
 def train_and_evaluate(
     spec: RunSpec,
-    config: RecommenderConfig,
-    data: UserSequences,
-    negatives: np.ndarray,
+    inputs: RunInputs,
     checkpointer: Checkpointer,
-    table: torch.Tensor | None = None,
-    lookup: CooccurrenceLookup | None = None,
     input_dims: int = 384,
     device: torch.device | str = "cpu",
 ) -> RunOutcome:
     """Train `spec` (resuming from `checkpointer`) and evaluate its best epoch on validation and
-    test with both protocols. `negatives` (n_users, m): the fixed sampled candidates by user row.
-    `config`'s `per_backbone` settings for `spec.backbone` apply."""
-    config = config.for_backbone(spec.backbone)
-    if spec.loss != config.loss:
-        raise ValueError(f"run {spec.name} says loss {spec.loss!r}, its settings {config.loss!r}")
+    test with both protocols."""
     variant = get_variant(spec.variant)
-    backbone_config = BackboneConfig(
-        n_items=data.n_items,
-        hidden=config.hidden,
-        max_len=config.max_len,
-        n_layers=config.n_layers,
-        n_heads=config.n_heads,
-        dropout=config.dropout,
-        mask_prob=config.mask_prob,
-        mask_last_prob=config.mask_last_prob,
-    )
+    data = inputs.data
     with _GLOBAL_RNG:  # initial weights come from the global RNG; runs may share a process
         torch.manual_seed(spec.seed)
-        model = build_model(spec.backbone, spec.variant, backbone_config, table, input_dims)
+        model = build_model(
+            spec.backbone, spec.variant, spec.model, data.n_items, inputs.table, input_dims
+        )
     state = fit(
         model,
         data,
-        train_config(config, spec.seed),
+        spec.training,
         checkpointer,
-        lookup=lookup if variant.calibrated else None,
+        seed=spec.seed,
+        lookup=inputs.lookup if variant.calibrated else None,
         calibrated=variant.calibrated,
         device=device,
     )
-    valid = evaluate(model, data, negatives, "valid", device=device)
-    test = evaluate(model, data, negatives, "test", device=device)
+    valid = evaluate(model, data, inputs.negatives, "valid", device=device)
+    test = evaluate(model, data, inputs.negatives, "test", device=device)
     weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return RunOutcome(spec, state, valid, test, weights)
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    ranks: list[dict]  # EVAL_RANKS rows
+    log: list[dict]  # TRAINING_LOG rows
+    best_weights: dict[str, torch.Tensor]
+    best_epoch: int
+    summary: dict[str, object]  # what the flow and the step's manifest show
+
+
+def train_run(
+    spec: RunSpec,
+    inputs: RunInputs,
+    checkpointer: Checkpointer,
+    columns: dict[str, object],
+    input_dims: int = 384,
+    device: torch.device | str = "cpu",
+) -> TrainedRun:
+    """train_and_evaluate, and the rows the run adds to the tables (`columns` on each)."""
+    outcome = train_and_evaluate(spec, inputs, checkpointer, input_dims, device)
+    return TrainedRun(
+        ranks=rank_rows(outcome, inputs.data, columns),
+        log=log_rows(outcome.state, columns),
+        best_weights=outcome.best_weights,
+        best_epoch=outcome.state.best_epoch,
+        summary=run_summary(outcome, str(columns["run_id"]), device),
+    )
+
+
+def score_run(
+    data: UserSequences, ranks: pa.Table, tail_share: float, columns: dict[str, object]
+) -> list[dict]:
+    """A run's METRICS rows from its EVAL_RANKS rows."""
+    valid, test = evaluations_from_ranks(data, ranks)
+    return metric_rows(data, valid, test, tail_share, columns)
+
+
+def rank_rows(outcome: RunOutcome, data: UserSequences, columns: dict[str, object]) -> list[dict]:
+    """EVAL_RANKS rows: every evaluated user's rank of the held-out item, valid then test."""
+    return [
+        {
+            **columns,
+            "split": split,
+            "user_idx": int(user),
+            "item_idx": int(item),
+            "rank_full": int(full),
+            "rank_sampled": int(sampled),
+        }
+        for split, ev in (("valid", outcome.valid), ("test", outcome.test))
+        for user, item, full, sampled in zip(
+            data.user_idx[ev.users], ev.targets, ev.full, ev.sampled, strict=True
+        )
+    ]
+
+
+def log_rows(state: TrainerState, columns: dict[str, object]) -> list[dict]:
+    """TRAINING_LOG rows: one per epoch."""
+    return [
+        {**columns, **{k: v for k, v in epoch.items() if k in LOG_COLUMNS}}
+        for epoch in state.history
+    ]
+
+
+def run_summary(outcome: RunOutcome, run_id: str, device: torch.device | str) -> dict[str, object]:
+    test = {k: float(v.mean()) for k, v in rank_metrics(outcome.test.full).items()}
+    seconds = [epoch["seconds"] for epoch in outcome.state.history]
+    return {
+        "run": outcome.spec.name,
+        "run_id": run_id,
+        "device": str(device),
+        "epochs": outcome.state.epoch,
+        "best_epoch": outcome.state.best_epoch,
+        "valid_ndcg@10": outcome.state.best_score,
+        "test_hr@10": test["hr@10"],
+        "test_ndcg@10": test["ndcg@10"],
+        "median_epoch_seconds": float(np.median(seconds)) if seconds else 0.0,
+    }
+
+
+def evaluations_from_ranks(data: UserSequences, ranks: pa.Table) -> tuple[Evaluation, Evaluation]:
+    """The validation and test evaluations a run's EVAL_RANKS rows hold."""
+    split = ranks["split"].to_numpy(zero_copy_only=False)
+    evaluations = []
+    for name in ("valid", "test"):
+        rows = ranks.filter(pa.array(split == name))
+        evaluations.append(
+            Evaluation(
+                users=np.searchsorted(data.user_idx, rows["user_idx"].to_numpy()),
+                targets=rows["item_idx"].to_numpy(),
+                full=rows["rank_full"].to_numpy(),
+                sampled=rows["rank_sampled"].to_numpy(),
+            )
+        )
+    return evaluations[0], evaluations[1]
 
 
 def user_groups(
@@ -139,10 +373,13 @@ def user_groups(
 
 
 def metric_rows(
-    valid: Evaluation, test: Evaluation, data: UserSequences, tail_share: float
+    data: UserSequences,
+    valid: Evaluation,
+    test: Evaluation,
+    tail_share: float,
+    columns: dict[str, object],
 ) -> list[dict]:
-    """Rows of the METRICS table (without the run columns): every protocol × split × group ×
-    metric."""
+    """METRICS rows: every protocol × split × group × metric."""
     rows = []
     for split, evaluation in (("valid", valid), ("test", test)):
         groups = user_groups(data, evaluation, tail_share)
@@ -151,6 +388,7 @@ def metric_rows(
                 users = int(values.pop("users"))
                 rows += [
                     {
+                        **columns,
                         "protocol": protocol,
                         "split": split,
                         "group": group,
@@ -161,3 +399,21 @@ def metric_rows(
                     for metric, value in values.items()
                 ]
     return rows
+
+
+def popularity_baseline(
+    inputs: RunInputs, tail_share: float, dataset: str
+) -> tuple[list[dict], Evaluation]:
+    """The most-popular-item baseline's METRICS rows (run "popularity") and its test
+    evaluation."""
+    valid = popularity_ranks(inputs.data, "valid", inputs.negatives)
+    test = popularity_ranks(inputs.data, "test", inputs.negatives)
+    columns = {
+        "run_id": "popularity",
+        "dataset": dataset,
+        "backbone": "popularity",
+        "variant": "-",
+        "seed": 0,
+        "loss": "-",
+    }
+    return metric_rows(inputs.data, valid, test, tail_share, columns), test

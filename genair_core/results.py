@@ -22,6 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from genair_core.config import RecommenderConfig
+from genair_core.metrics import rank_metrics
+
 # The order of variants in the table; any other variant follows, alphabetically.
 VARIANT_ORDER = ("id", "llm", "genair", "input-only", "gen-only")
 BETTER, WORSE = "▲", "▼"
@@ -252,3 +255,55 @@ def render_group_table(
             + " |"
         )
     return "\n".join(lines) + "\n"
+
+
+def results_report(
+    dataset: str,
+    config: RecommenderConfig,
+    test_ranks: dict[tuple[str, str, int], dict[str, np.ndarray]],
+    popularity: dict[str, np.ndarray],
+    group_rows: list[dict],
+) -> str:
+    """reports/recommenders.md: the results table of both protocols, each with the popularity
+    baseline, then test NDCG@10 by user group.
+
+    `test_ranks`: {(backbone, variant, seed): {"full": ranks, "sampled": ranks}} of the runs that
+    finished, every array over the same test users in the same order; `popularity`: the baseline's
+    test ranks by protocol; `group_rows`: those runs' full-ranking test METRICS rows."""
+    if not test_ranks:
+        raise ValueError("no recommender run has written results yet")
+    titles = {
+        "full": "Test, full ranking (all items, the user's history masked)",
+        "sampled": f"Test, sampled ({config.evaluation.negatives} fixed negatives per user)",
+    }
+    sections = [f"# Recommenders on {dataset}", ""]
+    for backbone, overrides in config.per_backbone.items():
+        settings = overrides.settings()
+        if backbone in config.backbones and settings:
+            sections.append(
+                f"{backbone} trains with its own settings: "
+                + ", ".join(f"{key} = {value}" for key, value in settings.items())
+                + "."
+            )
+    sections += [""] if sections[-1] else []
+    for protocol, title in titles.items():
+        results = [
+            RunResult(*run, rank_metrics(ranks[protocol])) for run, ranks in test_ranks.items()
+        ]
+        baseline = rank_metrics(popularity[protocol])
+        sections += [
+            render_results_markdown(summarize(results), title=title),
+            f"Popularity (training counts): HR@10 {baseline['hr@10'].mean():.4f}, "
+            f"NDCG@10 {baseline['ndcg@10'].mean():.4f}.",
+            "",
+        ]
+    sections += [
+        "## Test NDCG@10 by user group (full ranking, mean over seeds)",
+        "",
+        render_group_table(group_rows),
+        f"tail: the held-out item is among the least popular items that together hold "
+        f"{config.evaluation.tail_share:.0%} of the training interactions; short: the "
+        "user's training history is at most the median length.",
+        "",
+    ]
+    return "\n".join(sections)

@@ -1,6 +1,6 @@
 """Training and evaluating one (backbone, variant, seed) run, resumable after a crash.
 
-    result = fit(model, data, TrainConfig(seed=44), checkpointer, lookup=lookup)
+    state = fit(model, data, TrainingConfig(), checkpointer, seed=44, lookup=lookup)
 
 Determinism: everything random in epoch e — batch order, negatives, BERT4Rec's masks, dropout —
 is drawn from the run's own generators seeded with (seed, e), never from the global RNG or from
@@ -21,12 +21,13 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Literal, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from genair_core.config import TrainingConfig
 from genair_core.losses import CooccurrenceLookup, calibration_loss
 from genair_core.metrics import full_ranks, rank_metrics, sampled_ranks
 from genair_core.models import SequentialRecommender
@@ -35,27 +36,13 @@ from genair_core.models.transformer import use_generator
 from genair_core.sequences import Split, UserSequences
 
 SELECTION_METRIC = "ndcg@10"  # validation metric for early stopping and model selection
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    seed: int = 44
-    loss: Literal["bce", "ce"] = "bce"  # one sampled negative per target, or softmax over items
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    max_epochs: int = 50
-    patience: int = 20  # epochs without a better validation score before stopping
-    tau: float = 4.0  # calibration weight w = exp(-tau * s)
-    alpha: float = 1e-4  # calibration loss weight; used by calibrated variants only
-    eval_batch_size: int = 256
-    length_jitter: float = 0.5  # noise on log(length) when grouping users into batches
-    pad_to_max_len: bool = False  # the reference's batches: random users, every window max_len
+LENGTH_JITTER = 0.5  # noise on log(length) when grouping users into batches
+EVAL_BATCH_SIZE = 256
 
 
 @dataclass
 class TrainerState:
-    """What a checkpoint needs besides the tensors; plain JSON."""
+    """What a checkpoint needs besides the tensors; `to_dict` is plain JSON."""
 
     epoch: int = 0  # epochs completed
     best_epoch: int = 0
@@ -64,7 +51,7 @@ class TrainerState:
     stopped_early: bool = False
     history: list[dict[str, float]] = field(default_factory=list)
 
-    def finished(self, config: TrainConfig) -> bool:
+    def finished(self, config: TrainingConfig) -> bool:
         return self.epoch >= config.max_epochs or self.bad_epochs >= config.patience
 
     def to_dict(self) -> dict[str, object]:
@@ -76,19 +63,22 @@ class TrainerState:
 
 
 class Checkpointer(Protocol):
-    """Where a run's checkpoints live; storage.checkpoints implements it with safetensors."""
+    """Where a run's checkpoints live; storage.checkpoints implements it with safetensors. The
+    trainer state travels as `TrainerState.to_dict()`, the model and Adam as their state dicts."""
 
-    def load(self) -> tuple[TrainerState, dict[str, torch.Tensor], dict] | None: ...
+    def load(self) -> tuple[dict, dict[str, torch.Tensor], dict] | None: ...
 
     def save(
         self,
-        state: TrainerState,
+        state: dict,
         model: dict[str, torch.Tensor],
         optimizer: dict,
         best: dict[str, torch.Tensor] | None,
     ) -> None: ...
 
     def load_best(self) -> dict[str, torch.Tensor]: ...
+
+    def clear(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -102,26 +92,33 @@ class Evaluation:
 def fit(
     model: SequentialRecommender,
     data: UserSequences,
-    config: TrainConfig,
+    config: TrainingConfig,
     checkpointer: Checkpointer,
+    *,
+    seed: int,
     lookup: CooccurrenceLookup | None = None,
     calibrated: bool = False,
     device: torch.device | str = "cpu",
     on_epoch: Callable[[TrainerState], None] | None = None,
+    pad_to_max_len: bool = False,
 ) -> TrainerState:
     """Train with early stopping on validation NDCG@10, checkpointing every epoch; resume from the
-    last checkpoint if there is one. Leaves the best epoch's weights in `model`."""
+    last checkpoint if there is one. Leaves the best epoch's weights in `model`.
+
+    `pad_to_max_len`: the reference's batches (random users, every window max_len), for
+    bench/bench_training.py; the default groups users of similar length (`length_batches`)."""
     if calibrated and (lookup is None or not isinstance(model.encoder, AdapterEncoder)):
         raise ValueError("calibration needs the co-occurrence lookup and frozen item vectors")
     device = torch.device(device)
     model.to(device)
     lookup = lookup.to(device) if lookup is not None else None
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
 
     state = TrainerState()
     saved = checkpointer.load()
     if saved is not None:
-        state, model_state, optimizer_state = saved
+        state_dict, model_state, optimizer_state = saved
+        state = TrainerState.from_dict(state_dict)
         model.load_state_dict(model_state)
         optimizer.load_state_dict(optimizer_state)
 
@@ -132,9 +129,20 @@ def fit(
         epoch = state.epoch + 1
         started = time.perf_counter()
         losses = _train_epoch(
-            model, data, train_rows, config, epoch, optimizer, exclude, lookup, calibrated, device
+            model,
+            data,
+            train_rows,
+            config,
+            epoch,
+            seed,
+            pad_to_max_len,
+            optimizer,
+            exclude,
+            lookup,
+            calibrated,
+            device,
         )
-        ranks = rank_users(model, data, valid_rows, "valid", config.eval_batch_size, device)
+        ranks = rank_users(model, data, valid_rows, "valid", EVAL_BATCH_SIZE, device)
         valid = {k: float(v.mean()) for k, v in rank_metrics(ranks).items()}
         score = valid[SELECTION_METRIC]
         improved = score > state.best_score
@@ -153,7 +161,9 @@ def fit(
             }
         )
         weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        checkpointer.save(state, weights, optimizer.state_dict(), weights if improved else None)
+        checkpointer.save(
+            state.to_dict(), weights, optimizer.state_dict(), weights if improved else None
+        )
         if on_epoch is not None:
             on_epoch(state)
     model.load_state_dict(checkpointer.load_best())
@@ -164,29 +174,31 @@ def _train_epoch(
     model: SequentialRecommender,
     data: UserSequences,
     rows: np.ndarray,
-    config: TrainConfig,
+    config: TrainingConfig,
     epoch: int,
+    seed: int,
+    pad_to_max_len: bool,
     optimizer: torch.optim.Optimizer,
     exclude: torch.Tensor,
     lookup: CooccurrenceLookup | None,
     calibrated: bool,
     device: torch.device,
 ) -> dict[str, float]:
-    generator = torch.Generator().manual_seed(_epoch_seed(config.seed, epoch))
-    dropout = torch.Generator(device=device).manual_seed(_epoch_seed(config.seed, epoch))
+    generator = torch.Generator().manual_seed(_epoch_seed(seed, epoch))
+    dropout = torch.Generator(device=device).manual_seed(_epoch_seed(seed, epoch))
     use_generator(model, dropout)
     model.train()
     window = model.config.max_len + 1
     lengths = np.minimum(data.n_train[rows], window)
     totals = {"train_loss": 0.0, "rec_loss": 0.0, "cal_loss": 0.0}
-    if config.pad_to_max_len:
+    if pad_to_max_len:
         order = torch.randperm(rows.size, generator=generator).numpy()
         batches = [order[i : i + config.batch_size] for i in range(0, rows.size, config.batch_size)]
     else:
-        batches = length_batches(lengths, config.batch_size, config.length_jitter, generator)
+        batches = length_batches(lengths, config.batch_size, LENGTH_JITTER, generator)
     for batch in batches:
         batch_rows = rows[batch]
-        width = window if config.pad_to_max_len else int(lengths[batch].max())
+        width = window if pad_to_max_len else int(lengths[batch].max())
         items = torch.from_numpy(data.train_window(batch_rows, width)).to(device)
         inputs, targets = model.training_pairs(items, generator)
         positions = targets != 0
@@ -275,7 +287,7 @@ def evaluate(
     data: UserSequences,
     negatives: np.ndarray,
     split: Split = "test",
-    batch_size: int = 256,
+    batch_size: int = EVAL_BATCH_SIZE,
     device: torch.device | str = "cpu",
 ) -> Evaluation:
     """Both protocols on every user with held-out items; `negatives` (n_users, m) by user row."""

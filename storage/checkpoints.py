@@ -1,10 +1,13 @@
 """A training run's checkpoints on disk: safetensors for tensors, JSON for the rest, no pickle.
 
-    <root>/models/recommenders/<run_id>/
-        state.json                    the trainer state; names the files below
-        epoch-0007.safetensors        model weights after the last completed epoch
-        epoch-0007.optim.safetensors  Adam's moments and step counts
-        best-epoch-0005.safetensors   weights of the best validation epoch so far
+    <root>/models/recommenders/<run name>/     Store.recommender_dir
+        best.safetensors                      the finished run's best weights (save_weights)
+        checkpoints-<run_id>/                 Store.checkpoint_dir: one folder per run key
+            .lock                             held while the run trains
+            state.json                        the trainer state; names the files below
+            epoch-0007.safetensors            model weights after the last completed epoch
+            epoch-0007.optim.safetensors      Adam's moments and step counts
+            best-epoch-0005.safetensors       weights of the best validation epoch so far
 
 Files are written under new names first and `state.json` is replaced last (atomically), then the
 files it no longer names are deleted; a crash at any point leaves a state.json whose files are all
@@ -24,7 +27,6 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from genair_core.training import TrainerState
 from storage.store import atomic_write_bytes
 
 FORMAT = "genair-checkpoint/1"
@@ -35,7 +37,8 @@ class CheckpointError(ValueError):
 
 
 class RunCheckpoints:
-    """The Checkpointer of genair_core.training for one run's folder."""
+    """The Checkpointer of genair_core.training for one run's folder: the trainer state is a
+    plain dict (stored as JSON), the model and optimizer state dicts are tensors."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
@@ -57,13 +60,13 @@ class RunCheckpoints:
     def state_path(self) -> Path:
         return self.folder / "state.json"
 
-    def load(self) -> tuple[TrainerState, dict[str, torch.Tensor], dict] | None:
+    def load(self) -> tuple[dict, dict[str, torch.Tensor], dict] | None:
         if not self.state_path.is_file():
             return None
         record = self._record()
         model = self._tensors(record["model"])
         optimizer = _unflatten_optimizer(self._tensors(record["optimizer"]), record["param_groups"])
-        return TrainerState.from_dict(record["state"]), model, optimizer
+        return record["state"], model, optimizer
 
     def load_best(self) -> dict[str, torch.Tensor]:
         record = self._record()
@@ -73,16 +76,16 @@ class RunCheckpoints:
 
     def save(
         self,
-        state: TrainerState,
+        state: dict,
         model: dict[str, torch.Tensor],
         optimizer: dict,
         best: dict[str, torch.Tensor] | None,
     ) -> None:
         previous = self._record() if self.state_path.is_file() else {}
-        stem = f"epoch-{state.epoch:04d}"
+        stem = f"epoch-{state['epoch']:04d}"
         record = {
             "format": FORMAT,
-            "state": state.to_dict(),
+            "state": state,
             "model": f"{stem}.safetensors",
             "optimizer": f"{stem}.optim.safetensors",
             "param_groups": optimizer["param_groups"],

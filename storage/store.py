@@ -7,6 +7,8 @@ Layout under the storage root (injected, so tests use a temporary folder):
                                              tables written a batch at a time, one file per
                                              batch key: a retried batch replaces its own part
     manifests/<step>.json                    what a finished step read and wrote
+    models/recommenders/<run>/               a recommender run's checkpoints and best weights
+                                             (storage.checkpoints)
 
 Writes are atomic: rows stream into `<name>.parquet.<random>.tmp` beside the target and the file
 is renamed over the target only when complete, so a crash leaves the previous table intact and
@@ -22,6 +24,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -128,8 +131,24 @@ class Store:
         return sorted(base.glob(pattern))
 
     def recommender_dir(self, run_name: str) -> Path:
-        """`models/recommenders/<run>/`: a run's checkpoints and its published best weights."""
+        """`models/recommenders/<run>/`: a run's checkpoints and its published best weights
+        (layout: storage.checkpoints)."""
         return self.root / "models" / "recommenders" / _safe_name(run_name)
+
+    def checkpoint_dir(self, run_name: str, run_id: str) -> Path:
+        """`models/recommenders/<run>/checkpoints-<run_id>/`: one folder per run key, so a run
+        whose inputs or settings changed starts afresh instead of resuming another key's epochs."""
+        return self.recommender_dir(run_name) / f"checkpoints-{_safe_name(run_id)}"
+
+    def best_weights_path(self, run_name: str) -> Path:
+        return self.recommender_dir(run_name) / "best.safetensors"
+
+    def prune_checkpoints(self, run_name: str, keep_run_id: str) -> None:
+        """Delete the run's checkpoint folders of every other run key."""
+        keep = self.checkpoint_dir(run_name, keep_run_id)
+        for stale in self.recommender_dir(run_name).glob("checkpoints-*"):
+            if stale != keep:
+                shutil.rmtree(stale, ignore_errors=True)
 
     def report_path(self, name: str) -> Path:
         return self.root / "reports" / f"{_safe_name(name)}.md"
@@ -252,17 +271,6 @@ class Store:
             raise MissingTableError(f"table {name!r} has not been written yet ({path})")
         table = pq.read_table(path, columns=columns)
         return _as_declared(table, schema_for(TABLES, name, table.schema))
-
-    def iter_batches(
-        self, name: str, columns: list[str] | None = None, batch_size: int = 65_536
-    ) -> Iterator[pa.RecordBatch]:
-        path = self.table_path(name)
-        if not path.is_file():
-            raise MissingTableError(f"table {name!r} has not been written yet ({path})")
-        file = pq.ParquetFile(path)
-        schema = schema_for(TABLES, name, file.schema_arrow)
-        for batch in file.iter_batches(batch_size=batch_size, columns=columns):
-            yield batch.cast(pa.schema([schema.field(n) for n in batch.schema.names]))
 
     def table_info(self, name: str) -> TableInfo:
         path = self.table_path(name)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from genair_core.models import BACKBONES, VARIANTS, BackboneConfig, UnknownNameError, build_model
+from genair_core.models import BACKBONES, VARIANTS, ModelConfig, UnknownNameError, build_model
 from genair_core.models.item_encoders import AdapterEncoder, frozen_table
 
 N_ITEMS, DIM = 12, 8
@@ -18,8 +18,8 @@ def table(n_items=N_ITEMS, dim=DIM):
 
 def model(backbone, variant="id", **overrides):
     torch.manual_seed(0)
-    config = BackboneConfig(n_items=N_ITEMS, hidden=16, max_len=10, dropout=0.0, **overrides)
-    return build_model(backbone, variant, config, table(), input_dims=DIM // 2).eval()
+    config = ModelConfig(hidden=16, max_len=10, dropout=0.0, **overrides)
+    return build_model(backbone, variant, config, N_ITEMS, table(), input_dims=DIM // 2).eval()
 
 
 @pytest.mark.parametrize("backbone", sorted(BACKBONES))
@@ -155,10 +155,10 @@ def test_bert4rec_mask_last_prob_masks_only_the_last_item_of_that_share_of_rows(
 
 
 def test_unknown_names_list_the_valid_ones():
-    config = BackboneConfig(n_items=N_ITEMS)
+    config = ModelConfig()
     with pytest.raises(UnknownNameError, match="sasrec, bert4rec, gru4rec"):
-        build_model("caser", "id", config)
+        build_model("caser", "id", config, N_ITEMS)
     with pytest.raises(UnknownNameError, match="genair"):
-        build_model("sasrec", "llm2", config)
+        build_model("sasrec", "llm2", config, N_ITEMS)
     with pytest.raises(ValueError, match="item_embeddings"):
-        build_model("sasrec", "genair", config, table=None)
+        build_model("sasrec", "genair", config, N_ITEMS, table=None)

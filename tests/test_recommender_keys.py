@@ -1,37 +1,94 @@
 """Which settings enter a recommender run's cache key (a changed key retrains the run)."""
 
-from genair_core.config import RecommenderConfig, Settings
-from tasks.recommenders import run_name, run_settings_key
+import pytest
 
-# The key of every run finished before per-backbone settings existed; SASRec and GRU4Rec keys must
-# keep exactly these so that those runs are not retrained.
-KEYED_BEFORE = {
-    "loss", "hidden", "max_len", "n_layers", "n_heads", "dropout", "mask_prob", "batch_size",
-    "lr", "max_epochs", "patience", "tau", "alpha", "negatives", "negatives_seed", "tail_share",
-    "workers",
-}  # fmt: skip
+from genair_core.config import (
+    EvaluationConfig,
+    ModelConfig,
+    RecommenderConfig,
+    TrainingConfig,
+)
+from genair_core.experiment import TRAINING_VERSION, RunSpec
+from tasks.recommenders import run_name
+from tasks.settings import Settings
+
+RUNS = [(b, v) for b in ("sasrec", "bert4rec", "gru4rec") for v in ("id", "genair", "gen-only")]
 
 
-def test_other_backbones_keys_ignore_bert4rec_settings():
+def key(config: RecommenderConfig, backbone: str, variant: str, input_dims: int = 384) -> list:
+    run = RunSpec.of(config, backbone, variant, seed=44)
+    return run.cache_key(input_dims, {name: f"sha-{name}" for name in run.tables})
+
+
+@pytest.mark.parametrize(("backbone", "variant"), RUNS)
+def test_grid_workers_device_and_evaluation_settings_do_not_retrain(backbone, variant):
+    plain = RecommenderConfig()
+    other = RecommenderConfig(
+        backbones=["gru4rec"],
+        variants=["id"],
+        seeds=[1, 2],
+        workers=4,
+        device="cpu",
+        evaluation=EvaluationConfig(negatives=50, negatives_seed=3, tail_share=0.5),
+    )
+    assert key(other, backbone, variant) == key(plain, backbone, variant)
+
+
+@pytest.mark.parametrize(("backbone", "variant"), RUNS)
+def test_model_and_training_settings_retrain(backbone, variant):
+    plain = key(RecommenderConfig(), backbone, variant)
+    for changed in (
+        RecommenderConfig(model=ModelConfig(hidden=64)),
+        RecommenderConfig(model=ModelConfig(dropout=0.1)),
+        RecommenderConfig(training=TrainingConfig(loss="ce")),
+        RecommenderConfig(training=TrainingConfig(max_epochs=3)),
+    ):
+        assert key(changed, backbone, variant) != plain
+
+
+def test_bert4rec_settings_leave_the_other_backbones_alone():
     plain = RecommenderConfig()
     tuned = RecommenderConfig(
-        mask_last_prob=0.5, per_backbone={"bert4rec": {"loss": "ce", "batch_size": 32}}
+        model=ModelConfig(mask_prob=0.2, mask_last_prob=0.5),
+        per_backbone={"bert4rec": {"training": {"loss": "ce", "batch_size": 32}}},
     )
     for backbone in ("sasrec", "gru4rec"):
-        key = run_settings_key(tuned.for_backbone(backbone), backbone)
-        assert set(key) == KEYED_BEFORE
-        assert key == run_settings_key(plain.for_backbone(backbone), backbone)
+        assert key(tuned, backbone, "id") == key(plain, backbone, "id")
+    assert key(tuned, "bert4rec", "id") != key(plain, "bert4rec", "id")
 
 
-def test_bert4rec_key_follows_its_own_settings():
+def test_calibration_weights_retrain_only_calibrated_variants():
     plain = RecommenderConfig()
-    tuned = RecommenderConfig(per_backbone={"bert4rec": {"mask_last_prob": 0.5}})
-    key = run_settings_key(tuned.for_backbone("bert4rec"), "bert4rec")
-    assert key["mask_last_prob"] == 0.5
-    assert key != run_settings_key(plain.for_backbone("bert4rec"), "bert4rec")
+    tuned = RecommenderConfig(training=TrainingConfig(tau=2.0, alpha=0.1))
+    assert key(tuned, "sasrec", "id") == key(plain, "sasrec", "id")
+    assert key(tuned, "sasrec", "genair") != key(plain, "sasrec", "genair")
+
+
+def test_pooling_split_retrains_only_the_half_variants():
+    plain = RecommenderConfig()
+    assert key(plain, "sasrec", "genair", input_dims=100) == key(plain, "sasrec", "genair")
+    assert key(plain, "sasrec", "gen-only", input_dims=100) != key(plain, "sasrec", "gen-only")
+
+
+def test_key_names_the_code_version_the_run_and_each_input_table():
+    parts = key(RecommenderConfig(), "sasrec", "genair")
+    assert parts[:4] == [TRAINING_VERSION, "sasrec", "genair", 44]
+    assert set(parts[-1]) == {
+        "sequences",
+        "item_index",
+        "eval_negatives",
+        "item_embeddings",
+        "cooccurrence",
+    }
+    assert set(key(RecommenderConfig(), "sasrec", "id")[-1]) == {
+        "sequences",
+        "item_index",
+        "eval_negatives",
+    }
 
 
 def test_run_names_carry_each_backbones_loss():
-    settings = Settings(recommenders=RecommenderConfig(per_backbone={"bert4rec": {"loss": "ce"}}))
+    config = RecommenderConfig(per_backbone={"bert4rec": {"training": {"loss": "ce"}}})
+    settings = Settings(recommenders=config)
     assert run_name(settings, "bert4rec", "id", 44) == "bert4rec-id-ce-s44"
     assert run_name(settings, "sasrec", "id", 44) == "sasrec-id-bce-s44"

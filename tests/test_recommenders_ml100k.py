@@ -7,9 +7,9 @@ import pytest
 
 import genair_core.training
 from flows.pipeline import genair_pipeline
+from genair_core.tables import to_fixed_list
 from storage.schemas import item_embeddings_schema
 from storage.store import MissingTableError, Store
-from storage.vectors import to_fixed_list
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
@@ -21,8 +21,9 @@ k_core = 5
 backbones = ["sasrec"]
 variants = ["id", "genair"]
 seeds = [44]
+[recommenders.training]
 max_epochs = {EPOCHS}
-[recommenders.per_backbone.sasrec]
+[recommenders.per_backbone.sasrec.training]
 loss = "ce"
 [prefect]
 retry_delay_s = 0

@@ -8,12 +8,12 @@ import pyarrow as pa
 import pytest
 import torch
 
+from genair_core.config import ModelConfig, TrainingConfig
 from genair_core.losses import CooccurrenceLookup
 from genair_core.metrics import sample_negatives
-from genair_core.models import BackboneConfig, build_model
+from genair_core.models import build_model
 from genair_core.sequences import UserSequences
 from genair_core.training import (
-    TrainConfig,
     _sample_negatives,
     _user_item_keys,
     evaluate,
@@ -63,10 +63,10 @@ def negatives(data):
 
 def new_model(backbone="sasrec", variant="id", seed=3):
     torch.manual_seed(seed)
-    config = BackboneConfig(n_items=N_ITEMS, hidden=16, max_len=8, dropout=0.2)
+    config = ModelConfig(hidden=16, max_len=8, dropout=0.2)
     vectors = torch.randn(N_ITEMS + 1, 6)
     vectors[0] = 0
-    return build_model(backbone, variant, config, vectors, input_dims=3)
+    return build_model(backbone, variant, config, N_ITEMS, vectors, input_dims=3)
 
 
 def lookup():
@@ -75,20 +75,16 @@ def lookup():
     return CooccurrenceLookup.from_pairs(i, j, np.array([1.0, 0.5, 0.25], np.float32), N_ITEMS)
 
 
-CONFIG = TrainConfig(seed=7, batch_size=16, max_epochs=4, patience=10, alpha=0.1)
+CONFIG = TrainingConfig(batch_size=16, max_epochs=4, patience=10, alpha=0.1)
+SEED = 7
 
 
 def test_training_is_deterministic_for_a_seed(data, tmp_path):
-    a = fit(new_model(), data, CONFIG, RunCheckpoints(tmp_path / "a"))
-    b = fit(new_model(), data, CONFIG, RunCheckpoints(tmp_path / "b"))
+    a = fit(new_model(), data, CONFIG, RunCheckpoints(tmp_path / "a"), seed=SEED)
+    b = fit(new_model(), data, CONFIG, RunCheckpoints(tmp_path / "b"), seed=SEED)
     strip = [{k: v for k, v in e.items() if k != "seconds"} for e in a.history]
     assert strip == [{k: v for k, v in e.items() if k != "seconds"} for e in b.history]
-    c = fit(
-        new_model(),
-        data,
-        TrainConfig(**{**CONFIG.__dict__, "seed": 8}),
-        RunCheckpoints(tmp_path / "c"),
-    )
+    c = fit(new_model(), data, CONFIG, RunCheckpoints(tmp_path / "c"), seed=8)
     assert [e["train_loss"] for e in c.history] != [e["train_loss"] for e in a.history]
 
 
@@ -105,7 +101,7 @@ def test_resume_after_a_crash_gives_the_same_final_metrics(
     calibrated = variant == "genair"
     kwargs = {"lookup": lookup(), "calibrated": True} if calibrated else {}
     whole = new_model(backbone, variant)
-    fit(whole, data, CONFIG, RunCheckpoints(tmp_path / "whole"), **kwargs)
+    fit(whole, data, CONFIG, RunCheckpoints(tmp_path / "whole"), seed=SEED, **kwargs)
     expected = evaluate(whole, data, negatives)
 
     def crash_after_two(state):
@@ -119,13 +115,20 @@ def test_resume_after_a_crash_gives_the_same_final_metrics(
             data,
             CONFIG,
             checkpoints,
+            seed=SEED,
             on_epoch=crash_after_two,
             **kwargs,
         )
     epochs_seen = []
     resumed = new_model(backbone, variant, seed=99)  # different init: the checkpoint must win
     state = fit(
-        resumed, data, CONFIG, checkpoints, on_epoch=lambda s: epochs_seen.append(s.epoch), **kwargs
+        resumed,
+        data,
+        CONFIG,
+        checkpoints,
+        seed=SEED,
+        on_epoch=lambda s: epochs_seen.append(s.epoch),
+        **kwargs,
     )
     assert epochs_seen == [3, 4]  # epochs 1-2 are not redone
     assert state.epoch == 4
@@ -136,7 +139,7 @@ def test_resume_after_a_crash_gives_the_same_final_metrics(
 
 def test_checkpoints_are_safetensors_and_json_only(data, tmp_path):
     checkpoints = RunCheckpoints(tmp_path / "run")
-    fit(new_model(), data, CONFIG, checkpoints)
+    fit(new_model(), data, CONFIG, checkpoints, seed=SEED)
     names = sorted(p.name for p in (tmp_path / "run").iterdir())
     assert names == sorted(
         [
@@ -149,17 +152,17 @@ def test_checkpoints_are_safetensors_and_json_only(data, tmp_path):
     for path in (tmp_path / "run").glob("*.safetensors"):
         assert path.read_bytes()[8:9] == b"{"  # a safetensors header, not a pickle
     state, weights, optimizer = checkpoints.load()
-    assert state.epoch == 4
-    assert len(state.history) == 4
+    assert state["epoch"] == 4
+    assert len(state["history"]) == 4
     assert set(weights) == set(new_model().state_dict())
     assert optimizer["state"]
     assert isinstance(optimizer["param_groups"][0]["betas"], tuple)
 
 
 def test_early_stopping_keeps_the_best_epoch(data, tmp_path):
-    config = TrainConfig(seed=1, batch_size=16, max_epochs=30, patience=2, lr=0.05)
+    config = TrainingConfig(batch_size=16, max_epochs=30, patience=2, lr=0.05)
     model = new_model()
-    state = fit(model, data, config, RunCheckpoints(tmp_path / "run"))
+    state = fit(model, data, config, RunCheckpoints(tmp_path / "run"), seed=1)
     assert state.stopped_early
     assert state.epoch == state.best_epoch + 2
     best = max(e["valid_ndcg@10"] for e in state.history)
@@ -169,7 +172,14 @@ def test_early_stopping_keeps_the_best_epoch(data, tmp_path):
 
 def test_calibrated_variant_needs_the_cooccurrence_lookup(data, tmp_path):
     with pytest.raises(ValueError, match="co-occurrence"):
-        fit(new_model(variant="genair"), data, CONFIG, RunCheckpoints(tmp_path), calibrated=True)
+        fit(
+            new_model(variant="genair"),
+            data,
+            CONFIG,
+            RunCheckpoints(tmp_path),
+            seed=SEED,
+            calibrated=True,
+        )
 
 
 def test_length_batches_cover_every_row_once_with_similar_lengths():
@@ -197,8 +207,9 @@ def test_training_beats_an_untrained_model_on_a_learnable_pattern(data, negative
     fit(
         model,
         data,
-        TrainConfig(seed=1, batch_size=16, max_epochs=30, lr=0.01),
+        TrainingConfig(batch_size=16, max_epochs=30, lr=0.01),
         RunCheckpoints(tmp_path),
+        seed=1,
     )
     trained = evaluate(model, data, negatives)
     assert (trained.full < 10).mean() > (untrained.full < 10).mean() + 0.2

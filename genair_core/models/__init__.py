@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from genair_core.models.base import BackboneConfig, SequentialRecommender
+from genair_core.config import ModelConfig
+from genair_core.models.base import SequentialRecommender
 from genair_core.models.bert4rec import BERT4Rec
 from genair_core.models.gru4rec import GRU4Rec
 from genair_core.models.item_encoders import VARIANTS, Variant, get_variant, make_encoder
@@ -21,22 +22,24 @@ BACKBONES: dict[str, type[SequentialRecommender]] = {
 def build_model(
     backbone: str,
     variant: str,
-    config: BackboneConfig,
+    config: ModelConfig,
+    n_items: int,
     table: torch.Tensor | None = None,
     input_dims: int = 384,
 ) -> SequentialRecommender:
-    """A backbone with the variant's item encoder. `table` (n_items + 1, d): the frozen item
-    vectors by item index, row 0 zeros; `input_dims`: how many of its columns are the input half."""
+    """A backbone with the variant's item encoder over items 1..n_items. `table`
+    (n_items + 1, d): the frozen item vectors by item index, row 0 zeros; `input_dims`: how many
+    of its columns are the input half."""
     if backbone not in BACKBONES:
         raise UnknownNameError("backbone", backbone, BACKBONES)
-    encoder = make_encoder(get_variant(variant), config.n_items, config.hidden, table, input_dims)
+    encoder = make_encoder(get_variant(variant), n_items, config.hidden, table, input_dims)
     return BACKBONES[backbone](config, encoder)
 
 
 __all__ = [
     "BACKBONES",
     "VARIANTS",
-    "BackboneConfig",
+    "ModelConfig",
     "SequentialRecommender",
     "UnknownNameError",
     "Variant",

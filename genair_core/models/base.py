@@ -13,28 +13,16 @@ the user's history length. A backbone
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from genair_core.config import ModelConfig
 from genair_core.models.item_encoders import AdapterEncoder, IdEncoder
 
 
-@dataclass(frozen=True)
-class BackboneConfig:
-    n_items: int
-    hidden: int = 128
-    max_len: int = 200
-    n_layers: int = 2
-    n_heads: int = 1
-    dropout: float = 0.5
-    mask_prob: float = 0.6  # BERT4Rec's cloze masking rate (the reference's value)
-    mask_last_prob: float = 0.0  # BERT4Rec: share of sequences with only their last item masked
-
-
 class SequentialRecommender(nn.Module, ABC):
-    def __init__(self, config: BackboneConfig, encoder: IdEncoder | AdapterEncoder) -> None:
+    def __init__(self, config: ModelConfig, encoder: IdEncoder | AdapterEncoder) -> None:
         super().__init__()
         self.config = config
         self.encoder = encoder

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from genair_core.models.base import BackboneConfig
+from genair_core.config import ModelConfig
 from genair_core.models.item_encoders import AdapterEncoder, IdEncoder
 from genair_core.models.sasrec import SASRec
 
@@ -23,9 +23,9 @@ from genair_core.models.sasrec import SASRec
 class BERT4Rec(SASRec):
     causal = False
 
-    def __init__(self, config: BackboneConfig, encoder: IdEncoder | AdapterEncoder) -> None:
+    def __init__(self, config: ModelConfig, encoder: IdEncoder | AdapterEncoder) -> None:
         super().__init__(config, encoder)
-        self.mask_index = config.n_items + 1
+        self.mask_index = encoder.n_items + 1
         self.mask_embedding = nn.Parameter(torch.randn(config.hidden) * 0.02)
 
     def embed(self, inputs: torch.Tensor) -> torch.Tensor:

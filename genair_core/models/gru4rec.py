@@ -13,13 +13,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from genair_core.models.base import BackboneConfig, SequentialRecommender
+from genair_core.config import ModelConfig
+from genair_core.models.base import SequentialRecommender
 from genair_core.models.item_encoders import AdapterEncoder, IdEncoder
 from genair_core.models.transformer import Dropout
 
 
 class GRU4Rec(SequentialRecommender):
-    def __init__(self, config: BackboneConfig, encoder: IdEncoder | AdapterEncoder) -> None:
+    def __init__(self, config: ModelConfig, encoder: IdEncoder | AdapterEncoder) -> None:
         super().__init__(config, encoder)
         self.input_dropout = Dropout(config.dropout)
         self.gru = nn.GRU(

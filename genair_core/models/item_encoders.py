@@ -56,6 +56,7 @@ class IdEncoder(nn.Module):
 
     def __init__(self, n_items: int, hidden: int) -> None:
         super().__init__()
+        self.n_items = n_items
         self.embedding = nn.Embedding(n_items + 1, hidden, padding_idx=0)
         nn.init.normal_(self.embedding.weight, std=0.02)
         with torch.no_grad():
@@ -78,6 +79,7 @@ class AdapterEncoder(nn.Module):
         super().__init__()
         if table.dim() != 2 or not torch.all(table[0] == 0):
             raise ValueError("the frozen table must be (n_items + 1, d) with row 0 all zeros")
+        self.n_items = table.shape[0] - 1
         self.register_buffer("table", table.to(torch.float32), persistent=True)
         dim = table.shape[1]
         self.adapter = nn.Sequential(

@@ -14,7 +14,8 @@ import math
 import torch
 from torch import nn
 
-from genair_core.models.base import BackboneConfig, SequentialRecommender
+from genair_core.config import ModelConfig
+from genair_core.models.base import SequentialRecommender
 from genair_core.models.item_encoders import AdapterEncoder, IdEncoder
 from genair_core.models.transformer import Block, Dropout, attention_mask
 
@@ -22,7 +23,7 @@ from genair_core.models.transformer import Block, Dropout, attention_mask
 class SASRec(SequentialRecommender):
     causal = True
 
-    def __init__(self, config: BackboneConfig, encoder: IdEncoder | AdapterEncoder) -> None:
+    def __init__(self, config: ModelConfig, encoder: IdEncoder | AdapterEncoder) -> None:
         super().__init__(config, encoder)
         self.positions = nn.Embedding(config.max_len, config.hidden)
         self.input_dropout = Dropout(config.dropout)

@@ -1,0 +1,150 @@
+"""The recommender tasks on a small generated dataset: what a run writes, when it is skipped, and
+the flow's runs `workers` at a time."""
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from prefect.logging import disable_run_logger
+from small_dataset import write_small_dataset
+
+import tasks.recommenders
+from flows.pipeline import genair_pipeline
+from genair_core.experiment import RunInputs, score_run
+from storage.recommenders import read_run_ranks, read_run_tables
+from storage.store import Store
+from tasks.recommenders import train_recommender
+from tasks.settings import load_settings
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+RUN = {"run_id", "dataset", "backbone", "variant", "seed", "loss"}
+
+TINY = """
+[recommenders]
+backbones = ["sasrec", "gru4rec"]
+variants = ["id"]
+seeds = [3, 4]
+device = "cpu"
+workers = 2
+[recommenders.model]
+hidden = 8
+max_len = 6
+[recommenders.training]
+max_epochs = 2
+batch_size = 4
+[recommenders.evaluation]
+negatives = 2
+"""
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory) -> Path:
+    """10 items, 8 users with 6 of them each (enough left over for 2 negatives per user), split
+    and sampled up to the negatives stage."""
+    folder = tmp_path_factory.mktemp("recommenders")
+    config = write_small_dataset(folder)
+    (folder / "catalog.csv").write_text(
+        "item_id,title,genre\n" + "".join(f"i{i},Item {i},g{i % 3}\n" for i in range(10))
+    )
+    events = ["user_id,item_id,timestamp"]
+    for user in range(8):
+        events += [f"u{user},i{(user + 3 * step) % 10},{100 * user + step}" for step in range(6)]
+    (folder / "events.csv").write_text("\n".join(events) + "\n")
+    config.write_text(config.read_text() + TINY)
+    genair_pipeline(config_path=str(config), until="cooccurrence")
+    genair_pipeline(config_path=str(config), start="negatives", until="negatives")
+    return config
+
+
+def run_rows(store: Store, table: str, run: str) -> str:
+    """A run's rows of `table` without the wall time, as JSON (a group without users has NaN
+    metrics, which == would call different)."""
+    return as_json(store.read_parts(table, run).to_pylist())
+
+
+def as_json(rows: list[dict]) -> str:
+    return json.dumps([{k: v for k, v in row.items() if k != "seconds"} for row in rows])
+
+
+def train(config: Path, **env: str) -> dict[str, object]:
+    with pytest.MonkeyPatch.context() as patch, disable_run_logger():
+        for name, value in env.items():
+            patch.setenv(name, value)
+        return train_recommender.fn(load_settings(config), "sasrec", "id", 3)
+
+
+def test_a_run_writes_its_rows_and_a_second_call_is_skipped(config):
+    store = Store(config.parent / "data")
+    first = train(config)
+    assert first["skipped"] is False
+    assert first["epochs"] == 2
+    run = "sasrec-id-bce-s3"
+    metrics = store.read_parts("metrics", run)
+    assert metrics.num_rows == 2 * 2 * 5 * 6  # protocol × split × group × metric
+    assert set(metrics["run_id"].to_pylist()) == {first["run_id"]}
+    ranks = store.read_parts("eval_ranks", run)
+    assert ranks.num_rows == 2 * 8  # valid and test of every user
+    assert store.read_parts("training_log", run)["epoch"].to_pylist() == [1, 2]
+    assert store.best_weights_path(run).is_file()
+    before = {t: run_rows(store, t, run) for t in ("metrics", "eval_ranks", "training_log")}
+
+    again = train(config)
+    assert again["skipped"] is True
+    assert {t: run_rows(store, t, run) for t in before} == before
+
+
+def test_a_new_tail_share_rescores_without_retraining(config):
+    store = Store(config.parent / "data")
+    run = "sasrec-id-bce-s3"
+    first = train(config)
+    log, ranks = run_rows(store, "training_log", run), run_rows(store, "eval_ranks", run)
+    summary = train(config, GENAIR_RECOMMENDERS__EVALUATION__TAIL_SHARE="0.6")
+    assert summary["skipped"] is True
+    assert run_rows(store, "training_log", run) == log
+    assert run_rows(store, "eval_ranks", run) == ranks
+    data = RunInputs.from_tables(read_run_tables(store, ["sequences"])).data
+    columns = {k: v for k, v in store.read_parts("metrics", run).to_pylist()[0].items() if k in RUN}
+    assert columns["run_id"] == first["run_id"]
+    rescored = score_run(data, read_run_ranks(store, run), 0.6, columns)
+    assert run_rows(store, "metrics", run) == as_json(rescored)
+    assert as_json(rescored) != as_json(score_run(data, read_run_ranks(store, run), 0.2, columns))
+
+
+def test_a_changed_training_setting_retrains_from_scratch(config):
+    store = Store(config.parent / "data")
+    train(config)
+    summary = train(config, GENAIR_RECOMMENDERS__TRAINING__MAX_EPOCHS="1")
+    assert summary["skipped"] is False
+    assert summary["epochs"] == 1
+    folders = list(store.recommender_dir("sasrec-id-bce-s3").glob("checkpoints-*"))
+    assert [f.name for f in folders] == [f"checkpoints-{summary['run_id']}"]  # the stale one went
+
+
+def test_the_flow_trains_every_run_workers_at_a_time_and_reports(config, monkeypatch):
+    real, lock, active, most = tasks.recommenders.train_run, threading.Lock(), [0], [0]
+
+    def counting(*args, **kwargs):
+        with lock:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        try:
+            time.sleep(0.2)  # long enough for a third run to start if the pool allowed it
+            return real(*args, **kwargs)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    monkeypatch.setattr(tasks.recommenders, "train_run", counting)
+    summary = genair_pipeline(config_path=str(config), start="recommenders", force=True)
+    runs = summary["recommenders"]
+    assert (runs["runs"], runs["trained"], runs["workers"]) == (4, 4, 2)
+    assert most[0] == 2
+    assert set(runs["test_ndcg@10 (full ranking)"]) == {
+        f"{b}-id-bce-s{s}" for b in ("sasrec", "gru4rec") for s in (3, 4)
+    }
+    report = Store(config.parent / "data").report_path("recommenders").read_text()
+    assert "| sasrec | id | 2 |" in report
+    again = genair_pipeline(config_path=str(config), start="recommenders")
+    assert again["recommenders"]["trained"] == 0
