@@ -47,13 +47,13 @@ import numpy as np
 import torch
 from bench_machine import cpu_model
 
-from genair_core.config import MovieLensConfig
+from genair_core.config import DatasetConfig, LlmConfig
 from genair_core.datasets.movielens import MovieLens100K
-from genair_core.engines import GenerationSettings, make_engine
+from genair_core.engines import VllmEngine, generation_settings
 from genair_core.engines.base import completion_span, load_eos_token_ids, request_seed
 from genair_core.prompts import PROMPT_VERSION, build_prompt, render_chat
+from storage.datasets import open_dataset
 from storage.model_cache import resolve_model
-from storage.wheel_cache import ensure_wheel
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -62,7 +62,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=64, help="first N items of ml-100k.item")
     parser.add_argument("--dtype", choices=sorted(_DTYPES), default="float32")
-    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--max-new-tokens", type=int, default=LlmConfig().max_new_tokens)
+    parser.add_argument(
+        "--kv-cache-gib",
+        type=float,
+        default=2.0,
+        help="the vLLM generator's KV cache; 2 GiB (the pipeline's is 1) holds the sampler "
+        "study's 4x batch",
+    )
     parser.add_argument("--batch-size", type=int, default=16, help="reference batch size")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", default="default", help="'default' or a local HF model folder")
@@ -110,9 +117,9 @@ class Result:
 
 def load_items(cache_dir: Path, n: int) -> list[dict]:
     """The first n items of ml-100k.item, mapped as the pipeline maps them."""
-    dataset = MovieLens100K(ensure_wheel("recbole", MovieLensConfig().recbole_version, cache_dir))
+    dataset = MovieLens100K()
     items = []
-    for record in dataset.item_records():
+    for record in open_dataset(DatasetConfig(name="movielens-100k"), cache_dir).item_records():
         if record.fields is None:
             continue
         items.append(dataset.map_item(record.fields))
@@ -223,12 +230,19 @@ def run_reference(
 # ---- fast path: genair's VllmEngine -----------------------------------------------------------
 
 
-def run_fast(args, model_dir: Path, prompts: list[str]):
-    settings = GenerationSettings(
-        dtype=args.dtype, max_new_tokens=args.max_new_tokens, seed=args.seed
+def vllm_engine(args, model_dir: Path) -> VllmEngine:
+    llm = LlmConfig(
+        dtype=args.dtype,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+        kv_cache_gib=args.kv_cache_gib,
     )
+    return VllmEngine(model_dir, generation_settings(llm), kv_cache_gib=llm.kv_cache_gib)
+
+
+def run_fast(args, model_dir: Path, prompts: list[str]):
     with Section("vLLM: engine start-up (generator + pooler)") as startup:
-        engine = make_engine("vllm", model_dir, settings)
+        engine = vllm_engine(args, model_dir)
         # The engine starts its two vLLM instances lazily on first use; start them here so that
         # start-up stays out of the steady-state clock.
         engine._generate_llm()
@@ -297,11 +311,8 @@ def run_sampler_study(args, model_dir: Path, prompts: list[str]) -> None:
     show whether a bigger batch would amortise per-step costs."""
     from vllm import SamplingParams
 
-    settings = GenerationSettings(
-        dtype=args.dtype, max_new_tokens=args.max_new_tokens, seed=args.seed
-    )
     with Section("vLLM: generator start-up") as startup:
-        engine = make_engine("vllm", model_dir, settings)
+        engine = vllm_engine(args, model_dir)
         llm = engine._generate_llm()
     ids = [engine.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     runs = [(label, sp, 1) for label, sp in SAMPLER_VARIANTS]
@@ -315,7 +326,7 @@ def run_sampler_study(args, model_dir: Path, prompts: list[str]) -> None:
             for copy in range(copies):
                 for prompt, tokens in zip(prompts, ids, strict=True):
                     inputs.append({"prompt_token_ids": tokens})
-                    seed = request_seed(settings.seed + copy, prompt) if seeded else None
+                    seed = request_seed(engine.settings.seed + copy, prompt) if seeded else None
                     params.append(
                         SamplingParams(
                             max_tokens=args.max_new_tokens, ignore_eos=True, seed=seed, **sp

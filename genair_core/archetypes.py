@@ -1,14 +1,15 @@
 """From catalog rows to archetypes and their two hidden-state vectors, a batch at a time.
 
-    identity = Identity(model_id, PROMPT_VERSION, settings_id("vllm", gen), "vllm")
-    batches = plan_batches(todo, batch_size=64, identity=identity)
-    rows, failures = make_archetypes(engine, items, "movie", identity, max_prompt_tokens, run_id)
+    recipe = archetype_recipe(llm, model_id)
+    plan = make_plan(llm, recipe, catalog, done, failed, kept=None, item_type="movie",
+                     context_length=8192)
+    rows, failures = make_archetypes(engine, items, "movie", recipe, plan.max_prompt_tokens, run_id)
 
 An archetype is keyed by (item_id, content_hash, model_id, prompt_version, settings_id): an item
 whose metadata, model, prompt wording or generation settings changed gets a new one; an item
 with all five unchanged is never generated again.
 
-A batch's key is a hash of the identity and of its items' (item_id, content_hash) pairs, so a
+A batch's key is a hash of the recipe and of its items' (item_id, content_hash) pairs, so a
 retried batch writes the same part file again (replacing it) instead of adding a second copy.
 
 Nothing that fails validation becomes an archetype row: an empty completion or a non-finite
@@ -20,20 +21,26 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
 import numpy as np
 
-from genair_core.engines.base import ArchetypeEngine, GenerationSettings, completion_span
-from genair_core.prompts import ATTRIBUTES_COLUMN, ITEM_FIELDS, build_prompt
+from genair_core.config import LlmConfig
+from genair_core.engines.base import (
+    ArchetypeEngine,
+    GenerationSettings,
+    completion_span,
+    generation_settings,
+)
+from genair_core.prompts import ATTRIBUTES_COLUMN, PROMPT_FIELDS, PROMPT_VERSION, build_prompt
 
 Row = dict[str, object]
 
 
 @dataclass(frozen=True)
-class Identity:
+class ArchetypeRecipe:
     """How archetypes are made: every field is part of an archetype's key."""
 
     model_id: str
@@ -53,10 +60,107 @@ class ArchetypeBatch:
     def item_ids(self) -> list[str]:
         return [item_id for item_id, _ in self.items]
 
-    def halves(self, identity: Identity) -> list[ArchetypeBatch]:
+    def halves(self, recipe: ArchetypeRecipe) -> list[ArchetypeBatch]:
         """Two smaller batches (new keys), to find which item makes this one fail."""
         mid = len(self.items) // 2
-        return [_batch(identity, part) for part in (self.items[:mid], self.items[mid:]) if part]
+        return [_batch(recipe, part) for part in (self.items[:mid], self.items[mid:]) if part]
+
+
+@dataclass(frozen=True)
+class BatchContext:
+    """What every batch task needs besides its batch: small, so task inputs stay small."""
+
+    recipe: ArchetypeRecipe
+    item_type: str
+    max_prompt_tokens: int
+
+
+@dataclass(frozen=True)
+class ArchetypePlan:
+    recipe: ArchetypeRecipe
+    batches: tuple[ArchetypeBatch, ...]
+    candidates: int  # items that should have an archetype
+    up_to_date: int  # of those, items whose archetype already exists
+    failed_before: int  # of those, items whose archetype failed in an earlier run (skipped)
+    item_type: str
+    max_prompt_tokens: int
+
+    @property
+    def context(self) -> BatchContext:
+        return BatchContext(self.recipe, self.item_type, self.max_prompt_tokens)
+
+    @property
+    def pending(self) -> int:
+        return sum(len(batch.items) for batch in self.batches)
+
+
+def archetype_recipe(llm: LlmConfig, model_id: str) -> ArchetypeRecipe:
+    """The recipe of the archetypes `llm` asks for from the model `model_id`."""
+    return ArchetypeRecipe(
+        model_id=model_id,
+        prompt_version=PROMPT_VERSION,
+        settings_id=settings_id(
+            llm.engine, generation_settings(llm), max_prompt_tokens=llm.max_prompt_tokens
+        ),
+        engine=llm.engine,
+    )
+
+
+def make_plan(
+    llm: LlmConfig,
+    recipe: ArchetypeRecipe,
+    catalog: Sequence[tuple[str, str]],
+    done: Sequence[tuple[str, str]],
+    failed: Sequence[tuple[str, str]],
+    *,
+    kept: Collection[str] | None,
+    item_type: str,
+    context_length: int,
+) -> ArchetypePlan:
+    """The batches still to generate under `recipe`.
+
+    `catalog`: every item's (item_id, content_hash); `kept`: the item ids the k-core kept (read
+    when llm.items is "kcore"); `done` and `failed`: the pairs that have an archetype, or a
+    failure record, under `recipe`. Failed items are skipped unless llm.retry_failed is set.
+    """
+    wanted = candidates(llm, catalog, kept)
+    failed_before = [] if llm.retry_failed else list(failed)
+    todo = pending(wanted, [*done, *failed_before])
+    return ArchetypePlan(
+        recipe=recipe,
+        batches=tuple(plan_batches(todo, llm.batch_size, recipe)),
+        candidates=len(wanted),
+        up_to_date=len(done),
+        failed_before=len(failed_before),
+        item_type=item_type,
+        max_prompt_tokens=prompt_budget(llm, context_length),
+    )
+
+
+def candidates(
+    llm: LlmConfig, catalog: Sequence[tuple[str, str]], kept: Collection[str] | None
+) -> list[tuple[str, str]]:
+    """The (item_id, content_hash) pairs that should have an archetype, in item_id order: every
+    catalog item, or only those the k-core kept (llm.items), the first llm.max_items of them."""
+    if llm.items == "kcore":
+        if kept is None:
+            raise ValueError('llm.items is "kcore": the item ids the k-core kept are needed')
+        kept = set(kept)
+        catalog = [pair for pair in catalog if pair[0] in kept]
+    ordered = sorted(catalog, key=lambda pair: pair[0])
+    return ordered[: llm.max_items] if llm.max_items else ordered
+
+
+def prompt_budget(llm: LlmConfig, context_length: int) -> int:
+    """The tokens a rendered prompt may take: llm.max_prompt_tokens, or what the model's context
+    leaves after llm.max_new_tokens."""
+    budget = llm.max_prompt_tokens or context_length - llm.max_new_tokens
+    if budget < 1:
+        raise ValueError(
+            f"llm.max_new_tokens ({llm.max_new_tokens}) leaves no room for a prompt in the "
+            f"model's context ({context_length} tokens)"
+        )
+    return budget
 
 
 def pending(
@@ -78,25 +182,45 @@ def settings_id(engine: str, settings: GenerationSettings, max_prompt_tokens: in
 
 
 def plan_batches(
-    todo: Sequence[tuple[str, str]], batch_size: int, identity: Identity
+    todo: Sequence[tuple[str, str]], batch_size: int, recipe: ArchetypeRecipe
 ) -> list[ArchetypeBatch]:
     """Cut (item_id, content_hash) pairs, in item_id order, into batches of `batch_size`."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     ordered = sorted(todo)
     return [
-        _batch(identity, ordered[start : start + batch_size])
+        _batch(recipe, ordered[start : start + batch_size])
         for start in range(0, len(ordered), batch_size)
     ]
 
 
-def item_key(identity: Identity, item_id: str, content_hash: str) -> str:
+def item_key(recipe: ArchetypeRecipe, item_id: str, content_hash: str) -> str:
     """The key of one item's archetype attempt (its failure record is stored under it)."""
-    return _batch(identity, [(item_id, content_hash)]).key
+    return _batch(recipe, [(item_id, content_hash)]).key
 
 
-def _batch(identity: Identity, pairs: Sequence[tuple[str, str]]) -> ArchetypeBatch:
-    spec = json.dumps([asdict(identity), [list(p) for p in pairs]], sort_keys=True)
+def keyed_by_item(recipe: ArchetypeRecipe, rows: Iterable[Row]) -> dict[str, Row]:
+    """Archetype or failure rows under their item keys."""
+    return {item_key(recipe, str(row["item_id"]), str(row["content_hash"])): row for row in rows}
+
+
+def batch_items(batch: ArchetypeBatch, rows: Iterable[Row]) -> list[Row]:
+    """The catalog rows of `batch`'s items, in its order, from `rows` (read by item_id); an item
+    whose content changed or that vanished since the plan raises ValueError."""
+    by_id = {row["item_id"]: row for row in rows}
+    items = []
+    for item_id, content_hash in batch.items:
+        row = by_id.get(item_id)
+        if row is None or row["content_hash"] != content_hash:
+            raise ValueError(
+                f"item {item_id!r} changed or vanished since the plan was made; rerun the flow"
+            )
+        items.append(row)
+    return items
+
+
+def _batch(recipe: ArchetypeRecipe, pairs: Sequence[tuple[str, str]]) -> ArchetypeBatch:
+    spec = json.dumps([asdict(recipe), [list(p) for p in pairs]], sort_keys=True)
     key = hashlib.sha256(spec.encode()).hexdigest()[:20]
     return ArchetypeBatch(key=key, items=tuple((str(i), str(h)) for i, h in pairs))
 
@@ -136,7 +260,7 @@ def fit_prompt(
 
 def _prompt_fields(item: Mapping[str, object]) -> list[tuple[str, str | None]]:
     """(column, attribute key) of every field in prompt order."""
-    fields: list[tuple[str, str | None]] = [(column, None) for column, _ in ITEM_FIELDS]
+    fields: list[tuple[str, str | None]] = [(column, None) for column, _ in PROMPT_FIELDS]
     attributes = item.get(ATTRIBUTES_COLUMN) or []
     pairs = attributes.items() if isinstance(attributes, Mapping) else attributes
     fields += [(ATTRIBUTES_COLUMN, str(k)) for k, _ in sorted(pairs, key=lambda kv: str(kv[0]))]
@@ -157,21 +281,19 @@ def make_archetypes(
     engine: ArchetypeEngine,
     items: Sequence[Mapping[str, object]],
     item_type: str,
-    identity: Identity,
+    recipe: ArchetypeRecipe,
     max_prompt_tokens: int,
     run_id: str,
     now: datetime | None = None,
 ) -> tuple[list[Row], list[Row]]:
     """Generate and embed one batch; returns (archetype rows, failure rows).
 
-    Rows follow storage.schemas.archetypes_schema / ARCHETYPE_FAILURES.
+    Rows follow genair_core.tables.archetypes_schema / ARCHETYPE_FAILURES.
     """
     now = now or datetime.now(UTC)
-    tokenizer = engine.tokenizer  # type: ignore[attr-defined]
 
     def rendered_tokens(prompt: str) -> int:
-        ids = tokenizer(engine.render(prompt), add_special_tokens=False)["input_ids"]
-        return len(ids)
+        return engine.count_tokens(engine.render(prompt))
 
     prompts, truncated = [], []
     for item in items:
@@ -193,7 +315,7 @@ def make_archetypes(
             failures.append(
                 _failure(
                     item,
-                    identity,
+                    recipe,
                     "empty_completion",
                     "the model wrote nothing",
                     completion.text,
@@ -218,15 +340,13 @@ def make_archetypes(
         if bad:
             detail = f"{' and '.join(bad)} has NaN or infinite values"
             failures.append(
-                _failure(
-                    item, identity, "non_finite_embedding", detail, completion.text, now, run_id
-                )
+                _failure(item, recipe, "non_finite_embedding", detail, completion.text, now, run_id)
             )
             continue
         rows.append(
             {
-                **_provenance(item, identity),
-                "engine": identity.engine,
+                **_provenance(item, recipe),
+                "engine": recipe.engine,
                 "prompt": prompts[i],
                 "archetype": completion.text.strip(),
                 "prompt_tokens": len(completion.prompt_token_ids),
@@ -242,24 +362,26 @@ def make_archetypes(
     return rows, failures
 
 
-def engine_failure(item: Mapping[str, object], identity: Identity, error: str, run_id: str) -> Row:
+def engine_failure(
+    item: Mapping[str, object], recipe: ArchetypeRecipe, error: str, run_id: str
+) -> Row:
     """The failure row of an item whose batch of one still failed in the engine."""
-    return _failure(item, identity, "engine_error", error, None, datetime.now(UTC), run_id)
+    return _failure(item, recipe, "engine_error", error, None, datetime.now(UTC), run_id)
 
 
-def _provenance(item: Mapping[str, object], identity: Identity) -> Row:
+def _provenance(item: Mapping[str, object], recipe: ArchetypeRecipe) -> Row:
     return {
         "item_id": item["item_id"],
         "content_hash": item["content_hash"],
-        "model_id": identity.model_id,
-        "prompt_version": identity.prompt_version,
-        "settings_id": identity.settings_id,
+        "model_id": recipe.model_id,
+        "prompt_version": recipe.prompt_version,
+        "settings_id": recipe.settings_id,
     }
 
 
 def _failure(
     item: Mapping[str, object],
-    identity: Identity,
+    recipe: ArchetypeRecipe,
     reason: str,
     detail: str,
     archetype: str | None,
@@ -267,7 +389,7 @@ def _failure(
     run_id: str,
 ) -> Row:
     return {
-        **_provenance(item, identity),
+        **_provenance(item, recipe),
         "reason": reason,
         "detail": detail[:2000],
         "archetype": archetype,

@@ -6,7 +6,7 @@
 
 (one line in reality: the instruction ends in "\\n ", the question starts with "\\n".)
 
-Fields of a catalog row (storage.schemas.ITEMS), in this order, under these names:
+Fields of a catalog row (genair_core.tables.ITEMS), in this order, under these names:
 
     title, brand, categories, release year, price, description, features, then every entry of
     `attributes` in sorted key order under its own key.
@@ -46,8 +46,8 @@ KEY_VALUE = "{key} is {value}"
 LIST_JOINER = ", "
 MAX_VALUE_CHARS = 100
 
-# (column of storage.schemas.ITEMS, name written in the prompt), in prompt order.
-ITEM_FIELDS: tuple[tuple[str, str], ...] = (
+# (column of genair_core.tables.ITEMS, name written in the prompt), in prompt order.
+PROMPT_FIELDS: tuple[tuple[str, str], ...] = (
     ("title", "title"),
     ("brand", "brand"),
     ("categories", "categories"),
@@ -79,7 +79,7 @@ def prompt_version() -> str:
         "key_value": KEY_VALUE,
         "list_joiner": LIST_JOINER,
         "max_value_chars": MAX_VALUE_CHARS,
-        "item_fields": ITEM_FIELDS,
+        "item_fields": PROMPT_FIELDS,
         "attributes": ATTRIBUTES_COLUMN,
         "dropped_keys": sorted(DROPPED_KEYS),
         "dropped_prefixes": DROPPED_KEY_PREFIXES,
@@ -100,7 +100,7 @@ def build_prompt(item: Mapping[str, Any], item_type: str) -> str:
     """
     if not item_type.strip():
         raise ValueError("item_type must be a non-empty noun such as 'movie'")
-    pairs = [(name, item.get(column)) for column, name in ITEM_FIELDS]
+    pairs = [(name, item.get(column)) for column, name in PROMPT_FIELDS]
     pairs += sorted(_attribute_pairs(item.get(ATTRIBUTES_COLUMN)), key=lambda kv: kv[0])
     parts = []
     for key, raw in pairs:

@@ -1,8 +1,9 @@
 """The archetype and pooling stages under Prefect, with a scripted engine standing in for the LLM.
 
 The engine's behaviour is driven by words in an item's title: POISON crashes the engine, EMPTY
-gives an empty completion, NANVEC gives a NaN vector. The real engines are tested in
-test_engines.py and end to end in test_archetypes_ml100k.py.
+gives an empty completion, NANVEC gives a NaN vector. The flow's engine pool makes it through the
+`engine_factory` the flow is given. The real engines are tested in test_engines.py and end to
+end in test_archetypes_ml100k.py.
 """
 
 import json
@@ -13,13 +14,13 @@ import pytest
 from prefect import flow
 from small_dataset import write_small_dataset
 
-import tasks.archetypes
 from flows.pipeline import genair_pipeline
-from genair_core.config import load_settings
+from genair_core.engines import EnginePool
 from genair_core.engines.base import Completion
 from storage.sql import connect
 from storage.store import Store
 from tasks.archetypes import generate_archetype_batch, plan_archetypes
+from tasks.settings import load_settings
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 EOS = 0
@@ -37,11 +38,14 @@ class ScriptedEngine:
         self.closed = False
 
     @staticmethod
-    def tokenizer(text, add_special_tokens=False):
-        return {"input_ids": [1 + sum(map(ord, word)) % 997 for word in text.split()]}
+    def token_ids(text):
+        return [1 + sum(map(ord, word)) % 997 for word in text.split()]
 
     def render(self, prompt):
         return f"<user> {prompt} <assistant>"
+
+    def count_tokens(self, text):
+        return len(self.token_ids(text))
 
     def generate(self, prompts):
         ScriptedEngine.generate_calls += 1
@@ -54,8 +58,8 @@ class ScriptedEngine:
         for p in prompts:
             title = p.split("title is ")[1].split(";")[0].split("\n")[0]
             text = "" if "EMPTY" in p else f"people who like {title}"
-            ids = (*self.tokenizer(text)["input_ids"], EOS, 5, 5)  # junk after EOS
-            out.append(Completion(text, tuple(self.tokenizer(p)["input_ids"]), ids, "stop"))
+            ids = (*self.token_ids(text), EOS, 5, 5)  # junk after EOS
+            out.append(Completion(text, tuple(self.token_ids(p)), ids, "stop"))
         return out
 
     def embed(self, prompt_ids, completion_ids):
@@ -91,17 +95,17 @@ def config(tmp_path, monkeypatch):
     model = tmp_path / "scripted-model"
     model.mkdir()
     (model / "config.json").write_text(json.dumps({"max_position_embeddings": 4096}))
-    monkeypatch.setattr(tasks.archetypes, "resolve_model", lambda *a: model)
-    monkeypatch.setattr(tasks.archetypes, "make_engine", ScriptedEngine)
     monkeypatch.setattr(ScriptedEngine, "generate_calls", 0)
     monkeypatch.setattr(ScriptedEngine, "fail_next_generate", 0)
     path = write_small_dataset(tmp_path)
-    path.write_text(path.read_text() + "[llm]\nbatch_size = 2\nbatch_retries = 1\n")
+    llm = f'[llm]\nmodel = "{model}"\nbatch_size = 2\nbatch_retries = 1\n'
+    path.write_text(path.read_text() + llm)
     return path
 
 
 def run(config, **kwargs):
     kwargs.setdefault("until", "pooling")
+    kwargs.setdefault("engine_factory", ScriptedEngine)
     return genair_pipeline(config_path=str(config), **kwargs)
 
 
@@ -193,11 +197,10 @@ def test_a_poisoned_item_is_isolated_recorded_and_skipped(config):
     assert Store(config.parent / "data").read_table("item_embeddings").num_rows == 3
 
 
-def test_empty_completions_and_nan_vectors_are_failures_not_rows(config, monkeypatch):
-    monkeypatch.setattr(tasks.archetypes, "make_engine", NanEngine)
+def test_empty_completions_and_nan_vectors_are_failures_not_rows(config):
     set_title(config, "A", "EMPTY")
     set_title(config, "D", "NANVEC")
-    summary = run(config)
+    summary = run(config, engine_factory=NanEngine)
     assert summary["archetypes"]["generated"] == 2
     assert summary["archetypes"]["failed"] == 2
     failures = (
@@ -225,17 +228,36 @@ def test_metadata_too_long_for_the_context_is_cut_and_marked(config, monkeypatch
     assert "title is Alpha" in prompts[0][0]
 
 
-def test_engines_are_shut_down_at_the_end(config, monkeypatch):
+def test_engines_are_shut_down_at_the_end(config):
     made = []
 
-    def tracking(*args, **kwargs):
+    def tracking(name, model_dir, settings, **options):
+        made.append((ScriptedEngine(), settings, options))
+        return made[-1][0]
+
+    run(config, engine_factory=tracking)
+    assert len(made) == 1  # one engine for both batches
+    engine, settings, options = made[0]
+    assert engine.closed
+    assert (settings.max_new_tokens, settings.dtype, options) == (
+        128,
+        "float32",
+        {"kv_cache_gib": 1.0},
+    )
+
+
+def test_a_crashed_engine_is_replaced_for_the_retry(config):
+    made = []
+
+    def tracking(name, model_dir, settings, **options):
         made.append(ScriptedEngine())
         return made[-1]
 
-    monkeypatch.setattr(tasks.archetypes, "make_engine", tracking)
-    run(config)
-    assert len(made) == 1  # one engine for both batches
-    assert made[0].closed
+    ScriptedEngine.fail_next_generate = 1
+    summary = run(config, engine_factory=tracking)
+    assert summary["archetypes"]["generated"] == 4
+    assert len(made) == 2
+    assert all(engine.closed for engine in made)
 
 
 def test_refit_on_request_and_a_size_change_without_refit_is_refused(config, monkeypatch):
@@ -296,8 +318,9 @@ def test_a_batch_written_twice_replaces_its_part(config):
     def same_batch_twice(config_path: str) -> None:
         settings = load_settings(Path(config_path))
         plan = plan_archetypes(settings)
-        generate_archetype_batch(settings, plan.context, plan.batches[0])
-        generate_archetype_batch(settings, plan.context, plan.batches[0])
+        with EnginePool(ScriptedEngine) as engines:
+            generate_archetype_batch(settings, plan.context, plan.batches[0], engines)
+            generate_archetype_batch(settings, plan.context, plan.batches[0], engines)
 
     run(config, until="cooccurrence")
     same_batch_twice(str(config))

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from flows.pipeline import genair_pipeline
+from genair_core.tables import to_matrix
 from storage.sql import connect
 from storage.store import Store
-from storage.vectors import to_matrix
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 N_ITEMS = 16

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,15 +21,24 @@ from transformers import (
     TopPLogitsWarper,
 )
 
+from genair_core.config import LlmConfig
 from genair_core.datasets import MovieLens100K
-from genair_core.engines import ENGINES, GenerationSettings, HFEngine, make_engine
+from genair_core.engines import (
+    ENGINES,
+    HFEngine,
+    engine_options,
+    generation_settings,
+    make_engine,
+)
 from genair_core.engines.base import completion_span, request_seed
 from genair_core.engines.hf_engine import _RepetitionPenalty, _SeededGumbel, _TemperatureTopP
 from genair_core.prompts import build_prompt
+from storage.datasets import ML100K_ITEM_MEMBER
+from storage.sources import read_recbole_atomic
 
 EOS = 2
 PAD = 0
-FP32 = GenerationSettings(dtype="float32", max_new_tokens=12, seed=3)
+FP32 = generation_settings(LlmConfig(dtype="float32", max_new_tokens=12, seed=3))
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +80,7 @@ def by_hand(model: LlamaForCausalLM, prompt: list[int], completion: list[int]) -
 
 
 def test_span_pooling_matches_per_row_computation(tiny_llama: LlamaForCausalLM) -> None:
-    engine = HFEngine(model=tiny_llama, settings=FP32, batch_size=3, device="cpu")
+    engine = HFEngine(None, FP32, model=tiny_llama, batch_size=3, device="cpu")
     prompts = [[1, 5, 6], [1, 7, 8, 9, 10, 11, 12], [1, 13, 14, 15, 16]]
     completions = [
         [20, 21, EOS, 30, 31],  # tokens after EOS: excluded
@@ -89,8 +99,8 @@ def test_span_pooling_matches_per_row_computation(tiny_llama: LlamaForCausalLM) 
 
 def test_tokens_after_eos_and_batch_shape_do_not_matter(tiny_llama: LlamaForCausalLM) -> None:
     prompts = [[1, 5, 6], [1, 7, 8, 9, 10, 11, 12]]
-    batched = HFEngine(model=tiny_llama, settings=FP32, batch_size=2, device="cpu")
-    single = HFEngine(model=tiny_llama, settings=FP32, batch_size=1, device="cpu")
+    batched = HFEngine(None, FP32, model=tiny_llama, batch_size=2, device="cpu")
+    single = HFEngine(None, FP32, model=tiny_llama, batch_size=1, device="cpu")
     a = batched.embed(prompts, [[20, EOS, 30], [22, 23]])
     b = single.embed(prompts, [[20, EOS, 9, 9, 9, 9, 9], [22, 23]])
     for (ia, ga), (ib, gb) in zip(a, b, strict=True):
@@ -99,7 +109,7 @@ def test_tokens_after_eos_and_batch_shape_do_not_matter(tiny_llama: LlamaForCaus
 
 
 def test_embed_rejects_empty_spans_and_mismatched_rows(tiny_llama: LlamaForCausalLM) -> None:
-    engine = HFEngine(model=tiny_llama, settings=FP32, device="cpu")
+    engine = HFEngine(None, FP32, model=tiny_llama, device="cpu")
     with pytest.raises(ValueError, match="row 1: empty completion"):
         engine.embed([[1, 5], [1, 6]], [[7], []])
     with pytest.raises(ValueError, match="pair up"):
@@ -116,7 +126,7 @@ def test_hf_generate_is_seeded_per_prompt(
     tiny_llama: LlamaForCausalLM, tiny_tokenizer: PreTrainedTokenizerFast
 ) -> None:
     engine = HFEngine(
-        model=tiny_llama, tokenizer=tiny_tokenizer, settings=FP32, batch_size=4, device="cpu"
+        None, FP32, model=tiny_llama, tokenizer=tiny_tokenizer, batch_size=4, device="cpu"
     )
     prompts = ["<s> w5 w6 w7", "<s> w8", "<s> w9 w10 w11 w12 w13 w14", "<s> w15 w16"]
     first = engine.generate(prompts)
@@ -130,9 +140,10 @@ def test_hf_generate_is_seeded_per_prompt(
         assert a.finish_reason == ("stop" if a.completion_token_ids[-1] == EOS else "length")
         assert EOS not in a.completion_token_ids[:-1]
     other_seed = HFEngine(
+        None,
+        replace(FP32, seed=4),
         model=tiny_llama,
         tokenizer=tiny_tokenizer,
-        settings=GenerationSettings(dtype="float32", max_new_tokens=12, seed=4),
         device="cpu",
     ).generate(prompts)
     assert [c.completion_token_ids for c in other_seed] != [c.completion_token_ids for c in first]
@@ -176,18 +187,18 @@ def test_gumbel_max_samples_the_softmax() -> None:
 def test_registry_names_and_unknown_engine() -> None:
     assert set(ENGINES) == {"vllm", "transformers"}
     with pytest.raises(ValueError, match="valid engines: transformers, vllm"):
-        make_engine("llamacpp", Path("."))
+        make_engine("llamacpp", Path("."), FP32)
 
 
-def test_settings_validation() -> None:
-    assert GenerationSettings().max_new_tokens == 128
-    assert GenerationSettings().dtype == "float32"
-    gpu = GenerationSettings.for_gpu(seed=5)
-    assert (gpu.max_new_tokens, gpu.dtype, gpu.seed) == (512, "bfloat16", 5)
+def test_settings_come_from_the_llm_section_and_are_validated() -> None:
+    default = generation_settings(LlmConfig())
+    assert (default.max_new_tokens, default.dtype, default.temperature) == (128, "float32", 0.6)
+    assert engine_options(LlmConfig()) == {"kv_cache_gib": 1.0}
+    assert engine_options(LlmConfig(engine="transformers")) == {}
     with pytest.raises(ValueError, match="top_p"):
-        GenerationSettings(top_p=0)
+        replace(default, top_p=0)
     with pytest.raises(ValueError, match="max_new_tokens"):
-        GenerationSettings(max_new_tokens=0)
+        replace(default, max_new_tokens=0)
 
 
 # ---- the real default model through the real vLLM CPU engine -------------------------------
@@ -215,11 +226,12 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 def test_vllm_cpu_engine_on_ml100k_agrees_with_transformers(
     default_model_dir: Path, recbole_wheel: Path
 ) -> None:
-    settings = GenerationSettings(dtype="float32", max_new_tokens=64, seed=11)
-    movielens = MovieLens100K(recbole_wheel)  # the real ml-100k files, read from the wheel
-    items = [movielens.map_item(r.fields) for r in itertools.islice(movielens.item_records(), 8)]
+    llm = LlmConfig(dtype="float32", max_new_tokens=64, seed=11)
+    settings = generation_settings(llm)
+    records = read_recbole_atomic(recbole_wheel, ML100K_ITEM_MEMBER)  # the real ml-100k files
+    items = [MovieLens100K().map_item(r.fields) for r in itertools.islice(records, 8)]
     assert items[0]["title"] == "Toy Story"
-    engine = make_engine("vllm", default_model_dir, settings)
+    engine = make_engine("vllm", default_model_dir, settings, **engine_options(llm))
     try:
         rendered = [engine.render(build_prompt(item, "movie")) for item in items]
         t0 = time.perf_counter()

@@ -1,10 +1,13 @@
 """Archetype engines behind one contract (base.ArchetypeEngine), chosen by name.
 
-    engine = make_engine("vllm", model_dir, GenerationSettings(seed=7))
+    llm = LlmConfig(seed=7)
+    engine = make_engine("vllm", model_dir, generation_settings(llm), **engine_options(llm))
     completions = engine.generate([engine.render(build_prompt(item, "movie"))])
     vectors = engine.embed([c.prompt_token_ids for c in completions],
                            [c.completion_token_ids for c in completions])
     engine.close()
+
+A run's engines live in an EnginePool (pool.py), which makes them with `make_engine`.
 
 Neither module imports vLLM at import time, so the registry can be listed anywhere.
 """
@@ -19,8 +22,10 @@ from genair_core.engines.base import (
     Completion,
     Embedding,
     GenerationSettings,
+    generation_settings,
 )
 from genair_core.engines.hf_engine import HFEngine
+from genair_core.engines.pool import EngineFactory, EnginePool, engine_options
 from genair_core.engines.vllm_engine import VllmEngine
 
 ENGINES: dict[str, type] = {
@@ -30,7 +35,7 @@ ENGINES: dict[str, type] = {
 
 
 def make_engine(
-    name: str, model_dir: Path, settings: GenerationSettings | None = None, **options: Any
+    name: str, model_dir: Path, settings: GenerationSettings, **options: Any
 ) -> ArchetypeEngine:
     """The engine registered under `name`, loading `model_dir` (a local HF model folder)."""
     try:
@@ -47,8 +52,12 @@ __all__ = [
     "ArchetypeEngine",
     "Completion",
     "Embedding",
+    "EngineFactory",
+    "EnginePool",
     "GenerationSettings",
     "HFEngine",
     "VllmEngine",
+    "engine_options",
+    "generation_settings",
     "make_engine",
 ]

@@ -8,8 +8,8 @@ teacher-forced pass over prompt + completion and averages them over two spans:
     gen_emb   = mean over the completion tokens up to and including the first EOS, nothing after
 
 Engines: "vllm" (vllm_engine.VllmEngine) and "transformers" (hf_engine.HFEngine); `make_engine`
-picks one by name. An engine loads its model once and is reused across batches; `close()` frees
-its processes and memory.
+picks one by name. An engine loads its model once and is reused across batches (pool.EnginePool
+owns the engines of a run); `close()` frees its processes and memory.
 """
 
 from __future__ import annotations
@@ -22,25 +22,26 @@ from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
+from genair_core.config import LlmConfig
+
 Dtype = Literal["float32", "bfloat16", "float16"]
 FinishReason = Literal["stop", "length"]
-
-CPU_MAX_NEW_TOKENS = 128  # docs/engines.md: cuts 3 in 4 SmolLM2 archetypes, costs 2.5x less
-GPU_MAX_NEW_TOKENS = 512  # the paper's setting
 
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    """Sampling and numerics of one archetype run; part of what makes an archetype reproducible."""
+    """Sampling and numerics of one archetype run; part of what makes an archetype reproducible.
 
-    temperature: float = 0.6
-    top_p: float = 0.9
-    repetition_penalty: float = 1.2
-    max_new_tokens: int = CPU_MAX_NEW_TOKENS  # GPU_MAX_NEW_TOKENS on GPU profiles
-    seed: int = 0
-    # Compute dtype. fp32 on the CPU: as fast as bf16 for the 135M model in vLLM, and only fp32
-    # gave the same archetype for an item alone and inside a batch (docs/engines.md).
-    dtype: Dtype = "float32"
+    Every field is required: the defaults are LlmConfig's, and `generation_settings(llm)` is the
+    one place an [llm] section becomes these settings.
+    """
+
+    temperature: float
+    top_p: float
+    repetition_penalty: float
+    max_new_tokens: int
+    seed: int
+    dtype: Dtype  # compute dtype
 
     def __post_init__(self) -> None:
         if not 0 < self.top_p <= 1:
@@ -52,10 +53,17 @@ class GenerationSettings:
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
 
-    @classmethod
-    def for_gpu(cls, **overrides: object) -> GenerationSettings:
-        """The paper's 512 new tokens, in bf16 (a 7B model in fp32 would double memory and time)."""
-        return cls(**{"max_new_tokens": GPU_MAX_NEW_TOKENS, "dtype": "bfloat16", **overrides})
+
+def generation_settings(llm: LlmConfig) -> GenerationSettings:
+    """The generation settings an [llm] section asks for."""
+    return GenerationSettings(
+        temperature=llm.temperature,
+        top_p=llm.top_p,
+        repetition_penalty=llm.repetition_penalty,
+        max_new_tokens=llm.max_new_tokens,
+        seed=llm.seed,
+        dtype=llm.dtype,
+    )
 
 
 @dataclass(frozen=True)
@@ -79,6 +87,11 @@ class ArchetypeEngine(Protocol):
 
     def render(self, prompt: str) -> str:
         """The prompt as the model's chat template writes a user turn (special tokens included)."""
+        ...
+
+    def count_tokens(self, text: str) -> int:
+        """How many tokens `generate` reads for `text`, a rendered prompt (no special tokens
+        added: the chat template already wrote them)."""
         ...
 
     def generate(self, prompts: list[str]) -> list[Completion]:

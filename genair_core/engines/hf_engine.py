@@ -43,8 +43,8 @@ class HFEngine:
 
     def __init__(
         self,
-        model_dir: Path | None = None,
-        settings: GenerationSettings | None = None,
+        model_dir: Path | None,
+        settings: GenerationSettings,
         *,
         batch_size: int = 16,
         device: str | None = None,
@@ -53,7 +53,7 @@ class HFEngine:
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.settings = settings or GenerationSettings()
+        self.settings = settings
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
@@ -82,6 +82,9 @@ class HFEngine:
     def render(self, prompt: str) -> str:
         return render_chat(self.tokenizer, prompt)
 
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
     def generate(self, prompts: list[str]) -> list[Completion]:
         if self.tokenizer is None:
             raise ValueError("generate needs a tokenizer")
@@ -105,14 +108,14 @@ class HFEngine:
         # Rows of similar length share a micro-batch: less padding, same result (right padding
         # under a causal mask leaves every real token's state unchanged).
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
-        result: list[Embedding | None] = [None] * len(rows)
+        result: dict[int, Embedding] = {}
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
             hidden = self._last_hidden([rows[i] for i in chunk])  # (B, T, H) float32 on CPU
             for b, i in enumerate(chunk):
                 n_prompt, n_gen = spans[i]
                 result[i] = span_means(hidden[b, : n_prompt + n_gen].numpy(), n_prompt, n_gen)
-        return [r for r in result if r is not None]
+        return [result[i] for i in range(len(rows))]
 
     def close(self) -> None:
         self.model = None

@@ -41,10 +41,9 @@ from genair_core.engines.base import (
 )
 from genair_core.prompts import render_chat
 
-# KV-cache sizes. At 135M in fp32 a token costs 46 KB (30 layers x K,V x 3 heads x 64 x 4 B):
-# 2 GiB holds 64 sequences of ~700 tokens; the pooler only holds the tokens of one scheduler step
-# (max_num_batched_tokens = context length, 8192 tokens = 0.38 GB).
-DEFAULT_KV_CACHE_GIB = 2.0
+# The pooler's KV cache only holds the tokens of one scheduler step (max_num_batched_tokens =
+# context length, 8192 tokens = 0.38 GB at 46 KB a token for 135M in fp32); the generator's is
+# llm.kv_cache_gib.
 DEFAULT_POOL_KV_CACHE_GIB = 0.5
 # CUDA only: vLLM refuses to start unless this fraction of the GPU is free at start-up, even with
 # an explicit KV-cache size; the default 0.92 would stop the second instance. Untested here (the
@@ -60,9 +59,9 @@ class VllmEngine:
     def __init__(
         self,
         model_dir: Path,
-        settings: GenerationSettings | None = None,
+        settings: GenerationSettings,
         *,
-        kv_cache_gib: float = DEFAULT_KV_CACHE_GIB,
+        kv_cache_gib: float,
         pool_kv_cache_gib: float = DEFAULT_POOL_KV_CACHE_GIB,
         gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION,
         max_model_len: int | None = None,
@@ -70,7 +69,7 @@ class VllmEngine:
         from transformers import AutoConfig, AutoTokenizer
 
         self.model_dir = Path(model_dir)
-        self.settings = settings or GenerationSettings()
+        self.settings = settings
         self.kv_cache_bytes = int(kv_cache_gib * (1 << 30))
         self.pool_kv_cache_bytes = int(pool_kv_cache_gib * (1 << 30))
         self.gpu_memory_utilization = gpu_memory_utilization
@@ -85,6 +84,9 @@ class VllmEngine:
 
     def render(self, prompt: str) -> str:
         return render_chat(self.tokenizer, prompt)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._token_ids(text))
 
     def generate(self, prompts: list[str]) -> list[Completion]:
         from vllm import SamplingParams
@@ -105,10 +107,7 @@ class VllmEngine:
         ]
         # The chat template already wrote the special tokens: tokenise without adding any
         # (vLLM's own tokenisation of a string would add BOS again for Llama-style tokenizers).
-        inputs = [
-            {"prompt_token_ids": self.tokenizer(p, add_special_tokens=False)["input_ids"]}
-            for p in prompts
-        ]
+        inputs = [{"prompt_token_ids": self._token_ids(p)} for p in prompts]
         outputs = self._generate_llm().generate(inputs, params, use_tqdm=False)
         completions = []
         for out in outputs:
@@ -169,6 +168,9 @@ class VllmEngine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _token_ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def _generate_llm(self) -> Any:
         if self._generator is None:
