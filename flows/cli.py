@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from flows.stages import STAGES
-from genair_core.config import ConfigError, Settings, load_settings
+from tasks.settings import ConfigError, Settings, load_settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,7 +72,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     configure_environment(settings)
     # Imported here so that the environment above is in place before Prefect reads its settings.
     from flows.pipeline import genair_pipeline
-    from genair_core.report import render_run_summary
+    from genair_core.run_summary import render_run_summary
 
     config_path = str(args.config) if args.config else None
     try:

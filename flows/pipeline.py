@@ -6,29 +6,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import flow
+from prefect import flow, unmapped
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
-from prefect.futures import as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.stages import STAGES
-from genair_core.archetypes import ArchetypeBatch
-from genair_core.config import Settings, load_settings
+from genair_core.archetypes import ArchetypeBatch, ArchetypePlan, BatchContext
+from genair_core.engines import EngineFactory, EnginePool, make_engine
 from genair_core.experiment import share_cpu
-from tasks.archetypes import (
-    ArchetypePlan,
-    BatchContext,
-    generate_archetype_batch,
-    plan_archetypes,
-    record_engine_failure,
-    shutdown_engines,
-)
+from tasks.archetypes import generate_archetype_batch, plan_archetypes, record_engine_failure
 from tasks.common import exclusive_run
 from tasks.cooccurrence import build_cooccurrence
 from tasks.ingest import ingest_dataset
 from tasks.pooling import pool_item_embeddings
 from tasks.preprocess import split_interactions
 from tasks.recommenders import publish_results, sample_eval_negatives, train_recommender
-from tasks.report import publish_summary
+from tasks.run_summary import publish_summary
+from tasks.settings import Settings, load_settings
 
 
 @flow(name="genair-pipeline")
@@ -37,22 +31,27 @@ def genair_pipeline(
     force: bool = False,
     until: str = STAGES[-1],
     start: str = STAGES[0],
+    engine_factory: EngineFactory | None = None,
 ) -> dict[str, dict]:
     """Run the stages from `start` to `until` on the configured dataset. Steps whose inputs did
     not change are skipped (`force` reruns them); outputs are replaced, never appended to. A later
     `start` uses the tables earlier stages left, e.g. retraining recommenders on today's vectors
-    without looking at the catalog."""
+    without looking at the catalog. `engine_factory` makes the archetype engines (`make_engine`
+    unless given; tests give a scripted one)."""
     for stage in (start, until):
         if stage not in STAGES:
             raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
     if STAGES.index(start) > STAGES.index(until):
         raise ValueError(f"stage {start!r} comes after {until!r}")
     settings = load_settings(Path(config_path) if config_path else None)
+    wanted = STAGES[STAGES.index(start) : STAGES.index(until) + 1]
     with exclusive_run(settings):
-        return _run_stages(settings, STAGES[STAGES.index(start) : STAGES.index(until) + 1], force)
+        return _run_stages(settings, wanted, force, engine_factory or make_engine)
 
 
-def _run_stages(settings: Settings, wanted: tuple[str, ...], force: bool) -> dict[str, dict]:
+def _run_stages(
+    settings: Settings, wanted: tuple[str, ...], force: bool, engine_factory: EngineFactory
+) -> dict[str, dict]:
     retry = {
         "retries": settings.prefect.task_retries,
         "retry_delay_seconds": settings.prefect.retry_delay_s,
@@ -66,16 +65,14 @@ def _run_stages(settings: Settings, wanted: tuple[str, ...], force: bool) -> dic
     if "cooccurrence" in wanted:
         summary["cooccurrence"] = build_cooccurrence.with_options(**retry)(settings, force=force)
     if "archetypes" in wanted or "pooling" in wanted:
-        try:
+        with EnginePool(engine_factory) as engines:
             plan = plan_archetypes.with_options(**retry)(settings)
             if "archetypes" in wanted:
-                summary["archetypes"] = generate_archetypes(settings, plan)
+                summary["archetypes"] = generate_archetypes(settings, plan, engines)
             if "pooling" in wanted:
                 summary["pooling"] = pool_item_embeddings.with_options(**retry)(
-                    settings, plan.identity, force=force
+                    settings, plan.recipe, force=force
                 )
-        finally:
-            shutdown_engines()
     if "negatives" in wanted:
         summary["negatives"] = sample_eval_negatives.with_options(**retry)(settings, force=force)
     if "recommenders" in wanted:
@@ -88,7 +85,9 @@ def _run_stages(settings: Settings, wanted: tuple[str, ...], force: bool) -> dic
     return summary
 
 
-def generate_archetypes(settings: Settings, plan: ArchetypePlan) -> dict[str, object]:
+def generate_archetypes(
+    settings: Settings, plan: ArchetypePlan, engines: EnginePool
+) -> dict[str, object]:
     """Every planned batch, one task each, with a progress bar in the UI."""
     totals = {
         "items": plan.candidates,
@@ -103,7 +102,7 @@ def generate_archetypes(settings: Settings, plan: ArchetypePlan) -> dict[str, ob
         description=f"archetypes: {len(plan.batches)} batches to generate",
     )
     for done, batch in enumerate(plan.batches, start=1):
-        _isolating_failures(settings, plan.context, batch, counts)
+        _isolating_failures(settings, plan.context, batch, engines, counts)
         update_progress_artifact(progress, progress=100.0 * done / len(plan.batches))
     return {**totals, **counts, "skipped": not plan.batches}
 
@@ -115,20 +114,23 @@ def recommender_runs(settings: Settings) -> list[tuple[str, str, int]]:
 
 
 def train_recommenders(settings: Settings, force: bool) -> dict[str, object]:
-    """Every configured (backbone, variant, seed) as its own task, `workers` at a time."""
+    """Every configured (backbone, variant, seed) as its own task, at most `workers` training at
+    once: a sub-flow whose thread pool has `workers` threads takes the runs in order."""
+    runner = ThreadPoolTaskRunner(max_workers=settings.recommenders.workers)
+    return _train_runs.with_options(task_runner=runner)(settings, force)
+
+
+@flow(name="train-recommenders", persist_result=False, validate_parameters=False)
+def _train_runs(settings: Settings, force: bool) -> dict[str, object]:
     cfg = settings.recommenders
     runs = recommender_runs(settings)
     threads = share_cpu(cfg.workers)
     train = train_recommender.with_options(
         retries=settings.prefect.task_retries, retry_delay_seconds=settings.prefect.retry_delay_s
     )
-    summaries, waiting, training = [], list(runs), []
-    while waiting or training:
-        while waiting and len(training) < cfg.workers:
-            training.append(train.submit(settings, *waiting.pop(0), force=force))
-        finished = next(as_completed(training))
-        training.remove(finished)
-        summaries.append(finished.result())
+    backbones, variants, seeds = ([run[i] for run in runs] for i in range(3))
+    futures = train.map(unmapped(settings), backbones, variants, seeds, force=unmapped(force))
+    summaries = futures.result()
     return {
         "runs": len(runs),
         "trained": sum(not s["skipped"] for s in summaries),
@@ -139,20 +141,24 @@ def train_recommenders(settings: Settings, force: bool) -> dict[str, object]:
 
 
 def _isolating_failures(
-    settings: Settings, context: BatchContext, batch: ArchetypeBatch, counts: dict[str, int]
+    settings: Settings,
+    context: BatchContext,
+    batch: ArchetypeBatch,
+    engines: EnginePool,
+    counts: dict[str, int],
 ) -> None:
     """Run a batch; if it keeps failing, run its halves, down to the single item at fault, which
     is recorded as a failure and skipped. Adds to `counts`."""
     state = generate_archetype_batch.with_options(retries=settings.llm.batch_retries)(
-        settings, context, batch, return_state=True
+        settings, context, batch, engines, return_state=True
     )
     if state.is_completed():
         for name, n in state.result().items():
             counts[name] += n
         return
     if len(batch.items) > 1:
-        for half in batch.halves(context.identity):
-            _isolating_failures(settings, context, half, counts)
+        for half in batch.halves(context.recipe):
+            _isolating_failures(settings, context, half, engines, counts)
         return
     error = state.result(raise_on_failure=False)
     record_engine_failure(settings, context, batch, f"{type(error).__name__}: {error}")

@@ -72,11 +72,6 @@ def _quote(text: str) -> str:
     return text.replace("'", "''")
 
 
-def query(store: Store, sql: str) -> duckdb.DuckDBPyRelation:
-    """Run `sql` against the views; the caller formats or fetches the result."""
-    return connect(store).sql(sql)
-
-
 def rejects_by_reason(store: Store) -> dict[str, int]:
     """{"<table>/<reason>": rows} over the rejects table, most frequent first."""
     rows = connect(store).sql(

@@ -10,8 +10,8 @@ from prefect.client.schemas.objects import TaskRun
 from prefect.logging import get_run_logger
 from prefect.states import State
 
-from genair_core.config import Settings
 from storage.store import StepManifest, Store, TableInfo
+from tasks.settings import Settings
 
 # Failures a second attempt can cure: the disk or the network hiccuped. A bad input file, a wrong
 # setting or a bug fails the same way every time, so those fail the run at once.

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from genair_core.report import render_run_summary
+from genair_core.run_summary import render_run_summary
 from tasks.common import TASK_DEFAULTS
 
 

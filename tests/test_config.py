@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from genair_core.config import ConfigError, load_settings
+from tasks.settings import ConfigError, load_settings
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -100,24 +100,46 @@ def test_empty_column_name_means_the_source_has_none(tmp_path):
 def test_per_backbone_settings_override_only_that_backbone(tmp_path):
     path = write(
         tmp_path,
-        "[recommenders]\nmax_epochs = 50\n"
-        "[recommenders.per_backbone.bert4rec]\n"
-        'loss = "ce"\nbatch_size = 32\nmask_last_prob = 0.5\n',
+        "[recommenders.training]\nmax_epochs = 40\n"
+        "[recommenders.per_backbone.bert4rec.training]\n"
+        'loss = "ce"\nbatch_size = 32\n'
+        "[recommenders.per_backbone.bert4rec.model]\nmask_last_prob = 0.5\n",
     )
     cfg = load_settings(path).recommenders
-    bert = cfg.for_backbone("bert4rec")
-    assert (bert.loss, bert.batch_size, bert.mask_last_prob, bert.max_epochs) == ("ce", 32, 0.5, 50)
-    assert cfg.for_backbone("sasrec") == cfg
-    assert (cfg.loss, cfg.batch_size) == ("bce", 128)
+    model, training = cfg.for_backbone("bert4rec")
+    assert (training.loss, training.batch_size, training.max_epochs) == ("ce", 32, 40)
+    assert (model.mask_last_prob, model.dropout) == (0.5, 0.5)
+    assert cfg.for_backbone("sasrec") == (cfg.model, cfg.training)
+    assert (cfg.training.loss, cfg.training.batch_size) == ("bce", 128)
 
 
 def test_per_backbone_rejects_settings_that_are_not_per_backbone(tmp_path):
     path = write(tmp_path, "[recommenders.per_backbone.gru4rec]\nseeds = [1]\n")
-    with pytest.raises(ConfigError, match=r"per_backbone\.gru4rec: seeds cannot be set"):
+    with pytest.raises(ConfigError, match=r"per_backbone\.gru4rec\.seeds: Extra inputs"):
+        load_settings(path)
+    path = write(tmp_path, '[recommenders.per_backbone.gru4rec.model]\nloss = "ce"\n')
+    with pytest.raises(ConfigError, match=r"per_backbone\.gru4rec\.model: .*loss"):
         load_settings(path)
 
 
 def test_per_backbone_values_are_checked_like_the_others(tmp_path):
-    path = write(tmp_path, "[recommenders.per_backbone.bert4rec]\ndropout = 1.5\n")
+    path = write(tmp_path, "[recommenders.per_backbone.bert4rec.model]\ndropout = 1.5\n")
     with pytest.raises(ConfigError, match="dropout"):
         load_settings(path)
+
+
+def test_a_key_of_the_old_flat_recommenders_section_says_where_it_moved(tmp_path):
+    path = write(
+        tmp_path,
+        "[recommenders]\nhidden = 64\nnegatives = 50\n"
+        '[recommenders.per_backbone.bert4rec]\nloss = "ce"\n',
+    )
+    with pytest.raises(ConfigError) as err:
+        load_settings(path)
+    message = str(err.value)
+    assert (
+        "recommenders.hidden: Extra inputs are not permitted (got 64); it now belongs in "
+        "[recommenders.model]" in message
+    )
+    assert "it now belongs in [recommenders.evaluation]" in message
+    assert "it now belongs in [recommenders.per_backbone.bert4rec.training]" in message

@@ -118,14 +118,17 @@ def write_dataset(folder: Path) -> Path:
             backbones = ["sasrec", "bert4rec", "gru4rec"]
             variants = ["id", "llm", "genair"]
             seeds = [3]
+            workers = 1
+            [recommenders.model]
             hidden = 8
             max_len = 12
+            [recommenders.training]
             max_epochs = 3
             patience = 3
-            negatives = 5
-            workers = 1
             alpha = 0.1
-            [recommenders.per_backbone.bert4rec]
+            [recommenders.evaluation]
+            negatives = 5
+            [recommenders.per_backbone.bert4rec.training]
             loss = "ce"
             batch_size = 16
             [prefect]
@@ -141,7 +144,9 @@ def table_digests(root: Path) -> dict[str, str]:
     store = Store(root)
     digests = {}
     for name in sorted({*store.existing_tables(), *store.existing_datasets()}):
-        table = store.read_table(name) if name in store.existing_tables() else store.read_parts(name)
+        table = (
+            store.read_table(name) if name in store.existing_tables() else store.read_parts(name)
+        )
         table = table.drop_columns([c for c in table.column_names if c in VOLATILE])
         rows = sorted(json.dumps(row, sort_keys=True, default=str) for row in table.to_pylist())
         digests[name] = hashlib.sha256("\n".join(rows).encode()).hexdigest()
@@ -151,12 +156,9 @@ def table_digests(root: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def golden_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    import tasks.archetypes
-
-    monkeypatch.setattr(tasks.archetypes, "make_engine", GoldenEngine)
+def golden_run(tmp_path: Path) -> Path:
     config = write_dataset(tmp_path)
-    genair_pipeline(config_path=str(config))
+    genair_pipeline(config_path=str(config), engine_factory=GoldenEngine)
     return config.parent / "data"
 
 

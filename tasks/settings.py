@@ -1,0 +1,164 @@
+"""Typed settings for a genair run: one TOML file, overridable by GENAIR_* environment variables.
+
+    GENAIR_PREPROCESS__K_CORE=10 genair run --config genair.toml
+
+Relative paths in the file are resolved against the file's folder. The sections themselves live
+in `genair_core.config`; this module composes them and adds the orchestration's own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from genair_core.config import (
+    DatasetConfig,
+    EvaluationConfig,
+    LlmConfig,
+    ModelConfig,
+    PoolingConfig,
+    PreprocessConfig,
+    RecommenderConfig,
+    Section,
+    StorageConfig,
+    TrainingConfig,
+)
+
+DEFAULT_CONFIG_NAME = "genair.toml"
+ENV_PREFIX = "GENAIR_"
+
+
+class ConfigError(ValueError):
+    """A setting is missing or wrong; the message names the key."""
+
+
+class PrefectConfig(Section):
+    task_retries: int = Field(2, ge=0)  # for transient failures (I/O) only
+    retry_delay_s: float = Field(5.0, ge=0)
+    # The temporary server's first start on a 2-core machine runs migrations for ~22 s; the
+    # Prefect default (20 s) is too short there.
+    ephemeral_startup_timeout_s: int = Field(120, ge=10)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    storage: StorageConfig = StorageConfig()
+    dataset: DatasetConfig = DatasetConfig()
+    preprocess: PreprocessConfig = PreprocessConfig()
+    llm: LlmConfig = LlmConfig()
+    pooling: PoolingConfig = PoolingConfig()
+    recommenders: RecommenderConfig = RecommenderConfig()
+    prefect: PrefectConfig = PrefectConfig()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Precedence: explicit arguments, then the environment, then the TOML file.
+        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)
+
+
+def load_settings(path: Path | None = None, **overrides: object) -> Settings:
+    """Read `path` (or ./genair.toml if it exists, else the defaults) plus GENAIR_* variables.
+
+    Raises ConfigError naming every wrong key, e.g. `preprocess.k_core: Input should be greater
+    than or equal to 1 (got 0)`.
+    """
+    if path is None and Path(DEFAULT_CONFIG_NAME).is_file():
+        path = Path(DEFAULT_CONFIG_NAME)
+    if path is not None and not Path(path).is_file():
+        raise ConfigError(f"config file not found: {path}")
+    base_dir = Path(path).resolve().parent if path is not None else Path.cwd()
+
+    bound = type(
+        "BoundSettings",
+        (Settings,),
+        {"model_config": {**Settings.model_config, "toml_file": path}},
+    )
+    try:
+        settings = bound(**overrides)
+    except ValidationError as err:
+        raise ConfigError(_describe(err, path)) from None
+    except ValueError as err:  # TOML syntax errors surface as ValueError subclasses
+        raise ConfigError(f"{path}: {err}") from None
+    return _resolve_paths(Settings.model_validate(settings.model_dump()), base_dir)
+
+
+def _describe(err: ValidationError, path: Path | None) -> str:
+    where = f"in {path} or {ENV_PREFIX}* variables" if path else f"in {ENV_PREFIX}* variables"
+    lines = [f"invalid configuration ({where}):"]
+    for problem in err.errors():
+        key = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+        env = ENV_PREFIX + "__".join(str(part).upper() for part in problem["loc"])
+        got = f" (got {problem['input']!r})" if problem["type"] != "missing" else ""
+        moved = (
+            _moved_recommender_key(problem["loc"]) if problem["type"] == "extra_forbidden" else ""
+        )
+        lines.append(f"  {key}: {problem['msg']}{got}{moved}  [env: {env}]")
+    return "\n".join(lines)
+
+
+# [recommenders] was one flat section before its model, training and evaluation sections.
+_RECOMMENDER_SECTIONS = {
+    "model": ModelConfig,
+    "training": TrainingConfig,
+    "evaluation": EvaluationConfig,
+}
+
+
+def _moved_recommender_key(loc: tuple[int | str, ...]) -> str:
+    """Where a key of the old flat [recommenders] section lives now, as a hint."""
+    if len(loc) < 2 or loc[0] != "recommenders":
+        return ""
+    backbone = loc[2] if len(loc) == 4 and loc[1] == "per_backbone" else None
+    name = loc[-1]
+    for section, model in _RECOMMENDER_SECTIONS.items():
+        if name in model.model_fields and (backbone is None or section != "evaluation"):
+            where = f"per_backbone.{backbone}.{section}" if backbone else section
+            return f"; it now belongs in [recommenders.{where}]"
+    return ""
+
+
+def _resolve_paths(settings: Settings, base_dir: Path) -> Settings:
+    def fix(p: Path | None) -> Path | None:
+        if p is None:
+            return None
+        p = p.expanduser()
+        return p if p.is_absolute() else (base_dir / p)
+
+    storage = settings.storage.model_copy(
+        update={"root": fix(settings.storage.root), "cache_dir": fix(settings.storage.cache_dir)}
+    )
+    dataset = settings.dataset
+    if dataset.amazon is not None:
+        amazon = dataset.amazon.model_copy(
+            update={k: fix(getattr(dataset.amazon, k)) for k in ("meta", "ratings", "reviews")}
+        )
+        dataset = dataset.model_copy(update={"amazon": amazon})
+    if dataset.files is not None:
+        files = dataset.files.model_copy(
+            update={k: fix(getattr(dataset.files, k)) for k in ("catalog", "interactions")}
+        )
+        dataset = dataset.model_copy(update={"files": files})
+    llm = settings.llm
+    if llm.model != "default":
+        llm = llm.model_copy(update={"model": str(fix(Path(llm.model)))})
+    return settings.model_copy(update={"storage": storage, "dataset": dataset, "llm": llm})
