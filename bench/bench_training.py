@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from genair_core.config import ModelConfig, TrainingConfig
-from genair_core.experiment import RunInputs
+from genair_core.config import ModelConfig, PoolingConfig, TrainingConfig
 from genair_core.models import build_model
 from genair_core.models.transformer import Dropout
+from genair_core.sequences import UserSequences
 from genair_core.training import fit
 from storage.checkpoints import RunCheckpoints
 from storage.recommenders import read_run_tables
@@ -47,7 +47,9 @@ def bernoulli_dropout(self, x):
 
 def epoch_seconds(backbone, data, epochs, reference: bool) -> list[float]:
     torch.manual_seed(0)
-    model = build_model(backbone, "id", ModelConfig(), data.n_items)
+    model = build_model(
+        backbone, "id", ModelConfig(), data.n_items, input_dims=PoolingConfig().input_dims
+    )
     config = TrainingConfig(max_epochs=epochs, patience=epochs)
     original = Dropout.forward
     if reference:
@@ -65,7 +67,8 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    data = RunInputs.from_tables(read_run_tables(Store(args.root), ["sequences"])).data
+    tables = read_run_tables(Store(args.root), ["sequences"])
+    data = UserSequences.from_table(tables.sequences, tables.n_items)
     print(
         f"data: {data.n_users} users, {data.n_items} items, {int(data.n_train.sum()):,} training "
         f"interactions; torch {torch.__version__}, {torch.get_num_threads()} threads, "

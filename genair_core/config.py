@@ -8,7 +8,7 @@ Loading them from genair.toml and GENAIR_* variables is the orchestration's job
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -251,6 +251,11 @@ class RecommenderConfig(Section):
     evaluation: EvaluationConfig = EvaluationConfig()
     per_backbone: dict[Literal["sasrec", "bert4rec", "gru4rec"], BackboneOverrides] = {}
 
+    def runs(self) -> list[tuple[str, str, int]]:
+        """Every (backbone, variant, seed) of the grid, seed by seed: a run stopped part-way has
+        every backbone × variant of its first seeds."""
+        return [(b, v, s) for s in self.seeds for b in self.backbones for v in self.variants]
+
     def for_backbone(self, backbone: str) -> tuple[ModelConfig, TrainingConfig]:
         """The model and training settings `backbone` runs with: its `per_backbone` keys over the
         common ones."""
@@ -261,5 +266,8 @@ class RecommenderConfig(Section):
         )
 
 
-def _override(common: Section, own: dict[str, Any]) -> Section:
+SectionT = TypeVar("SectionT", bound=Section)
+
+
+def _override(common: SectionT, own: dict[str, Any]) -> SectionT:
     return common.model_copy(update=own) if own else common

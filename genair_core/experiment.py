@@ -1,11 +1,11 @@
 """One recommender run end to end — build, train (resumable), evaluate — and the rows it adds to
-the eval_ranks, training_log and metrics tables.
+the eval_ranks, training_log and metrics tables; then the results report over every run.
 
     run = RunSpec.of(RecommenderConfig(), "sasrec", "genair", seed=44)
-    inputs = RunInputs.from_tables(tables)  # what storage.recommenders.read_run_tables returns
+    tables = read_run_tables(store, run.tables)  # storage.recommenders
     columns = run.columns(run_id, dataset="movielens-100k")
-    trained = train_run(run, inputs, checkpointer, columns, input_dims=384)
-    metrics = score_run(inputs.data, pa.Table.from_pylist(trained.ranks), 0.2, columns)
+    trained = train_run(run, tables, checkpointer, columns, input_dims=384, device="cpu")
+    metrics = score_run(tables, pa.Table.from_pylist(trained.rows["eval_ranks"]), 0.2, columns)
 
 Metrics are computed from the stored ranks rather than from the run itself, so a change of how
 users are grouped (`tail_share`) rescores a run without retraining it. No Prefect and no files
@@ -34,6 +34,7 @@ from genair_core.metrics import (
 )
 from genair_core.models import build_model, get_variant
 from genair_core.models.item_encoders import frozen_table
+from genair_core.results import results_report
 from genair_core.sequences import UserSequences
 from genair_core.training import (
     Checkpointer,
@@ -45,7 +46,7 @@ from genair_core.training import (
 )
 
 # Part of every run's cache key: bump when the same inputs would train or score differently.
-# 2: the key is RunSpec.cache_key's explicit list (issue 9), no longer every setting.
+# 2: the key became RunSpec.cache_key's explicit list instead of every setting.
 TRAINING_VERSION = 2
 RUN_TABLES = ("sequences", "item_index", "eval_negatives")
 LOG_COLUMNS = (
@@ -77,6 +78,11 @@ class RunSpec:
         """The run with `backbone`'s `per_backbone` settings applied."""
         model, training = config.for_backbone(backbone)
         return cls(backbone, variant, seed, model, training)
+
+    @classmethod
+    def grid(cls, config: RecommenderConfig) -> list[RunSpec]:
+        """Every run of `config`'s grid, in the order of RecommenderConfig.runs."""
+        return [cls.of(config, *run) for run in config.runs()]
 
     @property
     def name(self) -> str:
@@ -131,7 +137,8 @@ class RunSpec:
 
 
 class RunTables(Protocol):
-    """What a run reads, as storage.recommenders hands it over (Arrow tables, numpy arrays)."""
+    """What a run reads from its tables, as storage.recommenders hands it over (Arrow tables,
+    numpy arrays); the fields of the tables it does not read are None."""
 
     n_items: int
     sequences: pa.Table  # user_idx, position, item_idx, split
@@ -206,6 +213,7 @@ class RunOutcome:
 
 
 def resolve_device(name: str) -> torch.device:
+    """The torch device of a `recommenders.device` setting ("auto": CUDA when available)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -238,7 +246,7 @@ def train_and_evaluate(
     spec: RunSpec,
     inputs: RunInputs,
     checkpointer: Checkpointer,
-    input_dims: int = 384,
+    input_dims: int,
     device: torch.device | str = "cpu",
 ) -> RunOutcome:
     """Train `spec` (resuming from `checkpointer`) and evaluate its best epoch on validation and
@@ -248,7 +256,12 @@ def train_and_evaluate(
     with _GLOBAL_RNG:  # initial weights come from the global RNG; runs may share a process
         torch.manual_seed(spec.seed)
         model = build_model(
-            spec.backbone, spec.variant, spec.model, data.n_items, inputs.table, input_dims
+            spec.backbone,
+            spec.variant,
+            spec.model,
+            data.n_items,
+            inputs.table,
+            input_dims=input_dims,
         )
     state = fit(
         model,
@@ -268,8 +281,7 @@ def train_and_evaluate(
 
 @dataclass(frozen=True)
 class TrainedRun:
-    ranks: list[dict]  # EVAL_RANKS rows
-    log: list[dict]  # TRAINING_LOG rows
+    rows: dict[str, list[dict]]  # the run's rows of eval_ranks and of training_log
     best_weights: dict[str, torch.Tensor]
     best_epoch: int
     summary: dict[str, object]  # what the flow and the step's manifest show
@@ -277,27 +289,37 @@ class TrainedRun:
 
 def train_run(
     spec: RunSpec,
-    inputs: RunInputs,
+    tables: RunTables,
     checkpointer: Checkpointer,
     columns: dict[str, object],
-    input_dims: int = 384,
-    device: torch.device | str = "cpu",
+    input_dims: int,
+    device: str,
+    restart: bool = False,
 ) -> TrainedRun:
-    """train_and_evaluate, and the rows the run adds to the tables (`columns` on each)."""
-    outcome = train_and_evaluate(spec, inputs, checkpointer, input_dims, device)
+    """train_and_evaluate on `tables` (those `spec.tables` names), and the rows the run adds to
+    the tables (`columns` on each). The run resumes after the last epoch `checkpointer` holds;
+    `restart` trains a finished run again from scratch (resume_from). `device`: a
+    `recommenders.device` setting."""
+    resumed = resume_from(checkpointer, spec.training, restart)
+    inputs = RunInputs.from_tables(tables)
+    where = resolve_device(device)
+    outcome = train_and_evaluate(spec, inputs, checkpointer, input_dims, where)
     return TrainedRun(
-        ranks=rank_rows(outcome, inputs.data, columns),
-        log=log_rows(outcome.state, columns),
+        rows={
+            "eval_ranks": rank_rows(outcome, inputs.data, columns),
+            "training_log": log_rows(outcome.state, columns),
+        },
         best_weights=outcome.best_weights,
         best_epoch=outcome.state.best_epoch,
-        summary=run_summary(outcome, str(columns["run_id"]), device),
+        summary=run_summary(outcome, str(columns["run_id"]), where, resumed),
     )
 
 
 def score_run(
-    data: UserSequences, ranks: pa.Table, tail_share: float, columns: dict[str, object]
+    tables: RunTables, ranks: pa.Table, tail_share: float, columns: dict[str, object]
 ) -> list[dict]:
-    """A run's METRICS rows from its EVAL_RANKS rows."""
+    """A run's METRICS rows from its EVAL_RANKS rows (`tables` needs only the sequences)."""
+    data = UserSequences.from_table(tables.sequences, tables.n_items)
     valid, test = evaluations_from_ranks(data, ranks)
     return metric_rows(data, valid, test, tail_share, columns)
 
@@ -328,13 +350,16 @@ def log_rows(state: TrainerState, columns: dict[str, object]) -> list[dict]:
     ]
 
 
-def run_summary(outcome: RunOutcome, run_id: str, device: torch.device | str) -> dict[str, object]:
+def run_summary(
+    outcome: RunOutcome, run_id: str, device: torch.device, resumed_after: int
+) -> dict[str, object]:
     test = {k: float(v.mean()) for k, v in rank_metrics(outcome.test.full).items()}
     seconds = [epoch["seconds"] for epoch in outcome.state.history]
     return {
         "run": outcome.spec.name,
         "run_id": run_id,
         "device": str(device),
+        "resumed_after_epoch": resumed_after,
         "epochs": outcome.state.epoch,
         "best_epoch": outcome.state.best_epoch,
         "valid_ndcg@10": outcome.state.best_score,
@@ -362,7 +387,7 @@ def evaluations_from_ranks(data: UserSequences, ranks: pa.Table) -> tuple[Evalua
 
 
 def user_groups(
-    data: UserSequences, evaluation: Evaluation, tail_share: float = 0.2
+    data: UserSequences, evaluation: Evaluation, tail_share: float
 ) -> dict[str, np.ndarray]:
     """Boolean masks over the evaluated users: target in the long tail (least popular items
     holding `tail_share` of training interactions) or head; training history at most the median
@@ -417,3 +442,23 @@ def popularity_baseline(
         "loss": "-",
     }
     return metric_rows(inputs.data, valid, test, tail_share, columns), test
+
+
+def recommender_results(
+    config: RecommenderConfig,
+    dataset: str,
+    tables: RunTables,
+    test_ranks: dict[str, dict[str, np.ndarray]],
+    group_rows: list[dict],
+) -> tuple[list[dict], str]:
+    """The popularity baseline's METRICS rows and reports/recommenders.md (results_report).
+
+    `tables`: the sequences and eval_negatives; `test_ranks`: {run name: {"full": ranks,
+    "sampled": ranks}} of the grid's runs that finished; `group_rows`: their full-ranking test
+    METRICS rows."""
+    inputs = RunInputs.from_tables(tables)
+    rows, popularity = popularity_baseline(inputs, config.evaluation.tail_share, dataset)
+    grid = {run.name: (run.backbone, run.variant, run.seed) for run in RunSpec.grid(config)}
+    by_run = {grid[name]: ranks for name, ranks in test_ranks.items()}
+    baseline = {"full": popularity.full, "sampled": popularity.sampled}
+    return rows, results_report(dataset, config, by_run, baseline, group_rows)

@@ -153,7 +153,7 @@ def _rejection_sample(
     return kept
 
 
-def tail_items(train_counts: np.ndarray, share: float = 0.2) -> np.ndarray:
+def tail_items(train_counts: np.ndarray, share: float) -> np.ndarray:
     """Bool mask (n_items + 1,) of the long-tail items; index 0 (padding) is never tail.
 
     Sort the items 1..n_items by training interactions ascending, ties by item index ascending

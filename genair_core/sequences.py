@@ -84,9 +84,6 @@ class UserSequences:
         )
         return np.bincount(self.items[in_train], minlength=self.n_items + 1)
 
-    def train_lengths(self) -> np.ndarray:
-        return self.n_train.copy()
-
     def _window(self, start: np.ndarray, end: np.ndarray, length: int) -> np.ndarray:
         index = end[:, None] - length + np.arange(length)[None, :]
         keep = index >= start[:, None]

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from safetensors.torch import load_file, save
 from storage.store import atomic_write_bytes
 
 FORMAT = "genair-checkpoint/1"
+LOCK = ".lock"
 
 
 class CheckpointError(ValueError):
@@ -49,7 +49,7 @@ class RunCheckpoints:
         training after the flow (and its storage lock) is gone; a new run of the same model then
         waits for it instead of writing the same checkpoints at the same time."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        with open(self.folder / ".lock", "a") as handle:
+        with open(self.folder / LOCK, "a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 yield
@@ -103,8 +103,13 @@ class RunCheckpoints:
                 path.unlink(missing_ok=True)
 
     def clear(self) -> None:
-        """Forget the run (a forced rerun starts from epoch 0)."""
-        shutil.rmtree(self.folder, ignore_errors=True)
+        """Forget the run (a forced rerun starts from epoch 0). The lock file stays, since the
+        caller may hold it; state.json goes first, so a crash part-way leaves no state that names
+        a deleted file."""
+        self.state_path.unlink(missing_ok=True)
+        for path in self.folder.glob("*"):
+            if path.name != LOCK:
+                path.unlink(missing_ok=True)
 
     def _record(self) -> dict:
         try:

@@ -15,13 +15,14 @@ from genair_core.tables import to_matrix
 from storage.checkpoints import save_weights
 from storage.store import Store, TableInfo
 
-SEQUENCE_COLUMNS = ["user_idx", "position", "item_idx", "split"]
+# The columns of sequences that genair_core.sequences.UserSequences reads.
+USER_SEQUENCE_COLUMNS = ["user_idx", "position", "item_idx", "split"]
 FINAL = "final"  # the part key of a run's rows: one part per run, replaced by a rerun
 
 
 @dataclass
-class RunTables:
-    """What a run reads: the fields genair_core.experiment.RunTables names."""
+class LoadedRunTables:
+    """A run's tables as read for it: the fields genair_core.experiment.RunTables names."""
 
     n_items: int
     sequences: pa.Table  # user_idx, position, item_idx, split
@@ -33,7 +34,7 @@ class RunTables:
     pairs: pa.Table | None = None  # cooccurrence i, j, s
 
 
-def read_run_tables(store: Store, tables: list[str]) -> RunTables:
+def read_run_tables(store: Store, tables: list[str]) -> LoadedRunTables:
     """The sequences and whichever of eval_negatives, item_embeddings and cooccurrence `tables`
     names; a named table that is missing raises MissingTableError."""
     columns: dict[str, object] = {}
@@ -49,9 +50,9 @@ def read_run_tables(store: Store, tables: list[str]) -> RunTables:
         columns["vectors"] = to_matrix(vectors["vector"])
     if "cooccurrence" in tables:
         columns["pairs"] = store.read_table("cooccurrence", columns=["i", "j", "s"])
-    return RunTables(
+    return LoadedRunTables(
         n_items=store.table_info("item_index").rows,
-        sequences=store.read_table("sequences", columns=SEQUENCE_COLUMNS),
+        sequences=store.read_table("sequences", columns=USER_SEQUENCE_COLUMNS),
         **columns,
     )
 
@@ -60,17 +61,13 @@ def write_trained_run(
     store: Store,
     run: str,
     run_id: str,
-    ranks: list[dict],
-    log: list[dict],
+    rows: dict[str, list[dict]],
     best_weights: dict[str, torch.Tensor],
     best_epoch: int,
 ) -> dict[str, TableInfo]:
-    """A trained run's eval_ranks and training_log parts and its best weights; then the run's
-    checkpoint folders of other run keys go."""
-    outputs = {
-        "eval_ranks": store.write_part("eval_ranks", run, FINAL, ranks),
-        "training_log": store.write_part("training_log", run, FINAL, log),
-    }
+    """A trained run's part of each table in `rows` (eval_ranks, training_log) and its best
+    weights; then the run's checkpoint folders of other run keys go."""
+    outputs = {table: store.write_part(table, run, FINAL, part) for table, part in rows.items()}
     metadata = {"run_id": run_id, "run": run, "epoch": str(best_epoch)}
     save_weights(store.best_weights_path(run), best_weights, metadata)
     store.prune_checkpoints(run, keep_run_id=run_id)

@@ -279,6 +279,10 @@ class Store:
         rows = pq.ParquetFile(path).metadata.num_rows
         return TableInfo(name=name, rows=rows, sha256=_sha256(path))
 
+    def table_hashes(self, names: list[str]) -> dict[str, str]:
+        """{table: sha256 of its file}, for the fingerprint of a step that reads `names`."""
+        return {name: self.table_info(name).sha256 for name in names}
+
     # -- manifests ---------------------------------------------------------------------------
     def write_manifest(self, manifest: StepManifest) -> None:
         manifest.completed_at = datetime.now(UTC).isoformat(timespec="seconds")

@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 
+from genair_core.config import RecommenderConfig
 from tasks.settings import ConfigError, load_settings
 
 
@@ -111,6 +112,22 @@ def test_per_backbone_settings_override_only_that_backbone(tmp_path):
     assert (model.mask_last_prob, model.dropout) == (0.5, 0.5)
     assert cfg.for_backbone("sasrec") == (cfg.model, cfg.training)
     assert (cfg.training.loss, cfg.training.batch_size) == ("bce", 128)
+
+
+def test_runs_go_seed_by_seed():
+    config = RecommenderConfig(
+        backbones=["sasrec", "gru4rec"], variants=["id", "llm"], seeds=[2, 1]
+    )
+    assert config.runs() == [
+        ("sasrec", "id", 2),
+        ("sasrec", "llm", 2),
+        ("gru4rec", "id", 2),
+        ("gru4rec", "llm", 2),
+        ("sasrec", "id", 1),
+        ("sasrec", "llm", 1),
+        ("gru4rec", "id", 1),
+        ("gru4rec", "llm", 1),
+    ]
 
 
 def test_per_backbone_rejects_settings_that_are_not_per_backbone(tmp_path):

@@ -191,8 +191,14 @@ def test_tail_items_by_hand():
 
 def test_tail_items_ties_split_by_index_and_edge_cases():
     # Items 1, 2, 3 all have 2 of 20; the budget 4 takes items 1 and 2 only.
-    assert tail_items(np.array([0, 2, 2, 2, 14])).tolist() == [False, True, True, False, False]
-    assert tail_items(np.array([0, 0, 0])).tolist() == [False, True, True]
+    assert tail_items(np.array([0, 2, 2, 2, 14]), share=0.2).tolist() == [
+        False,
+        True,
+        True,
+        False,
+        False,
+    ]
+    assert tail_items(np.array([0, 0, 0]), share=0.2).tolist() == [False, True, True]
     assert tail_items(np.array([0, 3, 1]), share=0.0).tolist() == [False, False, False]
     # 57 items with 1 of 100: exactly 57%, though 0.57 * 100 < 57 in floating point.
     counts = np.array([0] + [1] * 57 + [43])

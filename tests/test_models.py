@@ -157,8 +157,8 @@ def test_bert4rec_mask_last_prob_masks_only_the_last_item_of_that_share_of_rows(
 def test_unknown_names_list_the_valid_ones():
     config = ModelConfig()
     with pytest.raises(UnknownNameError, match="sasrec, bert4rec, gru4rec"):
-        build_model("caser", "id", config, N_ITEMS)
+        build_model("caser", "id", config, N_ITEMS, input_dims=DIM // 2)
     with pytest.raises(UnknownNameError, match="genair"):
-        build_model("sasrec", "llm2", config, N_ITEMS)
+        build_model("sasrec", "llm2", config, N_ITEMS, input_dims=DIM // 2)
     with pytest.raises(ValueError, match="item_embeddings"):
-        build_model("sasrec", "genair", config, N_ITEMS, table=None)
+        build_model("sasrec", "genair", config, N_ITEMS, table=None, input_dims=DIM // 2)

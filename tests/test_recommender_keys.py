@@ -9,8 +9,6 @@ from genair_core.config import (
     TrainingConfig,
 )
 from genair_core.experiment import TRAINING_VERSION, RunSpec
-from tasks.recommenders import run_name
-from tasks.settings import Settings
 
 RUNS = [(b, v) for b in ("sasrec", "bert4rec", "gru4rec") for v in ("id", "genair", "gen-only")]
 
@@ -89,6 +87,5 @@ def test_key_names_the_code_version_the_run_and_each_input_table():
 
 def test_run_names_carry_each_backbones_loss():
     config = RecommenderConfig(per_backbone={"bert4rec": {"training": {"loss": "ce"}}})
-    settings = Settings(recommenders=config)
-    assert run_name(settings, "bert4rec", "id", 44) == "bert4rec-id-ce-s44"
-    assert run_name(settings, "sasrec", "id", 44) == "sasrec-id-bce-s44"
+    assert RunSpec.of(config, "bert4rec", "id", 44).name == "bert4rec-id-ce-s44"
+    assert RunSpec.of(config, "sasrec", "id", 44).name == "sasrec-id-bce-s44"

@@ -12,7 +12,7 @@ from small_dataset import write_small_dataset
 
 import tasks.recommenders
 from flows.pipeline import genair_pipeline
-from genair_core.experiment import RunInputs, score_run
+from genair_core.experiment import score_run
 from storage.recommenders import read_run_ranks, read_run_tables
 from storage.store import Store
 from tasks.recommenders import train_recommender
@@ -104,12 +104,12 @@ def test_a_new_tail_share_rescores_without_retraining(config):
     assert summary["skipped"] is True
     assert run_rows(store, "training_log", run) == log
     assert run_rows(store, "eval_ranks", run) == ranks
-    data = RunInputs.from_tables(read_run_tables(store, ["sequences"])).data
+    tables = read_run_tables(store, ["sequences"])
     columns = {k: v for k, v in store.read_parts("metrics", run).to_pylist()[0].items() if k in RUN}
     assert columns["run_id"] == first["run_id"]
-    rescored = score_run(data, read_run_ranks(store, run), 0.6, columns)
+    rescored = score_run(tables, read_run_ranks(store, run), 0.6, columns)
     assert run_rows(store, "metrics", run) == as_json(rescored)
-    assert as_json(rescored) != as_json(score_run(data, read_run_ranks(store, run), 0.2, columns))
+    assert as_json(rescored) != as_json(score_run(tables, read_run_ranks(store, run), 0.2, columns))
 
 
 def test_a_changed_training_setting_retrains_from_scratch(config):
@@ -144,7 +144,9 @@ def test_the_flow_trains_every_run_workers_at_a_time_and_reports(config, monkeyp
     assert set(runs["test_ndcg@10 (full ranking)"]) == {
         f"{b}-id-bce-s{s}" for b in ("sasrec", "gru4rec") for s in (3, 4)
     }
-    report = Store(config.parent / "data").report_path("recommenders").read_text()
-    assert "| sasrec | id | 2 |" in report
+    results = summary["results"]
+    assert (results["runs"], results["finished"]) == (4, 4)
+    assert results["report"] == str(Store(config.parent / "data").report_path("recommenders"))
+    assert "| sasrec | id | 2 |" in Path(results["report"]).read_text()
     again = genair_pipeline(config_path=str(config), start="recommenders")
     assert again["recommenders"]["trained"] == 0

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from genair_core.config import ModelConfig, TrainingConfig
+from genair_core.experiment import resume_from
 from genair_core.losses import CooccurrenceLookup
 from genair_core.metrics import sample_negatives
 from genair_core.models import build_model
@@ -157,6 +158,20 @@ def test_checkpoints_are_safetensors_and_json_only(data, tmp_path):
     assert set(weights) == set(new_model().state_dict())
     assert optimizer["state"]
     assert isinstance(optimizer["param_groups"][0]["betas"], tuple)
+
+
+def test_a_forced_rerun_clears_a_finished_run_but_resumes_an_unfinished_one(data, tmp_path):
+    finished = RunCheckpoints(tmp_path / "finished")
+    fit(new_model(), data, CONFIG, finished, seed=SEED)
+    assert resume_from(finished, CONFIG, restart=False) == 4
+    with finished.exclusive():  # the task holds the run's lock while it clears the run
+        assert resume_from(finished, CONFIG, restart=True) == 0
+        assert [p.name for p in finished.folder.iterdir()] == [".lock"]
+    assert finished.load() is None
+
+    unfinished = RunCheckpoints(tmp_path / "unfinished")
+    fit(new_model(), data, CONFIG.model_copy(update={"max_epochs": 2}), unfinished, seed=SEED)
+    assert resume_from(unfinished, CONFIG, restart=True) == 2
 
 
 def test_early_stopping_keeps_the_best_epoch(data, tmp_path):

@@ -25,11 +25,12 @@ def build_model(
     config: ModelConfig,
     n_items: int,
     table: torch.Tensor | None = None,
-    input_dims: int = 384,
+    *,
+    input_dims: int,
 ) -> SequentialRecommender:
     """A backbone with the variant's item encoder over items 1..n_items. `table`
     (n_items + 1, d): the frozen item vectors by item index, row 0 zeros; `input_dims`: how many
-    of its columns are the input half."""
+    of its columns are the input half (pooling.input_dims)."""
     if backbone not in BACKBONES:
         raise UnknownNameError("backbone", backbone, BACKBONES)
     encoder = make_encoder(get_variant(variant), n_items, config.hidden, table, input_dims)
