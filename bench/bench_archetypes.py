@@ -49,7 +49,7 @@ from bench_machine import cpu_model
 
 from genair_core.config import DatasetConfig, LlmConfig
 from genair_core.datasets.movielens import MovieLens100K
-from genair_core.engines import VllmEngine, generation_settings
+from genair_core.engines import VllmEngine, engine_options, generation_settings
 from genair_core.engines.base import completion_span, load_eos_token_ids, request_seed
 from genair_core.prompts import PROMPT_VERSION, build_prompt, render_chat
 from storage.datasets import open_dataset
@@ -232,12 +232,13 @@ def run_reference(
 
 def vllm_engine(args, model_dir: Path) -> VllmEngine:
     llm = LlmConfig(
+        engine="vllm",
         dtype=args.dtype,
         max_new_tokens=args.max_new_tokens,
         seed=args.seed,
         kv_cache_gib=args.kv_cache_gib,
     )
-    return VllmEngine(model_dir, generation_settings(llm), kv_cache_gib=llm.kv_cache_gib)
+    return VllmEngine(model_dir, generation_settings(llm), **engine_options(llm))
 
 
 def run_fast(args, model_dir: Path, prompts: list[str]):

@@ -31,13 +31,25 @@ def genair_pipeline(
     force: bool = False,
     until: str = STAGES[-1],
     start: str = STAGES[0],
-    engine_factory: EngineFactory | None = None,
 ) -> dict[str, dict]:
     """Run the stages from `start` to `until` on the configured dataset. Steps whose inputs did
     not change are skipped (`force` reruns them); outputs are replaced, never appended to. A later
     `start` uses the tables earlier stages left, e.g. retraining recommenders on today's vectors
-    without looking at the catalog. `engine_factory` makes the archetype engines (`make_engine`
-    unless given; tests give a scripted one)."""
+    without looking at the catalog."""
+    return run_pipeline(config_path, force=force, until=until, start=start)
+
+
+def run_pipeline(
+    config_path: str | None = None,
+    *,
+    force: bool = False,
+    until: str = STAGES[-1],
+    start: str = STAGES[0],
+    engine_factory: EngineFactory = make_engine,
+) -> dict[str, dict]:
+    """What `genair_pipeline` runs, with the archetype engines made by `engine_factory`. Call it
+    inside a flow: tests run it in a flow of their own to hand in a scripted engine, which the
+    deployed flow's parameters (a JSON form in the UI) cannot carry."""
     for stage in (start, until):
         if stage not in STAGES:
             raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
@@ -46,7 +58,7 @@ def genair_pipeline(
     settings = load_settings(Path(config_path) if config_path else None)
     wanted = STAGES[STAGES.index(start) : STAGES.index(until) + 1]
     with exclusive_run(settings):
-        return _run_stages(settings, wanted, force, engine_factory or make_engine)
+        return _run_stages(settings, wanted, force, engine_factory)
 
 
 def _run_stages(
@@ -78,9 +90,7 @@ def _run_stages(
     if "recommenders" in wanted:
         summary["recommenders"] = train_recommenders(settings, force)
     if "results" in wanted:
-        runs = recommender_runs(settings)
-        publish_results.with_options(**retry)(settings, runs)
-        summary["results"] = {"runs": len(runs), "report": "reports/recommenders.md"}
+        summary["results"] = publish_results.with_options(**retry)(settings)
     publish_summary.with_options(**retry)(summary)
     return summary
 
@@ -107,12 +117,6 @@ def generate_archetypes(
     return {**totals, **counts, "skipped": not plan.batches}
 
 
-def recommender_runs(settings: Settings) -> list[tuple[str, str, int]]:
-    cfg = settings.recommenders
-    # Seed by seed: a run stopped part-way has every backbone × variant for its first seeds.
-    return [(b, v, s) for s in cfg.seeds for b in cfg.backbones for v in cfg.variants]
-
-
 def train_recommenders(settings: Settings, force: bool) -> dict[str, object]:
     """Every configured (backbone, variant, seed) as its own task, at most `workers` training at
     once: a sub-flow whose thread pool has `workers` threads takes the runs in order."""
@@ -123,7 +127,7 @@ def train_recommenders(settings: Settings, force: bool) -> dict[str, object]:
 @flow(name="train-recommenders", persist_result=False, validate_parameters=False)
 def _train_runs(settings: Settings, force: bool) -> dict[str, object]:
     cfg = settings.recommenders
-    runs = recommender_runs(settings)
+    runs = cfg.runs()
     threads = share_cpu(cfg.workers)
     train = train_recommender.with_options(
         retries=settings.prefect.task_retries, retry_delay_seconds=settings.prefect.retry_delay_s

@@ -41,7 +41,8 @@ Row = dict[str, object]
 
 @dataclass(frozen=True)
 class ArchetypeRecipe:
-    """How archetypes are made: every field is part of an archetype's key."""
+    """How archetypes are made. model_id, prompt_version and settings_id are part of an
+    archetype's key; `engine` is already inside settings_id and is kept to be written on rows."""
 
     model_id: str
     prompt_version: str

@@ -5,8 +5,9 @@
     vectors = pool_vectors(input_emb, gen_emb, input_basis, gen_basis)   # (N, k_in + k_gen)
     basis_id(input_basis, gen_basis)                 # which bases made these vectors
 
-    pooled = pool_archetypes(archetypes, PoolingConfig(), stored)   # the stage: all of the above
-    pooled.item_embeddings, pooled.bases, pooled.fitted             # table, bases to store, refit?
+    pooled = pool_archetypes(archetypes, PoolingConfig(), read_stored)   # the stage: all of it
+    pooled.item_embeddings, pooled.bases, pooled.fitted   # table, bases to store, fitted now?
+    must_fit(PoolingConfig(), have_stored=False)          # True: the stage runs to store bases
 
 As in the paper (method.md, stage 4): PCA of input_emb and, separately, of gen_emb, each to 384
 dims with random_state 42, concatenated input half first → 768 dims. Unlike the reference, which
@@ -40,7 +41,7 @@ Decisions:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,10 +49,9 @@ import pyarrow as pa
 from sklearn.decomposition import PCA
 
 from genair_core.config import PoolingConfig
-from genair_core.tables import to_fixed_list, to_matrix
+from genair_core.tables import PROVENANCE_COLUMNS, to_fixed_list, to_matrix
 
 ROLES = ("input", "gen")  # the two bases, in the order their halves are concatenated
-_PROVENANCE = ["item_id", "content_hash", "model_id", "prompt_version", "settings_id"]
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -216,28 +216,40 @@ class PooledItems:
     summary: dict[str, object]
 
 
+StoredBases = Mapping[str, Mapping[str, object]]  # ROLES -> PcaBasis.to_dict(), as stored
+
+
+def must_fit(config: PoolingConfig, have_stored: bool) -> bool:
+    """Whether bases will be fitted whatever the archetypes: none are stored, or a refit is asked.
+    The stage then runs even on unchanged archetypes, so that its bases get stored."""
+    return config.refit or not have_stored
+
+
 def pool_archetypes(
     archetypes: pa.Table | None,
     config: PoolingConfig,
-    stored: Mapping[str, Mapping[str, object]] | None = None,
+    read_stored: Callable[[], StoredBases | None] = lambda: None,
     *,
     stored_at: str = "",
 ) -> PooledItems:
     """Item vectors for the current archetypes, with the stored bases or with bases fitted now.
 
     `archetypes`: the archetype rows (provenance columns, input_emb, gen_emb); None or no rows is
-    an error. `stored`: the bases of an earlier fit (`PooledItems.bases`), or None; `stored_at`
-    names where they came from in error messages. Bases are fitted when none are stored, when
-    `config.refit` is set, or when a stored basis was capped on a small catalog (k = rows - 1)
-    and more items exist now, so that a quick first run does not fix the vector size for good.
-    Stored bases of another size than configured are refused rather than silently reused.
+    an error. `read_stored` gives the bases of an earlier fit (`PooledItems.bases`), or None when
+    there are none; it is not called when a refit is asked, so an unreadable file cannot block
+    the refit that replaces it. `stored_at` names where they came from in error messages.
+    Bases are fitted when none are stored, when `config.refit` is set, or when a stored basis was
+    capped on a small catalog (k = rows - 1) and more items exist now, so that a quick first run
+    does not fix the vector size for good. Stored bases of another size than configured are
+    refused rather than silently reused.
     """
     if archetypes is None or archetypes.num_rows == 0:
         raise ValueError("no archetypes to pool: the archetype stage wrote none")
     n = archetypes.num_rows
     input_emb = to_matrix(archetypes["input_emb"])  # (N, hidden)
     gen_emb = to_matrix(archetypes["gen_emb"])  # (N, hidden)
-    bases = None if stored is None or config.refit else _stored(stored, config, stored_at)
+    stored = None if config.refit else read_stored()
+    bases = None if stored is None else _stored(stored, config, stored_at)
     fitted = bases is None or _outgrown(bases, n)
     if fitted:
         bases = {
@@ -247,7 +259,7 @@ def pool_archetypes(
     vectors = pool_vectors(input_emb, gen_emb, bases["input"], bases["gen"])  # (N, k_in + k_gen)
     bid = basis_id(bases["input"], bases["gen"])
     table = (
-        archetypes.select(_PROVENANCE)
+        archetypes.select(list(PROVENANCE_COLUMNS))
         .append_column("basis_id", pa.array([bid] * n, pa.string()))
         .append_column("vector", to_fixed_list(vectors))
     )
@@ -263,9 +275,7 @@ def pool_archetypes(
     return PooledItems(table, plain, fitted, summary)
 
 
-def _stored(
-    stored: Mapping[str, Mapping[str, object]], config: PoolingConfig, stored_at: str
-) -> dict[str, PcaBasis]:
+def _stored(stored: StoredBases, config: PoolingConfig, stored_at: str) -> dict[str, PcaBasis]:
     """The stored bases, refused when their size is not the configured one. (A basis may be
     smaller than configured when it was capped on a small catalog.)"""
     where = f" in {stored_at}" if stored_at else ""

@@ -136,20 +136,21 @@ COOCCURRENCE = pa.schema(
 
 # What identifies how an archetype was made: the item's content, the model, the prompt wording
 # and the generation settings (engine, dtype, sampling, seed, max new tokens), as short ids.
-_PROVENANCE = [
+_PROVENANCE_FIELDS = [
     pa.field("item_id", pa.string(), nullable=False),
     pa.field("content_hash", pa.string(), nullable=False),
     pa.field("model_id", pa.string(), nullable=False),
     pa.field("prompt_version", pa.string(), nullable=False),
     pa.field("settings_id", pa.string(), nullable=False),
 ]
+PROVENANCE_COLUMNS = tuple(field.name for field in _PROVENANCE_FIELDS)
 
 
 def archetypes_schema(dim: int) -> pa.Schema:
     """One row per generated archetype; `dim` is the model's hidden size (576 for SmolLM2-135M)."""
     return pa.schema(
         [
-            *_PROVENANCE,
+            *_PROVENANCE_FIELDS,
             pa.field("engine", pa.string(), nullable=False),
             pa.field(
                 "prompt", pa.string(), nullable=False
@@ -170,7 +171,7 @@ def archetypes_schema(dim: int) -> pa.Schema:
 # Items whose archetype could not be made or failed validation; never in `archetypes`.
 ARCHETYPE_FAILURES = pa.schema(
     [
-        *_PROVENANCE,
+        *_PROVENANCE_FIELDS,
         pa.field("reason", pa.string(), nullable=False),
         pa.field("detail", pa.string(), nullable=False),
         pa.field("archetype", pa.string()),
@@ -184,7 +185,7 @@ def item_embeddings_schema(dim: int) -> pa.Schema:
     """Pooled item vectors: PCA(input_emb) ‖ PCA(gen_emb), `dim` = 768 by default."""
     return pa.schema(
         [
-            *_PROVENANCE,
+            *_PROVENANCE_FIELDS,
             pa.field("basis_id", pa.string(), nullable=False),  # which stored PCA bases
             pa.field("vector", pa.list_(pa.float32(), dim), nullable=False),
         ]

@@ -1,17 +1,21 @@
 """Fitted PCA bases on disk: one safetensors file per (model, prompt version and settings).
 
-    save_bases(path, {"input": input_basis.to_dict(), "gen": ...}, {"model_id": ..., ...})
-    bases, metadata = load_bases(path)    # the same plain dicts; PcaBasis.from_dict rebuilds one
+    bases = BasesFile(store, model_id, prompt_version, settings_id)
+    bases.read()                          # the stored bases, or None before the first fit
+    bases.write({"input": input_basis.to_dict(), "gen": ...})
+
+    save_bases(path, {"input": ...}, {"model_id": ..., ...})   # the file format itself
+    plain, metadata = load_bases(path)    # the same plain dicts; PcaBasis.from_dict rebuilds one
 
 A basis is a plain dict here: the arrays `mean`, `components`, `explained_variance_ratio` and the
-ints `n_fit`, `seed` (what genair_core.pooling.PcaBasis.to_dict gives). The caller decides where
-the file lives; the pooling task passes `bases_path(root, model, version)`, i.e.
-`<root>/models/pca/<model>-<version>.safetensors`. Inside the file, basis `name` is three
-float32 tensors `name.mean` (D,), `name.components` (k, D) and `name.explained_variance_ratio`
-(k,), and the string metadata `name.n_fit` and `name.seed`; `format` names this layout. The
-caller's own metadata (model_id, prompt_version, ...) is stored beside those keys and comes back
-unchanged. safetensors holds raw arrays and strings only: unlike the reference's pickles, loading
-a file can never run code.
+ints `n_fit`, `seed` (what genair_core.pooling.PcaBasis.to_dict gives). A recipe's file is
+`<root>/models/pca/<model>-<prompt version>-<settings id>.safetensors` (`bases_path`), and its
+metadata names the three ids. Inside the file, basis `name` is three float32 tensors
+`name.mean` (D,), `name.components` (k, D) and `name.explained_variance_ratio` (k,), and the
+string metadata `name.n_fit` and `name.seed`; `format` names this layout. The caller's own
+metadata (model_id, prompt_version, ...) is stored beside those keys and comes back unchanged.
+safetensors holds raw arrays and strings only: unlike the reference's pickles, loading a file can
+never run code.
 
 Writes are atomic (temp file in the same folder, fsync, os.replace), so an interrupted write
 leaves the previous file whole. The bytes depend only on the arrays and the metadata: safetensors
@@ -31,7 +35,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save
 
-from storage.store import atomic_write_bytes
+from storage.store import Store, atomic_write_bytes
 
 FORMAT = "genair-pca-bases/1"  # bump when the layout below changes
 _ARRAYS = ("mean", "components", "explained_variance_ratio")
@@ -48,6 +52,28 @@ class BasesFileError(ValueError):
 
 class BasesNotFoundError(FileNotFoundError):
     """No bases file at the path: nothing has been fitted yet for this model and prompt."""
+
+
+class BasesFile:
+    """The PCA bases of one archetype recipe (model, prompt version, settings) in a store."""
+
+    def __init__(self, store: Store, model_id: str, prompt_version: str, settings_id: str) -> None:
+        self.path = bases_path(store.root, model_id, f"{prompt_version}-{settings_id}")
+        self._metadata = {
+            "model_id": model_id,
+            "prompt_version": prompt_version,
+            "settings_id": settings_id,
+        }
+
+    def exists(self) -> bool:
+        return self.path.is_file()
+
+    def read(self) -> dict[str, Basis] | None:
+        """The stored bases, or None when none were stored yet."""
+        return load_bases(self.path)[0] if self.exists() else None
+
+    def write(self, bases: Mapping[str, Mapping[str, object]]) -> None:
+        save_bases(self.path, bases, self._metadata)
 
 
 def bases_path(root: Path, model_id: str, version: str) -> Path:

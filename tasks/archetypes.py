@@ -1,7 +1,7 @@
 """Archetype generation: plan which items need one, generate a batch, record an item that fails.
 
 The engines come from the EnginePool the flow opens around the stage: one engine serves every
-batch of the run, and the flow closes it at the end.
+batch of the run, one that failed is replaced for the retry, and the flow closes them at the end.
 """
 
 from __future__ import annotations
@@ -79,18 +79,11 @@ def generate_archetype_batch(
     """Generate, embed, validate and write one batch (its part files replace earlier attempts)."""
     store = store_for(settings)
     items = batch_items(batch, read_batch_items(store, batch.item_ids))
-    engine = engines.engine(
-        settings.llm, resolve_model(settings.llm.model, settings.storage.cache_dir)
-    )
-    try:
+    model_dir = resolve_model(settings.llm.model, settings.storage.cache_dir)
+    with engines.using(settings.llm, model_dir) as engine:
         rows, failures = make_archetypes(
             engine, items, context.item_type, context.recipe, context.max_prompt_tokens, _run_id()
         )
-    except (ValueError, TypeError):
-        raise  # a bad input: the engine is fine
-    except Exception:
-        engines.drop(engine)  # it may have died: a retry starts a fresh one
-        raise
     write_archetype_batch(
         store,
         context.recipe.model_id,

@@ -6,8 +6,8 @@ from prefect import task
 from prefect.logging import get_run_logger
 
 from genair_core.archetypes import ArchetypeRecipe
-from genair_core.pooling import pool_archetypes
-from storage.bases import bases_path, load_bases, save_bases
+from genair_core.pooling import must_fit, pool_archetypes
+from storage.bases import BasesFile
 from storage.sources import input_fingerprint
 from storage.sql import current_archetypes
 from storage.store import fingerprint
@@ -25,8 +25,8 @@ def pool_item_embeddings(
     when `pooling.refit` is set) and stored; items added later are projected with them."""
     store = store_for(settings)
     cfg = settings.pooling
-    version = f"{recipe.prompt_version}-{recipe.settings_id}"
-    path = bases_path(store.root, recipe.model_id, version)
+    ids = (recipe.model_id, recipe.prompt_version, recipe.settings_id)
+    bases = BasesFile(store, *ids)
     inputs = fingerprint(
         POOLING_VERSION,
         cfg.model_dump(mode="json"),
@@ -36,23 +36,12 @@ def pool_item_embeddings(
     )
 
     def produce() -> tuple[dict, dict]:
-        current = current_archetypes(
-            store, recipe.model_id, recipe.prompt_version, recipe.settings_id
-        )
-        stored = None if cfg.refit or not path.exists() else load_bases(path)[0]
-        pooled = pool_archetypes(current, cfg, stored, stored_at=str(path))
+        current = current_archetypes(store, *ids)
+        pooled = pool_archetypes(current, cfg, bases.read, stored_at=str(bases.path))
         if pooled.fitted:
-            metadata = {
-                "model_id": recipe.model_id,
-                "prompt_version": recipe.prompt_version,
-                "settings_id": recipe.settings_id,
-            }
-            save_bases(path, pooled.bases, metadata)
+            bases.write(pooled.bases)
         info = store.write_table("item_embeddings", pooled.item_embeddings)
         get_run_logger().info("pooling: %s", pooled.summary)
         return {"item_embeddings": info}, pooled.summary
 
-    # Without its bases file the step must run (and refit) even if its inputs are unchanged.
-    return run_step(
-        store, "pooling", inputs, produce, force=force or cfg.refit or not path.exists()
-    )
+    return run_step(store, "pooling", inputs, produce, force=force or must_fit(cfg, bases.exists()))

@@ -12,12 +12,14 @@ from safetensors.numpy import load_file
 
 from genair_core.pooling import PcaBasis, basis_id, fit_basis
 from storage.bases import (
+    BasesFile,
     BasesFileError,
     BasesNotFoundError,
     bases_path,
     load_bases,
     save_bases,
 )
+from storage.store import Store
 
 METADATA = {"model_id": "HuggingFaceTB/SmolLM2-135M-Instruct", "prompt_version": "p3-é"}
 
@@ -175,3 +177,31 @@ def test_bases_path_sanitises_ids_without_collisions(tmp_path):
     assert bases_path(tmp_path, "a/b", "v") != bases_path(tmp_path, "a_b", "v")
     assert bases_path(tmp_path, "m" * 500, "v").name.__len__() < 120
     assert os.sep not in bases_path(tmp_path, "m", "p/1").name
+
+
+def test_a_recipes_bases_file_is_none_until_written_then_round_trips(tmp_path):
+    bases = BasesFile(Store(tmp_path), "HuggingFaceTB/SmolLM2-135M-Instruct", "p3", "s1")
+    # The layout runs written before BasesFile existed still find.
+    assert bases.path == bases_path(tmp_path, "HuggingFaceTB/SmolLM2-135M-Instruct", "p3-s1")
+    assert not bases.exists()
+    assert bases.read() is None
+
+    bases.write(_bases())
+    assert bases.exists()
+    stored = bases.read()
+    for name, basis in _fitted().items():
+        _assert_same(PcaBasis.from_dict(stored[name]), basis)
+    _, metadata = load_bases(bases.path)
+    assert metadata == {
+        "model_id": "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "prompt_version": "p3",
+        "settings_id": "s1",
+    }
+
+
+def test_an_unreadable_recipe_file_is_an_error_not_a_missing_one(tmp_path):
+    bases = BasesFile(Store(tmp_path), "m", "p3", "s1")
+    bases.path.parent.mkdir(parents=True)
+    bases.path.write_bytes(b"not safetensors")
+    with pytest.raises(BasesFileError, match=re.escape(str(bases.path))):
+        bases.read()

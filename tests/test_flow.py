@@ -1,6 +1,9 @@
 """The pipeline flow under Prefect, on the hand-made dataset of small_dataset.py."""
 
+import json
+
 import pytest
+from prefect.utilities.callables import parameter_schema
 from small_dataset import write_small_dataset
 
 import tasks.cooccurrence
@@ -18,6 +21,21 @@ def config(tmp_path):
 
 def hashes(store: Store) -> dict[str, str]:
     return {name: store.table_info(name).sha256 for name in store.existing_tables()}
+
+
+def test_the_deployed_flow_takes_plain_json_parameters_only():
+    schema = parameter_schema(genair_pipeline.fn).model_dump()
+    assert list(schema["properties"]) == ["config_path", "force", "until", "start"]
+    json.dumps(schema)  # the UI builds its run form from this
+
+
+@pytest.mark.parametrize(
+    ("start", "until", "error"),
+    [("ingest", "everything", "unknown stage 'everything'"), ("pooling", "split", "comes after")],
+)
+def test_a_stage_range_that_does_not_exist_is_refused(config, start, until, error):
+    with pytest.raises(ValueError, match=error):
+        genair_pipeline(config_path=str(config), start=start, until=until)
 
 
 def test_pipeline_writes_every_table_and_a_second_run_skips(config):

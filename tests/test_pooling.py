@@ -6,7 +6,14 @@ import pytest
 from sklearn.decomposition import PCA
 
 from genair_core.config import PoolingConfig
-from genair_core.pooling import PcaBasis, basis_id, fit_basis, pool_archetypes, pool_vectors
+from genair_core.pooling import (
+    PcaBasis,
+    basis_id,
+    fit_basis,
+    must_fit,
+    pool_archetypes,
+    pool_vectors,
+)
 from genair_core.tables import archetypes_schema, item_embeddings_schema, to_fixed_list, to_matrix
 
 
@@ -247,28 +254,37 @@ def test_stored_bases_are_reused_for_new_items_unless_refit_is_asked():
     config = PoolingConfig(input_dims=4, gen_dims=3)
     grown = _archetypes(40)
     first = pool_archetypes(grown.slice(0, 30), config)  # ten items are added later
-    again = pool_archetypes(grown, config, first.bases)
+    again = pool_archetypes(grown, config, lambda: first.bases)
     assert not again.fitted
     assert again.summary["bases"] == "stored"
     assert again.summary["basis_id"] == first.summary["basis_id"]
     old = to_matrix(first.item_embeddings["vector"])
     np.testing.assert_array_equal(to_matrix(again.item_embeddings["vector"])[:30], old)
 
-    refit = pool_archetypes(grown, config.model_copy(update={"refit": True}), first.bases)
+    def unreadable() -> None:
+        raise AssertionError("a refit must not read the stored bases")
+
+    refit = pool_archetypes(grown, config.model_copy(update={"refit": True}), unreadable)
     assert refit.fitted
     assert refit.summary["basis_id"] != first.summary["basis_id"]
     assert refit.bases["input"]["n_fit"] == 40
+
+
+def test_the_stage_must_run_without_stored_bases_or_on_a_refit():
+    assert must_fit(PoolingConfig(), have_stored=False)
+    assert must_fit(PoolingConfig(refit=True), have_stored=True)
+    assert not must_fit(PoolingConfig(), have_stored=True)
 
 
 def test_bases_capped_on_a_tiny_catalog_are_refitted_once_it_grows():
     config = PoolingConfig(input_dims=4, gen_dims=3)
     tiny = pool_archetypes(_archetypes(3), config)
     assert tiny.summary["dims"] == 2 + 2  # 3 items: k = 2 per half
-    grown = pool_archetypes(_archetypes(30), config, tiny.bases)
+    grown = pool_archetypes(_archetypes(30), config, lambda: tiny.bases)
     assert grown.fitted
     assert grown.summary["dims"] == 4 + 3
     # capped but not outgrown: the same three items keep their bases
-    assert not pool_archetypes(_archetypes(3), config, tiny.bases).fitted
+    assert not pool_archetypes(_archetypes(3), config, lambda: tiny.bases).fitted
 
 
 def test_stored_bases_of_another_size_are_refused():
@@ -278,13 +294,14 @@ def test_stored_bases_of_another_size_are_refused():
         match=r"stored input basis in x\.safetensors has 4 dims but pooling\.input_dims is 2: "
         r"set pooling\.refit = true",
     ):
-        pool_archetypes(_archetypes(30), PoolingConfig(input_dims=2, gen_dims=3), stored,
+        pool_archetypes(_archetypes(30), PoolingConfig(input_dims=2, gen_dims=3), lambda: stored,
                         stored_at="x.safetensors")  # fmt: skip
     # a basis capped below the configured size is not "another size"
     tiny = pool_archetypes(_archetypes(3), PoolingConfig(input_dims=4, gen_dims=3)).bases
-    assert not pool_archetypes(_archetypes(3), PoolingConfig(), tiny).fitted
+    assert not pool_archetypes(_archetypes(3), PoolingConfig(), lambda: tiny).fitted
+    partial = {"input": stored["input"]}
     with pytest.raises(ValueError, match=r"stored PCA bases in y are unusable .*refit"):
-        pool_archetypes(_archetypes(30), PoolingConfig(), {"input": stored["input"]}, stored_at="y")
+        pool_archetypes(_archetypes(30), PoolingConfig(), lambda: partial, stored_at="y")
 
 
 def test_pooling_without_archetypes_is_an_error():

@@ -1,18 +1,20 @@
 """The engines of one run: each made on first use, shared by every batch, closed at the end.
 
     with EnginePool(make_engine) as engines:
-        engine = engines.engine(llm, model_dir)  # the same object for every batch of the run
-        ...
-        engines.drop(engine)  # after a failure it may have caused: the next call makes a new one
+        with engines.using(llm, model_dir) as engine:  # the same engine for every batch
+            engine.generate(...)
 
-Leaving the block closes every engine (vLLM's engine-core processes included); a close that
-fails is logged and the others are still closed.
+An error inside `using` other than a bad input (ValueError, TypeError) closes and forgets the
+engine, which may have died with it: the next `using`, e.g. the task's retry, makes a fresh one.
+Leaving the pool closes every engine (vLLM's engine-core processes included); a close that fails
+is logged and the others are still closed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,8 @@ from genair_core.engines.base import ArchetypeEngine, GenerationSettings, genera
 # make_engine's signature: (name, model_dir, settings, **options) -> engine.
 EngineFactory = Callable[..., ArchetypeEngine]
 EngineKey = tuple[str, Path, GenerationSettings, tuple[tuple[str, Any], ...]]
+# Errors of the input handed to a healthy engine: it is kept for the next batch.
+BAD_INPUT_ERRORS: tuple[type[Exception], ...] = (ValueError, TypeError)
 
 logger = logging.getLogger(__name__)
 
@@ -33,21 +37,25 @@ class EnginePool:
         self._factory = factory
         self._engines: dict[EngineKey, ArchetypeEngine] = {}
 
-    def engine(self, llm: LlmConfig, model_dir: Path) -> ArchetypeEngine:
-        """The engine `llm` asks for on the model in `model_dir`, made on first use."""
+    @contextlib.contextmanager
+    def using(self, llm: LlmConfig, model_dir: Path) -> Iterator[ArchetypeEngine]:
+        """The engine `llm` asks for on the model in `model_dir`, made on first use; dropped if
+        the block raises anything but a bad input (BAD_INPUT_ERRORS)."""
         settings = generation_settings(llm)
         options = engine_options(llm)
         key = (llm.engine, Path(model_dir), settings, tuple(sorted(options.items())))
         if key not in self._engines:
             self._engines[key] = self._factory(llm.engine, model_dir, settings, **options)
-        return self._engines[key]
-
-    def drop(self, engine: ArchetypeEngine) -> None:
-        """Close `engine` and forget it (it may have died)."""
-        for key, held in list(self._engines.items()):
-            if held is engine:
+        engine = self._engines[key]
+        try:
+            yield engine
+        except BAD_INPUT_ERRORS:
+            raise
+        except Exception:
+            if self._engines.get(key) is engine:  # not dropped already by a nested `using`
                 del self._engines[key]
                 _close_quietly(engine)
+            raise
 
     def close(self) -> None:
         """Close every engine; the pool can make new ones afterwards."""
