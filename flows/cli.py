@@ -1,6 +1,6 @@
 """The `genair` command.
 
-genair run [--config genair.toml] [--force]     run the pipeline flow
+genair run [--force] [--from STAGE] [--until STAGE]   run the pipeline flow
 genair sql "SELECT ..." [--csv]                  query the tables through DuckDB views
 genair config [--config genair.toml]             print the effective, validated settings
 """
@@ -100,21 +100,18 @@ def configure_environment(settings: Settings) -> None:
 
 
 def _sql(args: argparse.Namespace, settings: Settings) -> int:
-    import duckdb
-    import pyarrow.csv
-
-    from storage.sql import connect
+    from storage.sql import QueryError, query, write_csv
     from storage.store import Store
 
     try:
-        relation = connect(Store(settings.storage.root)).sql(args.query)
-    except duckdb.Error as err:
+        relation = query(Store(settings.storage.root), args.query)
+    except QueryError as err:
         print(f"genair: {err}", file=sys.stderr)
         return 1
     if relation is None:  # a statement without a result
         return 0
     if args.csv:
-        pyarrow.csv.write_csv(relation.to_arrow_table(), sys.stdout.buffer)
+        write_csv(relation, sys.stdout.buffer)
     else:
         relation.show(max_rows=args.max_rows, max_width=200)
     return 0

@@ -95,6 +95,12 @@ def cooccurrence_reference(sequences: pa.Table, n_items: int) -> pa.Table:
     )
 
 
+def summarize(pairs: pa.Table) -> dict[str, int]:
+    """What the run summary says of a cooccurrence table: its pairs and their largest count."""
+    largest = pc.max(pairs["count"]).as_py() if pairs.num_rows else 0
+    return {"pairs": pairs.num_rows, "max_count": int(largest)}
+
+
 def _training_rows(sequences: pa.Table, n_items: int) -> tuple[np.ndarray, np.ndarray]:
     """user_idx and item_idx of the training rows, after checking every row against n_items."""
     for name in ("user_idx", "item_idx", "split"):

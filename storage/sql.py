@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import BinaryIO
+
 import duckdb
 import pyarrow as pa
+import pyarrow.csv
 import pyarrow.parquet as pq
 
 from storage.schemas import archetypes_schema
@@ -35,6 +38,22 @@ def connect(store: Store) -> duckdb.DuckDBPyConnection:
             """
         )
     return con
+
+
+class QueryError(ValueError):
+    """A query that DuckDB refused; the message is DuckDB's."""
+
+
+def query(store: Store, sql: str) -> duckdb.DuckDBPyRelation | None:
+    """Run `sql` against the views; None for a statement without a result."""
+    try:
+        return connect(store).sql(sql)
+    except duckdb.Error as err:
+        raise QueryError(str(err)) from None
+
+
+def write_csv(relation: duckdb.DuckDBPyRelation, out: BinaryIO) -> None:
+    pyarrow.csv.write_csv(relation.to_arrow_table(), out)
 
 
 def current_archetypes(

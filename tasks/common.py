@@ -11,7 +11,7 @@ from prefect.logging import get_run_logger
 from prefect.states import State
 
 from storage.store import StepManifest, Store, TableInfo
-from tasks.settings import Settings
+from tasks.settings import PrefectConfig, Settings
 
 # Failures a second attempt can cure: the disk or the network hiccuped. A bad input file, a wrong
 # setting or a bug fails the same way every time, so those fail the run at once.
@@ -34,11 +34,13 @@ def retry_if_transient(task: Task, task_run: TaskRun, state: State) -> bool:
     return False
 
 
-# Retries are declared once, here; the flow may override them from the settings. Results stay in
-# the tables, never in Prefect's result store (which would pickle them).
+# What every task is declared with: the [prefect] section's default retries (the flow applies the
+# configured ones). Results stay in the tables, never in Prefect's result store (which would
+# pickle them).
+_PREFECT = PrefectConfig()
 TASK_DEFAULTS: dict[str, object] = {
-    "retries": 2,
-    "retry_delay_seconds": 5,
+    "retries": _PREFECT.task_retries,
+    "retry_delay_seconds": _PREFECT.retry_delay_s,
     "retry_condition_fn": retry_if_transient,
     "persist_result": False,
 }

@@ -5,11 +5,10 @@ from __future__ import annotations
 from prefect import task
 
 from genair_core.preprocess import PREPROCESS_VERSION, split_sequences
+from genair_core.tables import INTERACTION_FIELDS
 from storage.store import fingerprint
 from tasks.common import TASK_DEFAULTS, run_step, store_for
 from tasks.settings import Settings
-
-INTERACTION_COLUMNS = ["user_id", "item_id", "timestamp", "rating"]
 
 
 @task(name="split-sequences", **TASK_DEFAULTS)
@@ -22,7 +21,7 @@ def split_interactions(settings: Settings, force: bool = False) -> dict[str, obj
     )
 
     def produce() -> tuple[dict, dict]:
-        interactions = store.read_table("interactions", columns=INTERACTION_COLUMNS)
+        interactions = store.read_table("interactions", columns=list(INTERACTION_FIELDS))
         split = split_sequences(interactions, k=settings.preprocess.k_core)
         outputs = {
             "item_index": store.write_table("item_index", split.item_index),

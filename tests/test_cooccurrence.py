@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from genair_core.cooccurrence import cooccurrence, cooccurrence_reference
+from genair_core.cooccurrence import cooccurrence, cooccurrence_reference, summarize
 from genair_core.preprocess import split_sequences
 from genair_core.tables import COOCCURRENCE, INTERACTIONS, SEQUENCES
 
@@ -105,3 +105,14 @@ def test_bad_inputs_are_refused():
         cooccurrence(odd_split, n_items=5)
     with pytest.raises(ValueError, match="no 'split' column"):
         cooccurrence(HAND.drop_columns(["split"]), n_items=5)
+
+
+def test_summary_counts_pairs_and_the_largest_count():
+    seqs = sequences(
+        {
+            1: [(1, "train"), (2, "train"), (3, "valid"), (4, "test")],
+            2: [(2, "train"), (1, "train"), (3, "train"), (4, "test")],
+        }
+    )
+    assert summarize(cooccurrence(seqs, n_items=4)) == {"pairs": 3, "max_count": 2}
+    assert summarize(COOCCURRENCE.empty_table()) == {"pairs": 0, "max_count": 0}
