@@ -3,6 +3,7 @@
 genair run [--force] [--from STAGE] [--until STAGE]   run the pipeline flow
 genair sql "SELECT ..." [--csv]                  query the tables through DuckDB views
 genair config [--config genair.toml]             print the effective, validated settings
+genair similar ITEM [--k 10] [--space calibrated|raw]   the items most like one item
 """
 
 from __future__ import annotations
@@ -62,8 +63,25 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     show = commands.add_parser("config", help="print the effective settings as JSON")
     show.set_defaults(command=_config)
 
+    similar = commands.add_parser(
+        "similar",
+        help="the items most like one item (from the FAISS index of a vector space)",
+        description="The top-k items by cosine, with title, score and the first line of each "
+        "one's archetype. Exit status 2 when ITEM names no item or several (they are listed).",
+        epilog='example: genair similar "toy story" --k 5 --space raw',
+    )
+    similar.add_argument("item", metavar="ITEM", help="an item_id or a piece of a title")
+    similar.add_argument("--k", type=int, default=10, help="how many items (default: 10)")
+    similar.add_argument(
+        "--space",
+        choices=("calibrated", "raw"),
+        default="calibrated",
+        help="calibrated_embeddings or the raw item_embeddings (default: calibrated)",
+    )
+    similar.set_defaults(command=_similar)
+
     # `--config` is accepted before or after the command.
-    for sub in (run, sql, show):
+    for sub in (run, sql, show, similar):
         sub.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -115,6 +133,39 @@ def _sql(args: argparse.Namespace, settings: Settings) -> int:
     else:
         relation.show(max_rows=args.max_rows, max_width=200)
     return 0
+
+
+def _similar(args: argparse.Namespace, settings: Settings) -> int:
+    from flows.similar import similar_items
+    from genair_core.index import ItemLookupError
+    from storage.index import IndexFileError
+    from storage.store import MissingTableError
+
+    if args.k < 1:
+        print(f"genair: --k must be at least 1 (got {args.k})", file=sys.stderr)
+        return 2
+    try:
+        result = similar_items(settings, args.item, k=args.k, space=args.space)
+    except ItemLookupError as err:
+        print(f"genair: {err}", file=sys.stderr)
+        for item_id, title in err.candidates:
+            print(f"  {item_id}\t{title or ''}", file=sys.stderr)
+        return 2
+    except (IndexFileError, MissingTableError) as err:
+        print(f"genair: {err}; `genair run --until index` builds it", file=sys.stderr)
+        return 1
+    if result.stale:
+        print(f"genair: warning: {result.stale}", file=sys.stderr)
+    print(f"items like {result.item_id} {result.title or ''} ({result.space} space)")
+    for rank, row in enumerate(result.items, start=1):
+        print(f"{rank:>3}  {row.score:.4f}  {row.item_id}  {row.title or ''}")
+        if row.archetype:
+            print(f"               {_cut(row.archetype, 100)}")
+    return 0
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _config(args: argparse.Namespace, settings: Settings) -> int:

@@ -15,12 +15,15 @@ from genair_core.archetypes import ArchetypeBatch, ArchetypePlan, BatchContext
 from genair_core.engines import EngineFactory, EnginePool, make_engine
 from genair_core.experiment import share_cpu
 from tasks.archetypes import generate_archetype_batch, plan_archetypes, record_engine_failure
+from tasks.calibration import calibrate_items
 from tasks.common import exclusive_run
 from tasks.cooccurrence import build_cooccurrence
+from tasks.index import build_index
 from tasks.ingest import ingest_dataset
 from tasks.pooling import pool_item_embeddings
 from tasks.preprocess import split_interactions
 from tasks.recommenders import publish_results, sample_eval_negatives, train_recommender
+from tasks.retrieval import evaluate_retrieval
 from tasks.run_summary import publish_summary
 from tasks.settings import Settings, load_settings
 
@@ -85,6 +88,15 @@ def _run_stages(
                 summary["pooling"] = pool_item_embeddings.with_options(**retry)(
                     settings, plan.recipe, force=force
                 )
+    if "calibrate" in wanted:
+        summary["calibrate"] = calibrate_items.with_options(**retry)(settings, force=force)
+    if "index" in wanted:
+        for space in ("calibrated", "raw"):
+            summary[f"index-{space}"] = build_index.with_options(**retry)(
+                settings, space, force=force
+            )
+    if "retrieval" in wanted:
+        summary["retrieval"] = evaluate_retrieval.with_options(**retry)(settings, force=force)
     if "negatives" in wanted:
         summary["negatives"] = sample_eval_negatives.with_options(**retry)(settings, force=force)
     if "recommenders" in wanted:

@@ -6,6 +6,9 @@ STAGES = (
     "cooccurrence",
     "archetypes",
     "pooling",
+    "calibrate",  # the behavioural calibration adapter and calibrated_embeddings
+    "index",  # FAISS indexes over the calibrated and the raw item vectors
+    "retrieval",  # next-item retrieval in item space: raw, calibrated and behavioural baselines
     "negatives",
     "recommenders",
     "results",  # the results table over every configured run that has finished

@@ -172,6 +172,55 @@ class PoolingConfig(Section):
     refit: bool = False  # refit the stored bases instead of projecting new items with them
 
 
+class CalibrationConfig(Section):
+    """The calibration job (genair_core/calibration.py): an adapter trained on co-occurring pairs
+    (in-batch softmax) plus α · the behavioural calibration loss, and its collapse guard."""
+
+    hidden: int = Field(128, ge=2)  # h: Linear(d → 2h) → LayerNorm → GELU → Linear(2h → h)
+    epochs: int = Field(20, ge=1)
+    # Pairs drawn per epoch, with replacement (0: as many as the co-occurrence table holds).
+    # ml-100k has 784k pairs for 1,682 items: 64k draws already show each item ~80 times an
+    # epoch, at ~1/12 of the CPU time.
+    pairs_per_epoch: int = Field(65_536, ge=0)
+    batch_size: int = Field(1024, ge=2)  # co-occurring pairs per step; the rest are negatives
+    lr: float = Field(1e-3, gt=0)
+    temperature: float = Field(0.1, gt=0)  # of the in-batch softmax over cosines
+    sampling: Literal["count", "s", "uniform"] = "count"  # pair weight when drawing pairs
+    alpha: float = Field(0.1, ge=0)  # weight of the behavioural calibration loss (method §7)
+    tau: float = Field(4.0, ge=0)  # its pair weight exp(-tau * s)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when torch sees one
+    # Torch threads while the job runs on the CPU (0: leave torch's setting). 1 by default: only
+    # one thread gives the same vectors on every run (threaded reductions reorder float sums; seen
+    # in the golden test), and on a busy 2-core machine 1 thread ran an ml-100k epoch 8x faster
+    # than 2 (docs/benchmarks.md).
+    cpu_threads: int = Field(1, ge=0)
+    # Retrain when more than this share of the stored table's pairs were added, removed or
+    # changed count; below it, new items are projected through the stored adapter.
+    max_drift: float = Field(0.1, ge=0, le=1)
+    retrain: bool = False  # retrain even when the stored adapter is still valid
+    # Collapse guard: the calibrated space is refused (not written) when its mean pairwise cosine
+    # exceeds max_mean_cosine, or its effective rank falls below min_rank_share × the raw
+    # space's (capped at hidden, the most the calibrated space can reach).
+    max_mean_cosine: float = Field(0.5, gt=-1, le=1)
+    min_rank_share: float = Field(0.1, ge=0, le=1)
+
+
+class IndexConfig(Section):
+    """The FAISS indexes over the calibrated and the raw item vectors (genair_core/index.py):
+    cosine as inner product of L2-normalised vectors, exact up to `exact_max_items`, HNSW above.
+    Measurements behind the defaults: docs/benchmarks.md, "FAISS index"."""
+
+    # Exact search (IndexFlatIP) up to this many items: ~35 ns an item a query at 128-d on one
+    # core here (~0.7 ms at 20k, 37 ms at 1M), ~6x that at 768-d; above it, HNSW.
+    exact_max_items: int = Field(20_000, ge=0)
+    m: int = Field(32, ge=2, le=256)  # HNSW neighbours per node (memory: ~2·m·4 bytes an item)
+    ef_construction: int = Field(100, ge=1)  # HNSW build-time candidate list
+    # HNSW search-time candidate list (≥ k); a search setting: changing it rebuilds nothing.
+    ef_search: int = Field(64, ge=1)
+    gpu: bool = True  # search an exact index on the GPU when FAISS sees one
+
+
 class ModelConfig(Section):
     """A backbone's shape (genair_core/models/); the item count comes from the data."""
 

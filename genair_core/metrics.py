@@ -220,3 +220,42 @@ def group_metrics(
             row[metric] = float(values[mask].mean()) if size else math.nan
         out[name] = row
     return out
+
+
+def mean_pairwise_cosine(x: np.ndarray) -> float:
+    """Mean cosine similarity over all pairs i != j of the rows of x (n, d), n >= 2.
+
+    Computed without the (n, n) matrix: with unit rows u_i, sum over all ordered pairs i != j of
+    u_i . u_j is |sum_i u_i|^2 - n. 1 when every row points the same way (a collapsed space), about
+    0 for rows spread evenly around the origin. A zero row has no direction: ValueError.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] < 2:
+        raise ValueError(f"need a matrix of at least two rows, got shape {x.shape}")
+    norms = np.linalg.norm(x, axis=1)
+    if not np.all(norms > 0) or not np.all(np.isfinite(norms)):
+        bad = int(np.flatnonzero(~(norms > 0) | ~np.isfinite(norms))[0])
+        raise ValueError(f"row {bad} is zero or not finite: its cosine is undefined")
+    n = x.shape[0]
+    total = np.square((x / norms[:, None]).sum(axis=0)).sum()
+    return float((total - n) / (n * (n - 1)))
+
+
+def effective_rank(x: np.ndarray) -> float:
+    """Effective rank of x (n, d): exp of the Shannon entropy of its normalised singular values.
+
+    Roy & Vetterli (2007): p_k = s_k / sum(s), erank = exp(-sum p_k log p_k), between 1 (all rows on
+    one line, e.g. identical vectors) and min(n, d) (all singular values equal, e.g. orthonormal
+    rows). The rows are taken as given, not centred, so identical rows give 1 rather than 0/0.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2 or x.size == 0:
+        raise ValueError(f"need a non-empty matrix, got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError("matrix holds NaN or inf values")
+    s = np.linalg.svd(x, compute_uv=False)
+    if s.sum() <= 0:
+        raise ValueError("all-zero matrix: the effective rank is undefined")
+    p = s / s.sum()
+    p = p[p > 0]
+    return float(np.exp(-(p * np.log(p)).sum()))

@@ -192,6 +192,18 @@ def item_embeddings_schema(dim: int) -> pa.Schema:
     )
 
 
+def calibrated_embeddings_schema(dim: int) -> pa.Schema:
+    """Item vectors through the calibration adapter (genair_core.calibration), L2-normalised:
+    `dim` = calibration.hidden (128 by default). `version` names the adapter that made them."""
+    return pa.schema(
+        [
+            pa.field("item_id", pa.string(), nullable=False),
+            pa.field("vector", pa.list_(pa.float32(), dim), nullable=False),
+            pa.field("version", pa.string(), nullable=False),
+        ]
+    )
+
+
 # The sampled protocol's candidates: 100 items per user drawn once (seeded, excluding every item
 # the user ever had) and shared by every model, so sampled metrics are comparable across runs.
 EVAL_NEGATIVES = pa.schema(
@@ -247,6 +259,23 @@ TRAINING_LOG = pa.schema(
         pa.field("valid_hr@10", pa.float64(), nullable=False),
         pa.field("valid_ndcg@10", pa.float64(), nullable=False),
         pa.field("seconds", pa.float64(), nullable=False),
+    ]
+)
+
+
+# Next-item retrieval in item space (genair_core.retrieval): one row per space, split and metric.
+# split "valid" | "test" rows are mean metrics over `users` with paired p-values; split "vectors"
+# rows describe the space itself (items, item_coverage, dimension, mean_pairwise_cosine,
+# effective_rank), with users and the p-values null.
+RETRIEVAL_METRICS = pa.schema(
+    [
+        pa.field("space", pa.string(), nullable=False),  # raw | calibrated | cooccurrence | ...
+        pa.field("split", pa.string(), nullable=False),  # valid | test | vectors
+        pa.field("metric", pa.string(), nullable=False),  # hr@10, ndcg@10, effective_rank, ...
+        pa.field("value", pa.float64(), nullable=False),
+        pa.field("users", pa.int32()),
+        pa.field("p_vs_raw", pa.float64()),  # Wilcoxon signed-rank over users, two-sided
+        pa.field("p_vs_cooccurrence", pa.float64()),
     ]
 )
 

@@ -17,10 +17,12 @@ from genair_core.tables import (
     ITEMS,
     METRICS,
     REJECTS,
+    RETRIEVAL_METRICS,
     SEQUENCES,
     TRAINING_LOG,
     USER_INDEX,
     archetypes_schema,
+    calibrated_embeddings_schema,
     item_embeddings_schema,
 )
 
@@ -35,7 +37,9 @@ TABLES: dict[str, pa.Schema | Sized] = {
     "sequences": SEQUENCES,
     "cooccurrence": COOCCURRENCE,
     "item_embeddings": item_embeddings_schema,
+    "calibrated_embeddings": calibrated_embeddings_schema,
     "eval_negatives": EVAL_NEGATIVES,
+    "retrieval_metrics": RETRIEVAL_METRICS,
 }
 
 # Written one part file per batch under datasets/<name>/<model partition>/.
@@ -48,7 +52,11 @@ PART_DATASETS: dict[str, pa.Schema | Sized] = {
     "training_log": TRAINING_LOG,
 }
 
-VECTOR_COLUMN = {"item_embeddings": "vector", "archetypes": "input_emb"}
+VECTOR_COLUMN = {
+    "item_embeddings": "vector",
+    "calibrated_embeddings": "vector",
+    "archetypes": "input_emb",
+}
 
 
 def schema_for(registry: dict[str, pa.Schema | Sized], name: str, actual: pa.Schema) -> pa.Schema:

@@ -19,8 +19,10 @@ from pydantic_settings import (
 )
 
 from genair_core.config import (
+    CalibrationConfig,
     DatasetConfig,
     EvaluationConfig,
+    IndexConfig,
     LlmConfig,
     ModelConfig,
     PoolingConfig,
@@ -60,6 +62,8 @@ class Settings(BaseSettings):
     preprocess: PreprocessConfig = PreprocessConfig()
     llm: LlmConfig = LlmConfig()
     pooling: PoolingConfig = PoolingConfig()
+    calibration: CalibrationConfig = CalibrationConfig()
+    index: IndexConfig = IndexConfig()
     recommenders: RecommenderConfig = RecommenderConfig()
     prefect: PrefectConfig = PrefectConfig()
 

@@ -114,6 +114,8 @@ def write_dataset(folder: Path) -> Path:
             [pooling]
             input_dims = 6
             gen_dims = 4
+            [calibration]
+            pairs_per_epoch = 8192
             [recommenders]
             backbones = ["sasrec", "bert4rec", "gru4rec"]
             variants = ["id", "llm", "genair"]

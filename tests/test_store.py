@@ -72,7 +72,9 @@ def test_streams_write_every_named_table_even_empty(tmp_path):
 
 def test_unknown_and_missing_tables(tmp_path):
     store = Store(tmp_path)
-    with pytest.raises(UnknownTableError, match="known tables: cooccurrence"):
+    with pytest.raises(
+        UnknownTableError, match="known tables: calibrated_embeddings, cooccurrence, "
+    ):
         store.table_path("nope")
     with pytest.raises(MissingTableError, match="'sequences' has not been written"):
         store.read_table("sequences")
