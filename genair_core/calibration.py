@@ -393,7 +393,9 @@ def check_spread(raw: Spread, calibrated: Spread, cfg: CalibrationConfig) -> Non
         raise CollapsedSpaceError(
             "the calibrated item space collapsed; calibrated_embeddings not written: "
             + "; ".join(problems)
-            + ". Lower calibration.lr or temperature, or raise alpha."
+            # Measured on ml-100k (docs/results.md): a higher temperature or alpha spreads the
+            # items; a lower temperature crowds them into a narrower cone.
+            + ". Raise calibration.temperature or alpha."
         )
 
 

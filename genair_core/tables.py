@@ -276,6 +276,7 @@ RETRIEVAL_METRICS = pa.schema(
         pa.field("users", pa.int32()),
         pa.field("p_vs_raw", pa.float64()),  # Wilcoxon signed-rank over users, two-sided
         pa.field("p_vs_cooccurrence", pa.float64()),
+        pa.field("p_vs_popularity", pa.float64()),
     ]
 )
 
