@@ -6,15 +6,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import flow, unmapped
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect import flow
 
+from flows.archetype_stage import generate_archetypes
 from flows.stages import STAGES
-from genair_core.archetypes import ArchetypeBatch, ArchetypePlan, BatchContext
+from flows.training import train_recommenders
 from genair_core.engines import EngineFactory, EnginePool, make_engine
-from genair_core.experiment import share_cpu
-from tasks.archetypes import generate_archetype_batch, plan_archetypes, record_engine_failure
+from tasks.archetypes import plan_archetypes
 from tasks.calibration import calibrate_items
 from tasks.common import exclusive_run
 from tasks.cooccurrence import build_cooccurrence
@@ -22,7 +20,7 @@ from tasks.index import build_index
 from tasks.ingest import ingest_dataset
 from tasks.pooling import pool_item_embeddings
 from tasks.preprocess import split_interactions
-from tasks.recommenders import publish_results, sample_eval_negatives, train_recommender
+from tasks.recommenders import publish_results, sample_eval_negatives
 from tasks.retrieval import evaluate_retrieval
 from tasks.run_summary import publish_summary
 from tasks.settings import Settings, load_settings
@@ -60,8 +58,9 @@ def run_pipeline(
         raise ValueError(f"stage {start!r} comes after {until!r}")
     settings = load_settings(Path(config_path) if config_path else None)
     wanted = STAGES[STAGES.index(start) : STAGES.index(until) + 1]
-    with exclusive_run(settings):
-        return _run_stages(settings, wanted, force, engine_factory)
+    parameters = {"force": force, "start": start, "until": until}
+    with exclusive_run(settings, "genair-pipeline", parameters) as run_settings:
+        return _run_stages(run_settings, wanted, force, engine_factory)
 
 
 def _run_stages(
@@ -105,83 +104,3 @@ def _run_stages(
         summary["results"] = publish_results.with_options(**retry)(settings)
     publish_summary.with_options(**retry)(summary)
     return summary
-
-
-def generate_archetypes(
-    settings: Settings, plan: ArchetypePlan, engines: EnginePool
-) -> dict[str, object]:
-    """Every planned batch, one task each, with a progress bar in the UI."""
-    totals = {
-        "items": plan.candidates,
-        "up_to_date": plan.up_to_date,
-        "failed_before": plan.failed_before,
-        "batches": len(plan.batches),
-    }
-    counts = {"generated": 0, "failed": 0, "truncated": 0, "completion_tokens": 0}
-    progress = create_progress_artifact(
-        progress=0.0 if plan.batches else 100.0,
-        key="genair-archetypes",
-        description=f"archetypes: {len(plan.batches)} batches to generate",
-    )
-    for done, batch in enumerate(plan.batches, start=1):
-        _isolating_failures(settings, plan.context, batch, engines, counts)
-        update_progress_artifact(progress, progress=100.0 * done / len(plan.batches))
-    return {**totals, **counts, "skipped": not plan.batches}
-
-
-def train_recommenders(settings: Settings, force: bool) -> dict[str, object]:
-    """Every configured (backbone, variant, seed) as its own task, at most `workers` training at
-    once: a sub-flow whose thread pool has `workers` threads takes the runs in order."""
-    runner = ThreadPoolTaskRunner(max_workers=settings.recommenders.workers)
-    return _train_runs.with_options(task_runner=runner)(settings, force)
-
-
-@flow(name="train-recommenders", persist_result=False, validate_parameters=False)
-def _train_runs(settings: Settings, force: bool) -> dict[str, object]:
-    cfg = settings.recommenders
-    runs = cfg.runs()
-    threads = share_cpu(cfg.workers)
-    train = train_recommender.with_options(
-        retries=settings.prefect.task_retries, retry_delay_seconds=settings.prefect.retry_delay_s
-    )
-    backbones, variants, seeds = ([run[i] for run in runs] for i in range(3))
-    futures = train.map(unmapped(settings), backbones, variants, seeds, force=unmapped(force))
-    summaries = futures.result()
-    return {
-        "runs": len(runs),
-        "trained": sum(not s["skipped"] for s in summaries),
-        "workers": cfg.workers,
-        "threads_per_run": threads,
-        "test_ndcg@10 (full ranking)": {s["run"]: s["test_ndcg@10"] for s in summaries},
-    }
-
-
-def _isolating_failures(
-    settings: Settings,
-    context: BatchContext,
-    batch: ArchetypeBatch,
-    engines: EnginePool,
-    counts: dict[str, int],
-) -> None:
-    """Run a batch; if it keeps failing, run its halves, down to the single item at fault, which
-    is recorded as a failure and skipped. Adds to `counts`."""
-    state = generate_archetype_batch.with_options(retries=settings.llm.batch_retries)(
-        settings, context, batch, engines, return_state=True
-    )
-    if state.is_completed():
-        for name, n in state.result().items():
-            counts[name] += n
-        return
-    if len(batch.items) > 1:
-        for half in batch.halves(context.recipe):
-            _isolating_failures(settings, context, half, engines, counts)
-        return
-    error = state.result(raise_on_failure=False)
-    record_engine_failure(settings, context, batch, f"{type(error).__name__}: {error}")
-    counts["failed"] += 1
-    if counts["failed"] > settings.llm.max_failed_items:
-        raise RuntimeError(
-            f"{counts['failed']} items failed in this run (llm.max_failed_items is "
-            f"{settings.llm.max_failed_items}): the engine or the settings are the likelier "
-            f"cause. Last error: {type(error).__name__}: {error}"
-        )

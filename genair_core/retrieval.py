@@ -453,12 +453,7 @@ def _gap_lines(rows: list[dict], ndcg: str, alpha: float) -> list[str]:
     cooc = _value(rows, CEILING, TEST, ndcg)
     out = []
     if raw is not None and cal["p_vs_raw"] is not None:
-        verdict = "beats" if cal["value"] > raw["value"] else "does not beat"
-        significance = "significant" if cal["p_vs_raw"] < alpha else "not significant"
-        out.append(
-            f"Calibrated {verdict} raw on test NDCG: {cal['value']:.4f} vs {raw['value']:.4f} "
-            f"(p = {_fmt_p(cal['p_vs_raw'])}, {significance} at {alpha})."
-        )
+        out.append(_versus(cal, raw, "raw", cal["p_vs_raw"], alpha))
     if cooc is not None:
         gap = cooc["value"] - cal["value"]
         share = 100.0 * gap / cooc["value"] if cooc["value"] else math.nan
@@ -472,13 +467,17 @@ def _gap_lines(rows: list[dict], ndcg: str, alpha: float) -> list[str]:
         out.append(text + ".")
     pop = _value(rows, POPULARITY, TEST, ndcg)
     if pop is not None and cal["p_vs_popularity"] is not None:
-        side = "above" if cal["value"] > pop["value"] else "below"
-        significance = "significant" if cal["p_vs_popularity"] < alpha else "not significant"
-        out.append(
-            f"Against popularity: {cal['value']:.4f} vs {pop['value']:.4f}, {side} "
-            f"(p = {_fmt_p(cal['p_vs_popularity'])}, {significance})."
-        )
+        out.append(_versus(cal, pop, "popularity", cal["p_vs_popularity"], alpha))
     return out
+
+
+def _versus(cal: dict, other: dict, name: str, p: float, alpha: float) -> str:
+    verdict = "beats" if cal["value"] > other["value"] else "does not beat"
+    significance = "significant" if p < alpha else "not significant"
+    return (
+        f"Calibrated {verdict} {name} on test NDCG: {cal['value']:.4f} vs {other['value']:.4f} "
+        f"(p = {_fmt_p(p)}, {significance} at {alpha})."
+    )
 
 
 __all__ = [

@@ -20,18 +20,14 @@ m, ef_construction, ef_search}, build_seconds, fingerprint, faiss_version, built
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 import faiss
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from storage.store import Store, _fsync, _sha256, atomic_write_bytes
+from storage.store import Store, _sha256, atomic_write, atomic_write_bytes
 
 FORMAT = "genair-faiss-index/1"  # bump when the layout above changes
 SPACES = {"calibrated": "calibrated_embeddings", "raw": "item_embeddings"}
@@ -79,8 +75,8 @@ class IndexFiles:
         if ids.num_rows != index.ntotal:
             raise ValueError(f"{ids.num_rows} ids for an index of {index.ntotal} vectors")
         self.folder.mkdir(parents=True, exist_ok=True)
-        _atomic(self.index_path, lambda tmp: faiss.write_index(index, tmp))
-        _atomic(self.ids_path, lambda tmp: pq.write_table(ids, tmp, compression="zstd"))
+        atomic_write(self.index_path, lambda tmp: faiss.write_index(index, str(tmp)))
+        atomic_write(self.ids_path, lambda tmp: pq.write_table(ids, tmp, compression="zstd"))
         manifest = {
             "format": FORMAT,
             "space": self.space,
@@ -164,15 +160,3 @@ class IndexFiles:
                 f"{self.space} index: manifest format {manifest.get('format')!r}, not {FORMAT!r}"
             )
         return manifest
-
-
-def _atomic(target: Path, write: Callable[[str], object]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        _fsync(Path(tmp))
-        os.replace(tmp, target)
-        _fsync(target.parent)
-    finally:
-        Path(tmp).unlink(missing_ok=True)

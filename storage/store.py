@@ -352,19 +352,24 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write a small file whole or not at all: temp file beside it, fsync, rename, fsync folder."""
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    """Write a file whole or not at all: `write` fills a temp file beside it, which is fsynced
+    and renamed over `path`, then the folder is fsynced (a rename is durable only once it is)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        write(Path(tmp))
+        _fsync(Path(tmp))
         os.replace(tmp, path)
         _fsync(path.parent)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """atomic_write of a small file's bytes."""
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

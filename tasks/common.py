@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from prefect import Task
 from prefect.client.schemas.objects import TaskRun
@@ -51,15 +51,18 @@ def store_for(settings: Settings) -> Store:
 
 
 @contextlib.contextmanager
-def exclusive_run(settings: Settings) -> Iterator[None]:
-    """One run at a time per storage root; a second run logs that it waits, then waits."""
+def exclusive_run(
+    settings: Settings, flow: str, parameters: Mapping[str, object]
+) -> Iterator[Settings]:
+    """One run at a time per storage root; a second run logs that it waits, then waits. Yields
+    the settings the run's tasks get. `flow` and `parameters` name the run (for its lineage)."""
     store = store_for(settings)
 
     def waiting() -> None:
         get_run_logger().warning("another genair run holds %s; waiting for it", store.root)
 
     with store.exclusive(on_wait=waiting):
-        yield
+        yield settings
 
 
 def run_step(

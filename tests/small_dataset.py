@@ -32,14 +32,11 @@ u4,Z,20
 """
 
 
-def write_small_dataset(folder: Path) -> Path:
-    """Write catalog.csv, events.csv and a genair.toml (k_core=2) into `folder`; return the toml."""
-    (folder / "catalog.csv").write_text(CATALOG)
-    (folder / "events.csv").write_text(EVENTS)
-    path = folder / "genair.toml"
-    path.write_text(
-        textwrap.dedent(
-            """\
+def files_config(k_core: int, extra: str = "") -> str:
+    """A genair.toml for catalog.csv and events.csv beside it, storage under data/, no retry
+    delay; `extra` holds further sections."""
+    return textwrap.dedent(
+        f"""\
             [storage]
             root = "data"
             cache_dir = "cache"
@@ -49,10 +46,17 @@ def write_small_dataset(folder: Path) -> Path:
             catalog = "catalog.csv"
             interactions = "events.csv"
             [preprocess]
-            k_core = 2
+            k_core = {k_core}
             [prefect]
             retry_delay_s = 0
             """
-        )
-    )
+    ) + textwrap.dedent(extra)
+
+
+def write_small_dataset(folder: Path) -> Path:
+    """Write catalog.csv, events.csv and a genair.toml (k_core=2) into `folder`; return the toml."""
+    (folder / "catalog.csv").write_text(CATALOG)
+    (folder / "events.csv").write_text(EVENTS)
+    path = folder / "genair.toml"
+    path.write_text(files_config(k_core=2))
     return path

@@ -16,12 +16,12 @@ import hashlib
 import json
 import os
 import random
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 from scripted_pipeline import scripted_pipeline
+from small_dataset import files_config
 
 from genair_core.engines.base import Completion
 from storage.store import Store
@@ -96,18 +96,9 @@ def write_dataset(folder: Path) -> Path:
     (model / "config.json").write_text(json.dumps({"max_position_embeddings": 4096}))
     config = folder / "genair.toml"
     config.write_text(
-        textwrap.dedent(
-            f"""\
-            [storage]
-            root = "data"
-            cache_dir = "cache"
-            [dataset]
-            name = "files"
-            [dataset.files]
-            catalog = "catalog.csv"
-            interactions = "events.csv"
-            [preprocess]
-            k_core = 3
+        files_config(
+            k_core=3,
+            extra=f"""\
             [llm]
             model = "{model}"
             batch_size = 16
@@ -133,9 +124,7 @@ def write_dataset(folder: Path) -> Path:
             [recommenders.per_backbone.bert4rec.training]
             loss = "ce"
             batch_size = 16
-            [prefect]
-            retry_delay_s = 0
-            """
+            """,
         )
     )
     return config
