@@ -1,20 +1,30 @@
-"""The archetype stage: every planned batch as its own task, a failing batch halved down to the
-item at fault, with a progress artifact in the UI."""
+"""The archetype stage: every planned batch as its own task on the configured task runner
+(tasks/runners.py), a failing batch halved down to the item at fault, with a progress artifact in
+the UI."""
 
 from __future__ import annotations
 
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from collections import deque
 
-from genair_core.archetypes import ArchetypeBatch, ArchetypePlan, BatchContext
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.futures import PrefectFuture
+from prefect.logging import get_run_logger
+
+from genair_core.archetypes import ArchetypeBatch, ArchetypePlan
 from genair_core.engines import EnginePool
 from tasks.archetypes import generate_archetype_batch, record_engine_failure
+from tasks.runners import batch_runner
 from tasks.settings import Settings
+
+# Batches submitted ahead of the ones running, per slot: enough to keep every worker busy, few
+# enough that a 10M-item catalog (156k batches) is never submitted at once.
+QUEUED_PER_SLOT = 2
 
 
 def generate_archetypes(
     settings: Settings, plan: ArchetypePlan, engines: EnginePool
 ) -> dict[str, object]:
-    """Every planned batch, one task each, with a progress bar in the UI."""
+    """Every planned batch, one task each, with a progress bar (items done) in the UI."""
     totals = {
         "items": plan.candidates,
         "up_to_date": plan.up_to_date,
@@ -27,34 +37,52 @@ def generate_archetypes(
         key="genair-archetypes",
         description=f"archetypes: {len(plan.batches)} batches to generate",
     )
-    for done, batch in enumerate(plan.batches, start=1):
-        _isolating_failures(settings, plan.context, batch, engines, counts)
-        update_progress_artifact(progress, progress=100.0 * done / len(plan.batches))
-    return {**totals, **counts, "skipped": not plan.batches}
+    if not plan.batches:
+        return {**totals, **counts, "skipped": True}
+
+    generate = generate_archetype_batch.with_options(retries=settings.llm.batch_retries)
+    to_do = sum(len(batch.items) for batch in plan.batches)
+    done = 0
+    waiting = deque(plan.batches)
+    running: deque[tuple[ArchetypeBatch, PrefectFuture]] = deque()
+    with batch_runner(settings.prefect, engines) as batches:
+        get_run_logger().info("archetypes: %d batches run on %s", len(waiting), batches.where)
+        while waiting or running:
+            while waiting and len(running) < QUEUED_PER_SLOT * batches.slots:
+                batch = waiting.popleft()
+                parameters = {
+                    "settings": settings,
+                    "context": plan.context,
+                    "batch": batch,
+                    "engines": batches.engines,
+                }
+                running.append((batch, batches.runner.submit(generate, parameters)))
+            batch, future = running.popleft()
+            try:
+                batch_counts = future.result()
+            except Exception as error:  # after its retries: split it, or record the item
+                if len(batch.items) > 1:
+                    waiting.extendleft(reversed(batch.halves(plan.context.recipe)))
+                    continue
+                _record_failed_item(settings, plan, batch, error, counts)
+            else:
+                for name, n in batch_counts.items():
+                    counts[name] += n
+            done += len(batch.items)
+            update_progress_artifact(progress, progress=100.0 * done / to_do)
+    return {**totals, **counts, "skipped": False}
 
 
-def _isolating_failures(
+def _record_failed_item(
     settings: Settings,
-    context: BatchContext,
+    plan: ArchetypePlan,
     batch: ArchetypeBatch,
-    engines: EnginePool,
+    error: BaseException,
     counts: dict[str, int],
 ) -> None:
-    """Run a batch; if it keeps failing, run its halves, down to the single item at fault, which
-    is recorded as a failure and skipped. Adds to `counts`."""
-    state = generate_archetype_batch.with_options(retries=settings.llm.batch_retries)(
-        settings, context, batch, engines, return_state=True
-    )
-    if state.is_completed():
-        for name, n in state.result().items():
-            counts[name] += n
-        return
-    if len(batch.items) > 1:
-        for half in batch.halves(context.recipe):
-            _isolating_failures(settings, context, half, engines, counts)
-        return
-    error = state.result(raise_on_failure=False)
-    record_engine_failure(settings, context, batch, f"{type(error).__name__}: {error}")
+    """A batch of one that kept failing: its item is recorded as a failure and skipped; too many
+    such items stop the run."""
+    record_engine_failure(settings, plan.context, batch, f"{type(error).__name__}: {error}")
     counts["failed"] += 1
     if counts["failed"] > settings.llm.max_failed_items:
         raise RuntimeError(

@@ -12,6 +12,10 @@ with all five unchanged is never generated again.
 A batch's key is a hash of the recipe and of its items' (item_id, content_hash) pairs, so a
 retried batch writes the same part file again (replacing it) instead of adding a second copy.
 
+A backfill (`Backfill`) regenerates chosen items even though their archetype exists: the new
+rows land in new parts, and the older rows of the same key are then dropped from the parts that
+hold them (storage.archetype_tables.drop_replaced_archetypes), so every key keeps one row.
+
 Nothing that fails validation becomes an archetype row: an empty completion or a non-finite
 vector becomes a failure row with its reason. Metadata too long for the model's context is cut
 (whole fields from the end of the prompt first) and the row says `truncated`.
@@ -23,7 +27,7 @@ import hashlib
 import json
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time
 
 import numpy as np
 
@@ -77,6 +81,87 @@ class BatchContext:
 
 
 @dataclass(frozen=True)
+class Backfill:
+    """The items a backfill regenerates, whether or not their archetype exists: the listed
+    `item_ids`, the items whose metadata was first ingested on or after the UTC day `since`
+    (items.updated_at: added, or content changed), or every item that gets an archetype."""
+
+    item_ids: tuple[str, ...] = ()
+    since: date | None = None
+    all_items: bool = False
+
+    def __post_init__(self) -> None:
+        chosen = bool(self.item_ids) + (self.since is not None) + self.all_items
+        if chosen != 1:
+            raise ValueError("a backfill takes exactly one of: item ids, a since date, all items")
+
+    def pick(
+        self,
+        catalog: Sequence[tuple[str, str]],
+        wanted: Sequence[tuple[str, str]],
+        updated_at: Mapping[str, datetime] | None,
+        why_not_wanted: str,
+    ) -> list[tuple[str, str]]:
+        """The (item_id, content_hash) pairs of `wanted` (the items that get an archetype) this
+        backfill regenerates. A listed id that is not in `catalog` or not wanted is an error
+        (`why_not_wanted` says which setting leaves items out)."""
+        if self.all_items:
+            return list(wanted)
+        if self.since is not None:
+            if updated_at is None:
+                raise ValueError("a backfill since a date needs the items' updated_at")
+            start = datetime.combine(self.since, time(), tzinfo=UTC)
+            return [pair for pair in wanted if updated_at[pair[0]] >= start]
+        known = {item_id for item_id, _ in catalog}
+        unknown = [item_id for item_id in self.item_ids if item_id not in known]
+        if unknown:
+            raise ValueError(f"unknown item id(s), not in the ingested catalog: {_ids(unknown)}")
+        by_id = dict(wanted)
+        left_out = [item_id for item_id in self.item_ids if item_id not in by_id]
+        if left_out:
+            raise ValueError(f"item(s) {_ids(left_out)} get no archetype: {why_not_wanted}")
+        return sorted({(item_id, by_id[item_id]) for item_id in self.item_ids})
+
+
+def backfill_report(
+    plan: ArchetypePlan, then: Sequence[str], shown: int = 50
+) -> tuple[dict[str, object], str]:
+    """What a backfill of `plan` would do, as a summary and as Markdown: the items it would
+    regenerate (the first `shown` listed), its batches and recipe, and the stages it would run
+    after the archetypes (`then`)."""
+    item_ids = [item_id for batch in plan.batches for item_id in batch.item_ids]
+    summary: dict[str, object] = {
+        "dry_run": True,
+        "items": len(item_ids),
+        "item_ids": item_ids[:shown],
+        "batches": len(plan.batches),
+        "model_id": plan.recipe.model_id,
+        "prompt_version": plan.recipe.prompt_version,
+        "settings_id": plan.recipe.settings_id,
+        "then": list(then),
+    }
+    listed = ", ".join(f"`{i}`" for i in item_ids[:shown]) or "(none)"
+    more = f" and {len(item_ids) - shown} more" if len(item_ids) > shown else ""
+    markdown = "\n".join(
+        [
+            "# Backfill (dry run): nothing was written",
+            "",
+            f"- items to regenerate: **{len(item_ids)}** in {len(plan.batches)} batches",
+            f"- items: {listed}{more}",
+            f"- model `{plan.recipe.model_id}`, prompt `{plan.recipe.prompt_version}`, "
+            f"settings `{plan.recipe.settings_id}`",
+            f"- then: {', '.join(then) or '(nothing)'}",
+        ]
+    )
+    return summary, markdown
+
+
+def _ids(item_ids: Sequence[str], shown: int = 10) -> str:
+    more = f" and {len(item_ids) - shown} more" if len(item_ids) > shown else ""
+    return ", ".join(repr(i) for i in item_ids[:shown]) + more
+
+
+@dataclass(frozen=True)
 class ArchetypePlan:
     recipe: ArchetypeRecipe
     batches: tuple[ArchetypeBatch, ...]
@@ -117,16 +202,23 @@ def make_plan(
     kept: Collection[str] | None,
     item_type: str,
     context_length: int,
+    backfill: Backfill | None = None,
+    updated_at: Mapping[str, datetime] | None = None,
 ) -> ArchetypePlan:
     """The batches still to generate under `recipe`.
 
     `catalog`: every item's (item_id, content_hash); `kept`: the item ids the k-core kept (read
     when llm.items is "kcore"); `done` and `failed`: the pairs that have an archetype, or a
     failure record, under `recipe`. Failed items are skipped unless llm.retry_failed is set.
+    With `backfill`, the plan holds exactly the items it picks, done or failed before or not
+    (`updated_at`: {item_id: items.updated_at}, for a backfill since a date).
     """
     wanted = candidates(llm, catalog, kept)
     failed_before = [] if llm.retry_failed else list(failed)
-    todo = pending(wanted, [*done, *failed_before])
+    if backfill is None:
+        todo = pending(wanted, [*done, *failed_before])
+    else:
+        todo = backfill.pick(catalog, wanted, updated_at, _left_out_by(llm))
     return ArchetypePlan(
         recipe=recipe,
         batches=tuple(plan_batches(todo, llm.batch_size, recipe)),
@@ -150,6 +242,13 @@ def candidates(
         catalog = [pair for pair in catalog if pair[0] in kept]
     ordered = sorted(catalog, key=lambda pair: pair[0])
     return ordered[: llm.max_items] if llm.max_items else ordered
+
+
+def _left_out_by(llm: LlmConfig) -> str:
+    rules = ['llm.items is "kcore" and the k-core dropped them'] if llm.items == "kcore" else []
+    if llm.max_items:
+        rules.append(f"llm.max_items = {llm.max_items} keeps the first items by item_id")
+    return "; ".join(rules) or "they are not candidates"
 
 
 def prompt_budget(llm: LlmConfig, context_length: int) -> int:

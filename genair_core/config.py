@@ -156,6 +156,9 @@ class LlmConfig(Section):
     # vLLM's KV cache for generation. 64 sequences of ~210 tokens take 0.6 GiB at 46 KB a token
     # (SmolLM2-135M, fp32); a 7B model with 512 new tokens needs far more (GPU profile: 16).
     kv_cache_gib: float = Field(1.0, gt=0)
+    # vLLM only: GPUs one engine splits the model over (a 7B model fits one 80 GB GPU; 70B
+    # needs 4-8). 1 leaves vLLM's own default; docs/scale.md.
+    tensor_parallel_size: int = Field(1, ge=1)
     max_prompt_tokens: int = Field(0, ge=0)  # 0: the model's context minus max_new_tokens
     # Which items get archetypes: the whole catalog (new items too), or only those the k-core
     # kept (what the recommenders use).

@@ -3,7 +3,7 @@ the eval_ranks, training_log and metrics tables; then the results report over ev
 
     run = RunSpec.of(RecommenderConfig(), "sasrec", "genair", seed=44)
     tables = read_run_tables(store, run.tables)  # storage.recommenders
-    columns = run.columns(run_id, dataset="movielens-100k")
+    columns = run.columns(run_key, dataset="movielens-100k")
     trained = train_run(run, tables, checkpointer, columns, input_dims=384, device="cpu")
     metrics = score_run(tables, pa.Table.from_pylist(trained.rows["eval_ranks"]), 0.2, columns)
 
@@ -124,10 +124,10 @@ class RunSpec:
             {name: table_hashes[name] for name in self.tables},
         ]
 
-    def columns(self, run_id: str, dataset: str) -> dict[str, object]:
+    def columns(self, run_key: str, dataset: str) -> dict[str, object]:
         """The columns that say which run wrote a row, on every row it writes."""
         return {
-            "run_id": run_id,
+            "run_key": run_key,
             "dataset": dataset,
             "backbone": self.backbone,
             "variant": self.variant,
@@ -311,7 +311,7 @@ def train_run(
         },
         best_weights=outcome.best_weights,
         best_epoch=outcome.state.best_epoch,
-        summary=run_summary(outcome, str(columns["run_id"]), where, resumed),
+        summary=run_summary(outcome, str(columns["run_key"]), where, resumed),
     )
 
 
@@ -351,13 +351,13 @@ def log_rows(state: TrainerState, columns: dict[str, object]) -> list[dict]:
 
 
 def run_summary(
-    outcome: RunOutcome, run_id: str, device: torch.device, resumed_after: int
+    outcome: RunOutcome, run_key: str, device: torch.device, resumed_after: int
 ) -> dict[str, object]:
     test = {k: float(v.mean()) for k, v in rank_metrics(outcome.test.full).items()}
     seconds = [epoch["seconds"] for epoch in outcome.state.history]
     return {
         "run": outcome.spec.name,
-        "run_id": run_id,
+        "run_key": run_key,
         "device": str(device),
         "resumed_after_epoch": resumed_after,
         "epochs": outcome.state.epoch,
@@ -434,7 +434,7 @@ def popularity_baseline(
     valid = popularity_ranks(inputs.data, "valid", inputs.negatives)
     test = popularity_ranks(inputs.data, "test", inputs.negatives)
     columns = {
-        "run_id": "popularity",
+        "run_key": "popularity",
         "dataset": dataset,
         "backbone": "popularity",
         "variant": "-",

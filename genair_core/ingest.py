@@ -11,6 +11,10 @@ streaming pass and makes the outcome independent of anything but file order.
 
 Checks run in this order and the first failing one names the reject: reader error, mapping
 (unparseable timestamp or rating), missing id, over-long field, range, unknown item, duplicate.
+
+An item's `updated_at` is when its current metadata was first ingested: `now` for an item that
+is new or whose content_hash changed, the earlier ingest's value (`known`) otherwise, so a
+re-ingest of the same catalog keeps every date and writes the same table.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from genair_core.tables import CATALOG_FIELDS, RAW_MAX_CHARS, RawRecord
 
 # Part of the ingest step's input fingerprint: bump it when a rule here or in a dataset mapping
 # changes, so that tables written under the old rules are rebuilt.
-INGEST_VERSION = 1
+INGEST_VERSION = 2  # 2: items.updated_at
 
 REASONS = (
     "missing_id",
@@ -72,19 +76,29 @@ def ingest(
     interaction_records: Iterable[RawRecord],
     *,
     max_field_chars: int,
+    known: Mapping[str, tuple[str, datetime]] | None = None,
+    now: datetime | None = None,
     batch_size: int = 10_000,
 ) -> Iterator[tuple[str, list[Row]]]:
     """Yield (table, rows) batches: the whole catalog and its rejects first, then interactions.
 
     `dataset` maps the records' fields; the catalog records are all consumed before the first
     interaction record is asked for. Rows have exactly the columns of genair_core.tables ITEMS,
-    INTERACTIONS or REJECTS. Only the de-duplication state (item ids with their hash,
-    interaction keys) is held in memory.
+    INTERACTIONS or REJECTS. `known`: {item_id: (content_hash, updated_at)} of the catalog the
+    previous ingest wrote; `now` (default: the current time) dates items that are new or changed.
+    Only the de-duplication state (item ids with their hash, interaction keys) and `known` are
+    held in memory.
     """
     out = _Batches(batch_size)
+    known = known or {}
+    now = (now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
     accepted: dict[str, tuple[str, int]] = {}  # item_id -> (content_hash, line)
     for record in item_records:
         table, row = _item_outcome(dataset, record, accepted, max_field_chars)
+        if table == "items":
+            previous = known.get(str(row["item_id"]))
+            same = previous is not None and previous[0] == row["content_hash"]
+            row["updated_at"] = previous[1] if same else now
         yield from out.add(table, row)
     yield from out.flush()
 

@@ -66,6 +66,9 @@ ITEMS = pa.schema(
         pa.field("attributes", pa.map_(pa.string(), pa.string())),
         pa.field("source", pa.string(), nullable=False),
         pa.field("line", pa.int64(), nullable=False),
+        # When ingest first saw the item's current metadata: the ingest that added the item or
+        # changed its content_hash; kept by later ingests while the content_hash stays the same.
+        pa.field("updated_at", pa.timestamp("s", tz="UTC"), nullable=False),
     ]
 )
 
@@ -215,7 +218,7 @@ EVAL_NEGATIVES = pa.schema(
 
 # What identifies one recommender run, on every row it writes.
 _RUN = [
-    pa.field("run_id", pa.string(), nullable=False),  # hash of the inputs and the settings
+    pa.field("run_key", pa.string(), nullable=False),  # hash of the inputs and the settings
     pa.field("dataset", pa.string(), nullable=False),
     pa.field("backbone", pa.string(), nullable=False),
     pa.field("variant", pa.string(), nullable=False),

@@ -3,7 +3,7 @@
     <root>/models/recommenders/<run name>/     Store.recommender_dir
         best.safetensors                      the finished run's best weights (save_weights)
         checkpoints-<run_id>/                 Store.checkpoint_dir: one folder per run key
-            .lock                             held while the run trains
+            .lock                             held while the run trains; names its holder
             state.json                        the trainer state; names the files below
             epoch-0007.safetensors            model weights after the last completed epoch
             epoch-0007.optim.safetensors      Adam's moments and step counts
@@ -17,7 +17,6 @@ present, so a retried task resumes from the last completed epoch, never from a h
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
+from storage import locks
 from storage.store import atomic_write_bytes
 
 FORMAT = "genair-checkpoint/1"
@@ -47,14 +47,10 @@ class RunCheckpoints:
     def exclusive(self) -> Iterator[None]:
         """Hold the run's lock while training it. A cancelled flow can leave a task's thread
         training after the flow (and its storage lock) is gone; a new run of the same model then
-        waits for it instead of writing the same checkpoints at the same time."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with open(self.folder / LOCK, "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        waits for it instead of writing the same checkpoints at the same time. The lock of a
+        run killed while training is taken over, with a warning naming it (storage.locks)."""
+        with locks.hold(self.folder / LOCK):
+            yield
 
     @property
     def state_path(self) -> Path:

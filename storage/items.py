@@ -1,8 +1,12 @@
-"""Looking items up for people: by id or a piece of the title, and their archetype text."""
+"""Looking items up for people (by id or a piece of the title, and their archetype text), and
+the stored catalog's item versions, which ingest dates unchanged items by."""
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import duckdb
+import pyarrow.parquet as pq
 
 from storage.store import MissingTableError, Store
 
@@ -29,6 +33,19 @@ def find_items(
         " WHERE contains(lower(title), lower($text)) ORDER BY item_id LIMIT $limit",
         {"items": items, "text": text, "limit": limit},
     ).fetchall()
+
+
+def item_versions(store: Store) -> dict[str, tuple[str, datetime]]:
+    """{item_id: (content_hash, updated_at)} of the stored catalog: what the next ingest dates
+    unchanged items by. Empty before the first ingest, and for a catalog written before items
+    carried `updated_at` (its items are then dated by the next ingest)."""
+    if not store.exists("items"):
+        return {}
+    if "updated_at" not in pq.read_schema(store.table_path("items")).names:
+        return {}
+    table = store.read_table("items", columns=["item_id", "content_hash", "updated_at"])
+    columns = (table[name].to_pylist() for name in ("item_id", "content_hash", "updated_at"))
+    return {item_id: (digest, at) for item_id, digest, at in zip(*columns, strict=True)}
 
 
 def titles(store: Store, item_ids: list[str]) -> dict[str, str | None]:

@@ -1,5 +1,6 @@
 """Which tables genair writes, under which schema. The schemas themselves are
-genair_core.tables, the one place a table's columns are declared."""
+genair_core.tables, the one place a table's columns are declared; storage adds the lineage
+column every stored row carries (`run_id`, the run that wrote it: `runs` in storage.runs)."""
 
 from __future__ import annotations
 
@@ -59,12 +60,48 @@ VECTOR_COLUMN = {
 }
 
 
+# The run that wrote a row (the Prefect flow run id inside a flow run; null for rows written
+# outside any run, e.g. from a notebook). Stamped by the store at write time, left out of every
+# table hash a step fingerprint reads (storage.store.TableInfo.sha256).
+LINEAGE_COLUMN = "run_id"
+LINEAGE_FIELD = pa.field(LINEAGE_COLUMN, pa.string())
+
+# One row per run over a storage root (storage.runs): who ran what on which inputs, and how it
+# ended. Not in TABLES: a run's row is rewritten as the run goes, one file per run.
+RUNS = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("flow", pa.string(), nullable=False),
+        pa.field("parameters", pa.string(), nullable=False),  # JSON
+        pa.field("state", pa.string(), nullable=False),  # Running | Completed | Failed | Crashed
+        pa.field("started_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("ended_at", pa.timestamp("us", tz="UTC")),
+        pa.field("error", pa.string()),  # the exception that ended a Failed or Crashed run
+        pa.field("inputs", pa.string(), nullable=False),  # JSON {input: sha256} at the start
+        pa.field("model_id", pa.string()),
+        pa.field("prompt_version", pa.string()),
+        pa.field("code_version", pa.string(), nullable=False),  # git commit, or package version
+        pa.field("config_hash", pa.string(), nullable=False),
+        pa.field("host", pa.string(), nullable=False),  # where the run's process ran ...
+        pa.field("pid", pa.int64(), nullable=False),  # ... and its id, to tell a dead owner
+    ]
+)
+
+
 def schema_for(registry: dict[str, pa.Schema | Sized], name: str, actual: pa.Schema) -> pa.Schema:
-    """The declared schema of `name`; a sized one takes its size from `actual`'s vector column."""
+    """The stored schema of `name`: the declared one plus the lineage column; a sized one takes
+    its size from `actual`'s vector column."""
     declared = registry[name]
-    if isinstance(declared, pa.Schema):
-        return declared
-    column = VECTOR_COLUMN[name]
-    if column not in actual.names or not pa.types.is_fixed_size_list(actual.field(column).type):
-        raise ValueError(f"table {name!r} needs a fixed-size float32 list column {column!r}")
-    return declared(actual.field(column).type.list_size)
+    if not isinstance(declared, pa.Schema):
+        column = VECTOR_COLUMN[name]
+        if column not in actual.names or not pa.types.is_fixed_size_list(actual.field(column).type):
+            raise ValueError(f"table {name!r} needs a fixed-size float32 list column {column!r}")
+        declared = declared(actual.field(column).type.list_size)
+    return with_lineage(declared)
+
+
+def with_lineage(schema: pa.Schema) -> pa.Schema:
+    """`schema` with the lineage column last (kept where a schema declares it itself)."""
+    if LINEAGE_COLUMN in schema.names:
+        return schema
+    return schema.append(LINEAGE_FIELD)

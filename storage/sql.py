@@ -1,4 +1,8 @@
-"""DuckDB views over the Parquet tables: one view per table, named as the table."""
+"""DuckDB views over the Parquet tables: one view per table, named as the table, and `runs`
+(storage.runs), which every table's `run_id` column joins:
+
+    SELECT r.flow, r.started_at, count(*) FROM items i JOIN runs r USING (run_id) GROUP BY ALL
+"""
 
 from __future__ import annotations
 
@@ -23,6 +27,11 @@ def connect(store: Store) -> duckdb.DuckDBPyConnection:
         parts = _quote(str(store.dataset_dir(name) / "*" / "part-*.parquet"))
         con.execute(
             f"CREATE VIEW \"{name}\" AS SELECT * FROM read_parquet('{parts}', union_by_name = true)"
+        )
+    if any(store.runs_dir().glob("*.parquet")):
+        runs = _quote(str(store.runs_dir() / "*.parquet"))
+        con.execute(
+            f"CREATE VIEW runs AS SELECT * FROM read_parquet('{runs}', union_by_name = true)"
         )
     if "archetypes" in store.existing_datasets() and store.exists("items"):
         # Every part ever written stays in `archetypes` (other models, prompts, old content);

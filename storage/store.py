@@ -7,20 +7,28 @@ Layout under the storage root (injected, so tests use a temporary folder):
                                              tables written a batch at a time, one file per
                                              batch key: a retried batch replaces its own part
     manifests/<step>.json                    what a finished step read and wrote
+    runs/<run id>.parquet                    one row per run: its flow, inputs, versions, state
+                                             (storage.runs)
     models/recommenders/<run>/               a recommender run's checkpoints and best weights
                                              (storage.checkpoints)
 
 Writes are atomic: rows stream into `<name>.parquet.<random>.tmp` beside the target and the file
 is renamed over the target only when complete, so a crash leaves the previous table intact and
-never a half-written one. The bytes written depend only on the rows, so a step run twice on the
-same inputs leaves byte-identical tables.
+never a half-written one.
+
+Every row carries the run that wrote it (`run_id`, storage.schemas.LINEAGE_COLUMN), stamped here
+from the run id the store is given; reads leave it out unless asked for by name. Everything else
+in a file depends only on the rows, and a table's hash (`TableInfo.sha256`, what step
+fingerprints read) is that of the file as written without the lineage column, kept in the file's
+footer: a step run twice on the same inputs leaves tables of the same hash, and the steps
+downstream of it stay up to date.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
+import io
 import json
 import os
 import re
@@ -36,9 +44,19 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from storage.schemas import PART_DATASETS, TABLES, VECTOR_COLUMN, schema_for
+from storage import locks
+from storage.schemas import (
+    LINEAGE_COLUMN,
+    PART_DATASETS,
+    TABLES,
+    VECTOR_COLUMN,
+    schema_for,
+    with_lineage,
+)
 
 COMPRESSION = "zstd"
+# Footer key of the SHA-256 of a table file as written without its lineage column.
+CONTENT_SHA256_KEY = "genair.content_sha256"
 
 
 class UnknownTableError(KeyError):
@@ -54,7 +72,7 @@ class MissingTableError(FileNotFoundError):
 class TableInfo:
     name: str
     rows: int
-    sha256: str
+    sha256: str  # of the file as written without the lineage column (see the module docstring)
     part: str | None = None  # "<partition>/<key>" for one part of a part dataset
 
 
@@ -67,6 +85,7 @@ class StepManifest:
     outputs: dict[str, TableInfo]
     summary: dict[str, object] = field(default_factory=dict)
     completed_at: str = ""
+    run_id: str | None = None  # the run that wrote the outputs
 
     def to_json(self) -> str:
         body = asdict(self)
@@ -80,27 +99,23 @@ class StepManifest:
 
 
 class Store:
-    """The tables of one storage root."""
+    """The tables of one storage root. `run_id` is stamped on every row written through this
+    store (None: rows written outside any run, whose lineage column is null)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, run_id: str | None = None) -> None:
         self.root = Path(root)
+        self.run_id = run_id
+        self.rows_read = 0  # rows read through this store, for the run summary's "rows in"
 
     @contextlib.contextmanager
     def exclusive(self, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
-        """Hold the storage root's lock: two runs over the same tables wait for each other
-        instead of racing (whatever started them: a schedule, a backfill, a shell)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".genair.lock", "a") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if on_wait is not None:
-                    on_wait()
-                fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        """Hold the storage root's lock (`.genair.lock`): two runs over the same tables wait for
+        each other instead of racing (whatever started them: a schedule, a backfill, a shell).
+        The lock of a run that died is taken over with a warning, and whatever that run started
+        is ended (storage.locks)."""
+        wait = None if on_wait is None else lambda _owner: on_wait()
+        with locks.hold(self.root / ".genair.lock", on_wait=wait, guard=True):
+            yield
 
     # -- paths -------------------------------------------------------------------------------
     def table_path(self, name: str) -> Path:
@@ -110,6 +125,21 @@ class Store:
 
     def manifest_path(self, step: str) -> Path:
         return self.root / "manifests" / f"{step}.json"
+
+    def manifests(self) -> list[StepManifest]:
+        """Every step's manifest, in step name order."""
+        paths = sorted((self.root / "manifests").glob("*.json"))
+        return [StepManifest.from_json(path.read_text()) for path in paths]
+
+    def runs_dir(self) -> Path:
+        """`runs/`: one file per run, and a folder per run of its steps (storage.runs)."""
+        return self.root / "runs"
+
+    def run_path(self, run_id: str) -> Path:
+        return self.runs_dir() / f"{_safe_name(run_id)}.parquet"
+
+    def step_record_path(self, run_id: str, step: str) -> Path:
+        return self.runs_dir() / _safe_name(run_id) / "steps" / f"{_safe_name(step)}.json"
 
     def exists(self, name: str) -> bool:
         return self.table_path(name).is_file()
@@ -166,7 +196,7 @@ class Store:
         """Write a whole table atomically (its columns cast to the table's schema)."""
         schema = schema_for(TABLES, name, table.schema)
         with self._writers({name: (self.table_path(name), schema)}) as writers:
-            writers[name].write_table(_conform(table, schema, name))
+            writers[name].write_table(self._stamped(table, schema, name))
         return self.table_info(name)
 
     def write_part(
@@ -181,9 +211,9 @@ class Store:
         schema = schema_for(PART_DATASETS, name, table.schema)
         path = self.part_path(name, partition, key)
         with self._writers({name: (path, schema)}) as writers:
-            writers[name].write_table(_conform(table, schema, name))
+            writers[name].write_table(self._stamped(table, schema, name))
         return TableInfo(
-            name=name, rows=table.num_rows, sha256=_sha256(path), part=f"{partition}/{key}"
+            name=name, rows=table.num_rows, sha256=content_sha256(path), part=f"{partition}/{key}"
         )
 
     def delete_part(self, name: str, partition: str, key: str) -> None:
@@ -202,7 +232,9 @@ class Store:
         if not paths:
             return None
         parts = ds.dataset([str(p) for p in paths], format="parquet")
-        return parts.to_table(columns=columns, filter=filter)
+        table = parts.to_table(columns=columns, filter=filter)
+        self.rows_read += table.num_rows
+        return _declared_columns(table, PART_DATASETS, name, columns)
 
     def write_streams(
         self, names: Sequence[str], batches: Iterable[tuple[str, list[dict]]]
@@ -214,21 +246,32 @@ class Store:
         crash in that instant can leave a new table beside an old one: the step's manifest,
         written last, is what marks the step done, and a rerun redoes it.
         """
-        targets = {name: (self.table_path(name), TABLES[name]) for name in names}
+        targets = {name: (self.table_path(name), with_lineage(TABLES[name])) for name in names}
         with self._writers(targets) as writers:
             for name, rows in batches:
                 if name not in writers:
                     raise UnknownTableError(name)
                 if rows:
-                    writers[name].write_table(pa.Table.from_pylist(rows, schema=TABLES[name]))
+                    table = pa.Table.from_pylist(rows, schema=TABLES[name])
+                    writers[name].write_table(self._stamped(table, targets[name][1], name))
         return {name: self.table_info(name) for name in names}
+
+    def _stamped(self, table: pa.Table, schema: pa.Schema, name: str) -> pa.Table:
+        """`table` in `schema`'s columns and types, its lineage column set to this store's run
+        (or, outside a run, kept as the rows have it, else null)."""
+        if self.run_id is not None or LINEAGE_COLUMN not in table.column_names:
+            lineage = pa.repeat(pa.scalar(self.run_id, pa.string()), table.num_rows)
+            if LINEAGE_COLUMN in table.column_names:
+                table = table.drop_columns([LINEAGE_COLUMN])
+            table = table.append_column(LINEAGE_COLUMN, lineage)
+        return _conform(table, schema, name)
 
     @contextlib.contextmanager
     def _writers(
         self, targets: dict[str, tuple[Path, pa.Schema]]
-    ) -> Iterator[dict[str, pq.ParquetWriter]]:
+    ) -> Iterator[dict[str, _TableWriter]]:
         temps: dict[str, Path] = {}
-        writers: dict[str, pq.ParquetWriter] = {}
+        writers: dict[str, _TableWriter] = {}
         try:
             for name, (target, schema) in targets.items():
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -237,9 +280,7 @@ class Store:
                 )
                 os.close(fd)
                 temps[name] = Path(tmp)
-                writers[name] = pq.ParquetWriter(
-                    tmp, schema, compression=COMPRESSION, write_statistics=True
-                )
+                writers[name] = _TableWriter(Path(tmp), schema)
             yield writers
             for writer in writers.values():
                 writer.close()
@@ -250,7 +291,7 @@ class Store:
         finally:
             for writer in writers.values():
                 with contextlib.suppress(Exception):
-                    writer.close()
+                    writer.abort()
             for tmp in temps.values():
                 tmp.unlink(missing_ok=True)
 
@@ -263,24 +304,28 @@ class Store:
         if not path.is_file():
             raise MissingTableError(f"table {name!r} has not been written yet ({path})")
         table = pq.read_table(path, columns=columns, filters=[(column, "in", list(values))])
-        return _as_declared(table, schema_for(TABLES, name, table.schema))
+        self.rows_read += table.num_rows
+        table = _as_declared(table, schema_for(TABLES, name, table.schema))
+        return _declared_columns(table, TABLES, name, columns)
 
     def read_table(self, name: str, columns: list[str] | None = None) -> pa.Table:
         path = self.table_path(name)
         if not path.is_file():
             raise MissingTableError(f"table {name!r} has not been written yet ({path})")
         table = pq.read_table(path, columns=columns)
-        return _as_declared(table, schema_for(TABLES, name, table.schema))
+        self.rows_read += table.num_rows
+        table = _as_declared(table, schema_for(TABLES, name, table.schema))
+        return _declared_columns(table, TABLES, name, columns)
 
     def table_info(self, name: str) -> TableInfo:
         path = self.table_path(name)
         if not path.is_file():
             raise MissingTableError(f"table {name!r} has not been written yet ({path})")
         rows = pq.ParquetFile(path).metadata.num_rows
-        return TableInfo(name=name, rows=rows, sha256=_sha256(path))
+        return TableInfo(name=name, rows=rows, sha256=content_sha256(path))
 
     def table_hashes(self, names: list[str]) -> dict[str, str]:
-        """{table: sha256 of its file}, for the fingerprint of a step that reads `names`."""
+        """{table: its TableInfo.sha256}, for the fingerprint of a step that reads `names`."""
         return {name: self.table_info(name).sha256 for name in names}
 
     # -- manifests ---------------------------------------------------------------------------
@@ -306,7 +351,7 @@ class Store:
                 path = self.table_path(info.name)
             else:
                 path = self.part_path(info.name, *info.part.rsplit("/", 1))
-            if not path.is_file() or _sha256(path) != info.sha256:
+            if not path.is_file() or content_sha256(path) != info.sha256:
                 return None
         return manifest
 
@@ -317,11 +362,82 @@ def fingerprint(*parts: object) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+class _TableWriter:
+    """A Parquet file written a table at a time, beside a second encoding of the same rows
+    without the lineage column into a hash: the file's footer keeps that hash (TableInfo.sha256),
+    the hash of exactly the bytes a table without lineage would have had."""
+
+    def __init__(self, path: Path, schema: pa.Schema) -> None:
+        self._file = pq.ParquetWriter(path, schema, compression=COMPRESSION, write_statistics=True)
+        self._lineage = LINEAGE_COLUMN in schema.names
+        self._hash = _HashSink()
+        content = schema.remove(schema.get_field_index(LINEAGE_COLUMN)) if self._lineage else schema
+        self._content = pq.ParquetWriter(
+            self._hash, content, compression=COMPRESSION, write_statistics=True
+        )
+
+    def write_table(self, table: pa.Table) -> None:
+        self._file.write_table(table)
+        self._content.write_table(table.drop_columns([LINEAGE_COLUMN]) if self._lineage else table)
+
+    def close(self) -> None:
+        self._content.close()
+        self._file.add_key_value_metadata({CONTENT_SHA256_KEY: self._hash.hexdigest()})
+        self._file.close()
+
+    def abort(self) -> None:
+        for writer in (self._content, self._file):
+            with contextlib.suppress(Exception):
+                writer.close()
+
+
+class _HashSink(io.RawIOBase):
+    """A write-only file that keeps only the SHA-256 of what was written to it."""
+
+    def __init__(self) -> None:
+        self._digest = hashlib.sha256()
+        self._position = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        self._digest.update(data)
+        self._position += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self._position
+
+    def hexdigest(self) -> str:
+        return self._digest.hexdigest()
+
+
+def content_sha256(path: Path) -> str:
+    """TableInfo.sha256 of a table file: the hash its footer keeps, or the file's own SHA-256
+    for a file written without one (before tables carried their lineage)."""
+    metadata = pq.read_metadata(path).metadata or {}
+    stored = metadata.get(CONTENT_SHA256_KEY.encode())
+    return stored.decode() if stored is not None else _sha256(path)
+
+
 def _conform(table: pa.Table, schema: pa.Schema, name: str) -> pa.Table:
     missing = [f.name for f in schema if f.name not in table.column_names]
     if missing:
         raise ValueError(f"table {name!r} is missing columns {missing}")
     return table.select(schema.names).cast(schema)
+
+
+def _declared_columns(
+    table: pa.Table, registry: dict, name: str, columns: list[str] | None
+) -> pa.Table:
+    """Without the lineage column, unless asked for by `columns` or declared by the table's own
+    schema: the code that computes never sees which run wrote a row (`genair sql` shows it)."""
+    if columns is not None or LINEAGE_COLUMN not in table.column_names:
+        return table
+    declared = registry[name]
+    names = declared.names if isinstance(declared, pa.Schema) else declared(1).names
+    return table if LINEAGE_COLUMN in names else table.drop_columns([LINEAGE_COLUMN])
 
 
 def _as_declared(table: pa.Table, schema: pa.Schema) -> pa.Table:

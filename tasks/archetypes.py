@@ -2,11 +2,13 @@
 
 The engines come from the EnginePool the flow opens around the stage: one engine serves every
 batch of the run, one that failed is replaced for the retry, and the flow closes them at the end.
+On Dask workers each worker process has a pool of its own (tasks/runners.py).
 """
 
 from __future__ import annotations
 
 from prefect import task
+from prefect.artifacts import create_markdown_artifact
 from prefect.context import get_run_context
 from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
@@ -14,8 +16,11 @@ from prefect.logging import get_run_logger
 from genair_core.archetypes import (
     ArchetypeBatch,
     ArchetypePlan,
+    ArchetypeRecipe,
+    Backfill,
     BatchContext,
     archetype_recipe,
+    backfill_report,
     batch_items,
     engine_failure,
     keyed_by_item,
@@ -25,6 +30,7 @@ from genair_core.archetypes import (
 from genair_core.datasets import make_dataset
 from genair_core.engines import EnginePool
 from storage.archetype_tables import (
+    drop_replaced_archetypes,
     read_archetype_state,
     read_batch_items,
     write_archetype_batch,
@@ -32,11 +38,14 @@ from storage.archetype_tables import (
 )
 from storage.model_cache import context_length, model_id, resolve_model
 from tasks.common import TASK_DEFAULTS, store_for
+from tasks.runners import WorkerEngines
 from tasks.settings import Settings
 
 
 @task(name="plan-archetypes", **TASK_DEFAULTS)
-def plan_archetypes(settings: Settings) -> ArchetypePlan:
+def plan_archetypes(settings: Settings, backfill: Backfill | None = None) -> ArchetypePlan:
+    """The batches to generate: items without an archetype of this recipe, or with `backfill`
+    exactly the items it picks. Reads only; writes nothing."""
     llm = settings.llm
     model_dir = resolve_model(llm.model, settings.storage.cache_dir)
     recipe = archetype_recipe(llm, model_id(model_dir))
@@ -46,6 +55,7 @@ def plan_archetypes(settings: Settings) -> ArchetypePlan:
         recipe.prompt_version,
         recipe.settings_id,
         kcore=llm.items == "kcore",
+        dated=backfill is not None and backfill.since is not None,
     )
     plan = make_plan(
         llm,
@@ -56,6 +66,8 @@ def plan_archetypes(settings: Settings) -> ArchetypePlan:
         kept=state.kept,
         item_type=make_dataset(settings.dataset).item_type,
         context_length=context_length(model_dir),
+        backfill=backfill,
+        updated_at=state.updated_at,
     )
     get_run_logger().info(
         "archetypes: %d items, %d up to date, %d failed before (skipped), %d to generate in "
@@ -74,7 +86,10 @@ def plan_archetypes(settings: Settings) -> ArchetypePlan:
 
 @task(name="generate-archetypes", **{**TASK_DEFAULTS, "retry_condition_fn": None})
 def generate_archetype_batch(
-    settings: Settings, context: BatchContext, batch: ArchetypeBatch, engines: EnginePool
+    settings: Settings,
+    context: BatchContext,
+    batch: ArchetypeBatch,
+    engines: EnginePool | WorkerEngines,
 ) -> dict[str, int]:
     """Generate, embed, validate and write one batch (its part files replace earlier attempts)."""
     store = store_for(settings)
@@ -97,6 +112,34 @@ def generate_archetype_batch(
         "truncated": sum(bool(r["truncated"]) for r in rows),
         "completion_tokens": sum(int(r["completion_tokens"]) for r in rows),
     }
+
+
+@task(name="drop-replaced-archetypes", **TASK_DEFAULTS)
+def drop_replaced(settings: Settings, recipe: ArchetypeRecipe) -> dict[str, object]:
+    """After archetypes were generated again (a backfill, or the rerun of one cut short): the
+    older row of each regenerated key is removed, so every archetype key has one row."""
+    removed = drop_replaced_archetypes(store_for(settings), recipe.model_id)
+    if removed:
+        get_run_logger().info("archetypes: removed %d rows replaced by newer ones", removed)
+    return {"replaced_rows_removed": removed}
+
+
+@task(name="report-backfill-plan", **TASK_DEFAULTS)
+def report_backfill_plan(plan: ArchetypePlan, then: list[str]) -> dict[str, object]:
+    """A dry run's answer: what the backfill would regenerate, logged and as a Markdown
+    artifact (`genair-backfill-dry-run`)."""
+    summary, markdown = backfill_report(plan, then)
+    create_markdown_artifact(
+        key="genair-backfill-dry-run", markdown=markdown, description="backfill dry run"
+    )
+    get_run_logger().info(
+        "backfill dry run: would regenerate %d items in %d batches (%s), then %s; nothing written",
+        summary["items"],
+        summary["batches"],
+        ", ".join(map(str, summary["item_ids"])),
+        ", ".join(then) or "nothing",
+    )
+    return summary
 
 
 @task(name="record-archetype-failure", **TASK_DEFAULTS)

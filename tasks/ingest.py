@@ -7,6 +7,7 @@ from prefect import task
 from genair_core.datasets import make_dataset
 from genair_core.ingest import INGEST_VERSION, ingest
 from storage.datasets import open_dataset
+from storage.items import item_versions
 from storage.sources import input_fingerprint
 from storage.sql import rejects_by_reason
 from storage.store import fingerprint
@@ -33,6 +34,7 @@ def ingest_dataset(settings: Settings, force: bool = False) -> dict[str, object]
             files.item_records(),
             files.interaction_records(),
             max_field_chars=settings.dataset.max_field_chars,
+            known=item_versions(store),
         )
         outputs = store.write_streams(OUTPUTS, batches)
         summary = {

@@ -4,7 +4,7 @@ and the results table over all of them."""
 from __future__ import annotations
 
 from prefect import task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.logging import get_run_logger
 
 from genair_core.experiment import (
@@ -15,6 +15,7 @@ from genair_core.experiment import (
     score_run,
     train_run,
 )
+from genair_core.run_summary import latest_metrics
 from storage.checkpoints import RunCheckpoints
 from storage.recommenders import (
     FINAL,
@@ -89,9 +90,10 @@ def train_recommender(
 @task(name="recommender-results", **TASK_DEFAULTS)
 def publish_results(settings: Settings) -> dict[str, object]:
     """The results table (backbone × variant, mean ± std over seeds, paired test against `id`)
-    for both protocols, as a Prefect artifact and as a report file; returns how many runs it
-    holds and the file's path. Runs that have not finished are left out (the Seeds column says
-    how many each row has)."""
+    for both protocols, as a Prefect artifact and as a report file, and the latest test metrics of
+    every finished run as a table artifact `genair-metrics`; returns how many runs it holds and
+    the file's path. Runs that have not finished are left out (the Seeds column says how many
+    each row has)."""
     store = store_for(settings)
     runs = [run.name for run in RunSpec.grid(settings.recommenders)]
     ranks, group_rows = read_test_results(store, runs)
@@ -103,6 +105,11 @@ def publish_results(settings: Settings) -> dict[str, object]:
     path = store.write_report(RESULTS_REPORT, markdown)
     create_markdown_artifact(
         key="genair-recommenders", markdown=markdown, description="recommender results"
+    )
+    create_table_artifact(
+        key="genair-metrics",
+        table=latest_metrics(group_rows),
+        description="test metrics (full ranking, all users) of every finished recommender run",
     )
     get_run_logger().info("results written to %s", path)
     return {"runs": len(runs), "finished": len(ranks), "report": str(path)}

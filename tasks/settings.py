@@ -9,8 +9,10 @@ in `genair_core.config`; this module composes them and adds the orchestration's 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -47,6 +49,41 @@ class PrefectConfig(Section):
     # The temporary server's first start on a 2-core machine runs migrations for ~22 s; the
     # Prefect default (20 s) is too short there.
     ephemeral_startup_timeout_s: int = Field(120, ge=10)
+    # Where the archetype batches run (tasks/runners.py, docs/scale.md): "threads" in the flow's
+    # process, one batch at a time on the flow's engine; "dask" on Dask workers through
+    # prefect-dask, every worker process with an engine of its own.
+    task_runner: Literal["threads", "dask"] = "threads"
+    dask_address: str | None = None  # a running scheduler ("tcp://host:8786"); none: a local one
+    dask_workers: int = Field(2, ge=1)  # the local cluster's worker processes, one thread each
+    # The nightly refresh's 02:00, in this IANA time zone; read by `prefect deploy` through
+    # scripts/deploy (prefect.yaml), so a change takes effect at the next deploy.
+    schedule_timezone: str = "UTC"
+
+    @field_validator("schedule_timezone")
+    @classmethod
+    def _known_zone(cls, name: str) -> str:
+        try:
+            ZoneInfo(name)
+        except (ValueError, ZoneInfoNotFoundError):
+            raise ValueError(
+                f"unknown time zone {name!r} (an IANA name, e.g. Europe/Berlin)"
+            ) from None
+        return name
+
+    @model_validator(mode="after")
+    def _address_needs_dask(self) -> PrefectConfig:
+        if self.dask_address and self.task_runner != "dask":
+            raise ValueError('dask_address is set but task_runner is not "dask"')
+        return self
+
+
+# When a refresh or a backfill retrains and evaluates the recommenders: never, when a run's
+# inputs (tables and settings) changed since it last trained, or every time.
+RecommenderPolicy = Literal["never", "if-inputs-changed", "always"]
+
+
+class RefreshConfig(Section):
+    recommenders: RecommenderPolicy = "if-inputs-changed"
 
 
 class Settings(BaseSettings):
@@ -66,6 +103,11 @@ class Settings(BaseSettings):
     index: IndexConfig = IndexConfig()
     recommenders: RecommenderConfig = RecommenderConfig()
     prefect: PrefectConfig = PrefectConfig()
+    # The run these settings were handed to (tasks.common.exclusive_run sets it), which the store
+    # stamps on every row it writes. Not a setting: left out of every dump, hence of every config
+    # hash and step fingerprint.
+    run_id: str | None = Field(None, exclude=True)
+    refresh: RefreshConfig = RefreshConfig()
 
     @classmethod
     def settings_customise_sources(

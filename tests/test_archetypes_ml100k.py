@@ -4,7 +4,7 @@ the real vLLM CPU engine, under Prefect."""
 import numpy as np
 import pytest
 
-from flows.pipeline import genair_pipeline
+from flows.pipeline import genair_full
 from genair_core.tables import to_matrix
 from storage.sql import connect
 from storage.store import Store
@@ -17,7 +17,7 @@ N_ITEMS = 16
 def run(ml100k_config):
     extra = f'[llm]\nengine = "vllm"\nmax_items = {N_ITEMS}\nbatch_size = 8\nmax_new_tokens = 64\n'
     config = ml100k_config("ml100k-archetypes", extra)
-    first = genair_pipeline(config_path=str(config), until="pooling")
+    first = genair_full(config_path=str(config), until="pooling")
     return config, first, Store(config.parent / "data")
 
 
@@ -62,13 +62,13 @@ def test_pooled_vectors_for_every_item(run):
 
 def test_rerun_skips_and_a_lost_batch_is_regenerated_identically(run):
     config, _, store = run
-    again = genair_pipeline(config_path=str(config), until="pooling")
+    again = genair_full(config_path=str(config), until="pooling")
     assert again["archetypes"]["generated"] == 0
     assert again["archetypes"]["up_to_date"] == N_ITEMS
 
     before = dict(connect(store).sql("SELECT item_id, archetype FROM archetypes").fetchall())
     store.part_paths("archetypes")[0].unlink()  # a batch lost, e.g. a crash before its write
-    third = genair_pipeline(config_path=str(config), until="pooling")
+    third = genair_full(config_path=str(config), until="pooling")
     assert third["archetypes"]["generated"] == 8
     after = dict(connect(store).sql("SELECT item_id, archetype FROM archetypes").fetchall())
     assert after == before  # same item, model, prompt version and seed: same archetype

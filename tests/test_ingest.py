@@ -121,7 +121,8 @@ def test_every_bad_row_becomes_exactly_the_expected_reject(run_ingest, tmp_path)
 
 
 def test_good_rows_survive_with_canonical_values(run_ingest, tmp_path):
-    tables = collect(run_ingest(max_field_chars=100))
+    now = datetime(2026, 3, 1, 2, 0, tzinfo=UTC)
+    tables = collect(run_ingest(max_field_chars=100, now=now))
     catalog, events = str(tmp_path / "catalog.csv"), str(tmp_path / "events.csv")
     items = {row["item_id"]: row for row in tables["items"]}
     assert list(items) == ["A", "B", "F", "H"]
@@ -138,6 +139,7 @@ def test_good_rows_survive_with_canonical_values(run_ingest, tmp_path):
         "attributes": {"genre": "drama"},
         "source": catalog,
         "line": 2,
+        "updated_at": now,
     }
     assert items["A"]["content_hash"] == content_hash(items["A"])
     assert (items["F"]["title"], items["F"]["attributes"]) == ("Foxtrot", None)

@@ -3,7 +3,7 @@
 import duckdb
 import pytest
 
-from flows.pipeline import genair_pipeline
+from flows.pipeline import genair_full
 from storage.sql import connect
 from storage.store import Store
 
@@ -13,7 +13,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 @pytest.fixture(scope="module")
 def store(ml100k_config):
     config = ml100k_config("ml100k", "[preprocess]\nk_core = 5\n")
-    genair_pipeline(config_path=str(config), until="cooccurrence")
+    genair_full(config_path=str(config), until="cooccurrence")
     return Store(config.parent / "data")
 
 

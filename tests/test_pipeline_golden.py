@@ -28,7 +28,7 @@ from storage.store import Store
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 GOLDEN = Path(__file__).parent / "data" / "golden_small_pipeline.json"
-VOLATILE = {"source", "created_at", "run_id", "seconds", "flow_run_id"}
+VOLATILE = {"source", "created_at", "run_id", "run_key", "seconds", "flow_run_id", "updated_at"}
 EOS = 0
 DIM = 16
 

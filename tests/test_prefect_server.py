@@ -1,61 +1,19 @@
 """`genair run` against a real `prefect server start` on localhost."""
 
-import os
-import socket
 import subprocess
-import sys
-import time
-from pathlib import Path
 
 import httpx
 import pytest
+from prefect_server import BIN, prefect_server
 from small_dataset import write_small_dataset
 
 pytestmark = pytest.mark.slow
-BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
 def server(tmp_path):
-    port = free_port()
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(tmp_path / "prefect-home"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "DO_NOT_TRACK": "1",
-    }
-    env.pop("PREFECT_API_URL", None)
-    log = open(tmp_path / "server.log", "w")  # noqa: SIM115 (closed below)
-    proc = subprocess.Popen(
-        [BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    api = f"http://127.0.0.1:{port}/api"
-    deadline = time.monotonic() + 180
-    try:
-        while True:
-            try:
-                if httpx.get(f"{api}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log_text = (tmp_path / "server.log").read_text()
-                pytest.fail(f"prefect server did not start: {log_text}")
-            time.sleep(1)
-        yield api, env
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
-        log.close()
+    with prefect_server(tmp_path) as running:
+        yield running.api, running.env
 
 
 def test_genair_run_reports_to_a_prefect_server(server, tmp_path, test_cache_dir):
@@ -78,7 +36,7 @@ def test_genair_run_reports_to_a_prefect_server(server, tmp_path, test_cache_dir
     runs = httpx.post(f"{api}/flow_runs/filter", json={}, timeout=30).json()
     assert [run["state_type"] for run in runs] == ["COMPLETED"]
     flows = httpx.post(f"{api}/flows/filter", json={}, timeout=30).json()
-    assert [flow["name"] for flow in flows] == ["genair-pipeline"]
+    assert [flow["name"] for flow in flows] == ["genair-full"]
     task_runs = httpx.post(f"{api}/task_runs/filter", json={}, timeout=30).json()
     assert {run["name"].rsplit("-", 1)[0] for run in task_runs} >= {
         "ingest-dataset",

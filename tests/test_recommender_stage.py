@@ -11,7 +11,7 @@ from prefect.logging import disable_run_logger
 from small_dataset import write_small_dataset
 
 import tasks.recommenders
-from flows.pipeline import genair_pipeline
+from flows.pipeline import genair_full
 from genair_core.experiment import score_run
 from storage.recommenders import read_run_ranks, read_run_tables
 from storage.store import Store
@@ -19,7 +19,7 @@ from tasks.recommenders import train_recommender
 from tasks.settings import load_settings
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
-RUN = {"run_id", "dataset", "backbone", "variant", "seed", "loss"}
+RUN = {"run_key", "dataset", "backbone", "variant", "seed", "loss"}
 
 TINY = """
 [recommenders]
@@ -53,8 +53,8 @@ def config(tmp_path_factory) -> Path:
         events += [f"u{user},i{(user + 3 * step) % 10},{100 * user + step}" for step in range(6)]
     (folder / "events.csv").write_text("\n".join(events) + "\n")
     config.write_text(config.read_text() + TINY)
-    genair_pipeline(config_path=str(config), until="cooccurrence")
-    genair_pipeline(config_path=str(config), start="negatives", until="negatives")
+    genair_full(config_path=str(config), until="cooccurrence")
+    genair_full(config_path=str(config), start="negatives", until="negatives")
     return config
 
 
@@ -83,7 +83,7 @@ def test_a_run_writes_its_rows_and_a_second_call_is_skipped(config):
     run = "sasrec-id-bce-s3"
     metrics = store.read_parts("metrics", run)
     assert metrics.num_rows == 2 * 2 * 5 * 6  # protocol × split × group × metric
-    assert set(metrics["run_id"].to_pylist()) == {first["run_id"]}
+    assert set(metrics["run_key"].to_pylist()) == {first["run_key"]}
     ranks = store.read_parts("eval_ranks", run)
     assert ranks.num_rows == 2 * 8  # valid and test of every user
     assert store.read_parts("training_log", run)["epoch"].to_pylist() == [1, 2]
@@ -106,7 +106,7 @@ def test_a_new_tail_share_rescores_without_retraining(config):
     assert run_rows(store, "eval_ranks", run) == ranks
     tables = read_run_tables(store, ["sequences"])
     columns = {k: v for k, v in store.read_parts("metrics", run).to_pylist()[0].items() if k in RUN}
-    assert columns["run_id"] == first["run_id"]
+    assert columns["run_key"] == first["run_key"]
     rescored = score_run(tables, read_run_ranks(store, run), 0.6, columns)
     assert run_rows(store, "metrics", run) == as_json(rescored)
     assert as_json(rescored) != as_json(score_run(tables, read_run_ranks(store, run), 0.2, columns))
@@ -119,7 +119,7 @@ def test_a_changed_training_setting_retrains_from_scratch(config):
     assert summary["skipped"] is False
     assert summary["epochs"] == 1
     folders = list(store.recommender_dir("sasrec-id-bce-s3").glob("checkpoints-*"))
-    assert [f.name for f in folders] == [f"checkpoints-{summary['run_id']}"]  # the stale one went
+    assert [f.name for f in folders] == [f"checkpoints-{summary['run_key']}"]  # the stale one went
 
 
 def test_the_flow_trains_every_run_workers_at_a_time_and_reports(config, monkeypatch):
@@ -137,7 +137,7 @@ def test_the_flow_trains_every_run_workers_at_a_time_and_reports(config, monkeyp
                 active[0] -= 1
 
     monkeypatch.setattr(tasks.recommenders, "train_run", counting)
-    summary = genair_pipeline(config_path=str(config), start="recommenders", force=True)
+    summary = genair_full(config_path=str(config), start="recommenders", force=True)
     runs = summary["recommenders"]
     assert (runs["runs"], runs["trained"], runs["workers"]) == (4, 4, 2)
     assert most[0] == 2
@@ -148,5 +148,5 @@ def test_the_flow_trains_every_run_workers_at_a_time_and_reports(config, monkeyp
     assert (results["runs"], results["finished"]) == (4, 4)
     assert results["report"] == str(Store(config.parent / "data").report_path("recommenders"))
     assert "| sasrec | id | 2 |" in Path(results["report"]).read_text()
-    again = genair_pipeline(config_path=str(config), start="recommenders")
+    again = genair_full(config_path=str(config), start="recommenders")
     assert again["recommenders"]["trained"] == 0

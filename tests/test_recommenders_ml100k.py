@@ -6,7 +6,7 @@ import pyarrow.compute as pc
 import pytest
 
 import genair_core.training
-from flows.pipeline import genair_pipeline
+from flows.pipeline import genair_full
 from genair_core.tables import to_fixed_list
 from storage.schemas import item_embeddings_schema
 from storage.store import MissingTableError, Store
@@ -55,10 +55,10 @@ def write_stand_in_vectors(store: Store) -> None:
 @pytest.fixture(scope="module")
 def trained(ml100k_config):
     config = ml100k_config("recommenders", SETTINGS)
-    genair_pipeline(config_path=str(config), until="cooccurrence")
+    genair_full(config_path=str(config), until="cooccurrence")
     store = Store(config.parent / "data")
     write_stand_in_vectors(store)
-    summary = genair_pipeline(config_path=str(config), start="negatives")
+    summary = genair_full(config_path=str(config), start="negatives")
     return config, store, summary
 
 
@@ -111,7 +111,7 @@ def test_metrics_table_has_every_protocol_split_group_and_metric(trained):
 def test_sampled_negatives_are_fixed_and_exclude_the_users_items(trained):
     config, store, _ = trained
     before = store.table_info("eval_negatives").sha256
-    genair_pipeline(config_path=str(config), start="negatives", until="negatives", force=True)
+    genair_full(config_path=str(config), start="negatives", until="negatives", force=True)
     assert store.table_info("eval_negatives").sha256 == before
     negatives = store.read_table("eval_negatives")
     sequences = store.read_table("sequences", columns=["user_idx", "item_idx"])
@@ -124,7 +124,7 @@ def test_sampled_negatives_are_fixed_and_exclude_the_users_items(trained):
 
 def test_a_rerun_with_unchanged_inputs_trains_nothing(trained):
     config, _, _ = trained
-    again = genair_pipeline(config_path=str(config), start="negatives")
+    again = genair_full(config_path=str(config), start="negatives")
     assert again["recommenders"]["trained"] == 0
 
 
@@ -142,7 +142,7 @@ def test_a_retried_task_resumes_from_its_last_checkpoint(trained, monkeypatch):
 
     monkeypatch.setattr(genair_core.training, "_train_epoch", flaky)
     before = metric(store, "sasrec-id-ce-s44", "ndcg@10")
-    genair_pipeline(config_path=str(config), start="negatives", force=True)
+    genair_full(config_path=str(config), start="negatives", force=True)
     # The forced rerun starts over (epoch 1), fails in epoch 3 and is retried by Prefect from
     # epoch 3, not from epoch 1; with the same seed it ends with the same metrics as the first run.
     assert calls == [1, 2, 3, *range(3, EPOCHS + 1)]
@@ -155,6 +155,6 @@ def test_a_missing_cooccurrence_table_is_an_error(trained, monkeypatch):
     store.table_path("cooccurrence").rename(store.root / "moved.parquet")
     try:
         with pytest.raises(MissingTableError, match="cooccurrence"):
-            genair_pipeline(config_path=str(config), start="recommenders", force=True)
+            genair_full(config_path=str(config), start="recommenders", force=True)
     finally:
         (store.root / "moved.parquet").rename(store.table_path("cooccurrence"))

@@ -46,7 +46,14 @@ def config(tmp_path, monkeypatch):
     ids = list(TITLES)
     n = len(ids)
     items = [
-        {"item_id": i, "content_hash": "h", "title": t, "source": "test", "line": n}
+        {
+            "item_id": i,
+            "content_hash": "h",
+            "title": t,
+            "source": "test",
+            "line": n,
+            "updated_at": datetime(2026, 1, 1, tzinfo=UTC),
+        }
         for n, (i, t) in enumerate(TITLES.items(), start=1)
     ]
     store.write_table("items", pa.Table.from_pylist(items, schema=ITEMS))

@@ -1,9 +1,22 @@
+import hashlib
+import logging
+import os
+import signal
+import socket
+import sys
+import time
 from datetime import UTC, datetime
+from pathlib import Path
+from subprocess import PIPE, Popen
+from threading import Timer
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from flows.cli import main as genair
+from genair_core.tables import COOCCURRENCE
+from storage import locks
 from storage.sql import connect, rejects_by_reason
 from storage.store import MissingTableError, StepManifest, Store, UnknownTableError, fingerprint
 
@@ -138,3 +151,182 @@ def test_manifest_round_trip(tmp_path):
         StepManifest("s", "f", {"cooccurrence": info}, {"when": datetime.now(UTC)})
     )
     assert store.read_manifest("s").outputs["cooccurrence"] == info
+
+
+def test_every_row_carries_the_run_that_wrote_it_outside_every_hash(tmp_path):
+    first = Store(tmp_path, run_id="run-1").write_table("cooccurrence", pairs(3))
+    path = tmp_path / "tables" / "cooccurrence.parquet"
+    first_bytes = path.read_bytes()
+    assert (
+        Store(tmp_path).read_table("cooccurrence", columns=["run_id"])["run_id"].to_pylist()
+        == ["run-1"] * 3
+    )
+    # Reads leave the lineage out: the computing code sees the declared columns only.
+    assert Store(tmp_path).read_table("cooccurrence").column_names == ["i", "j", "count", "s"]
+
+    again = Store(tmp_path, run_id="run-2").write_table("cooccurrence", pairs(3))
+    assert path.read_bytes() != first_bytes  # the file names its new writer ...
+    assert again.sha256 == first.sha256  # ... and its hash, what fingerprints read, did not move
+    assert Store(tmp_path).table_hashes(["cooccurrence"]) == {"cooccurrence": first.sha256}
+
+    # The hash is that of the same rows written without lineage, byte for byte.
+    plain = tmp_path / "plain.parquet"
+    writer = pq.ParquetWriter(plain, COOCCURRENCE, compression="zstd", write_statistics=True)
+    writer.write_table(pairs(3).cast(COOCCURRENCE))
+    writer.close()
+    assert first.sha256 == hashlib.sha256(plain.read_bytes()).hexdigest()
+    assert Store(tmp_path).write_table("cooccurrence", pairs(4)).sha256 != first.sha256
+
+
+def test_a_step_stays_fresh_when_another_run_rewrites_the_same_rows(tmp_path):
+    store = Store(tmp_path, run_id="run-1")
+    info = store.write_table("cooccurrence", pairs(2))
+    store.write_manifest(StepManifest("cooc", "k", {"cooccurrence": info}, run_id="run-1"))
+    Store(tmp_path, run_id="run-2").write_table("cooccurrence", pairs(2))
+    assert store.fresh_manifest("cooc", "k") is not None
+    Store(tmp_path, run_id="run-3").write_table("cooccurrence", pairs(3))
+    assert store.fresh_manifest("cooc", "k") is None
+    assert store.read_manifest("cooc").run_id == "run-1"
+
+
+def test_parts_and_streams_are_stamped_and_rows_keep_their_run_outside_a_run(tmp_path):
+    Store(tmp_path, run_id="run-1").write_streams(["rejects"], [("rejects", [reject("x", 1)])])
+    Store(tmp_path).write_part("archetype_failures", "m", "k", [failure("given")])
+    Store(tmp_path, run_id="run-2").write_part("archetype_failures", "m", "k2", [failure("given")])
+    con = connect(Store(tmp_path))
+    assert con.sql("SELECT DISTINCT run_id FROM rejects").fetchall() == [("run-1",)]
+    assert con.sql("SELECT run_id FROM archetype_failures ORDER BY 1").fetchall() == [
+        ("given",),
+        ("run-2",),
+    ]
+
+
+def failure(run_id: str) -> dict:
+    return {
+        "item_id": "A",
+        "content_hash": "h",
+        "model_id": "m",
+        "prompt_version": "p",
+        "settings_id": "s",
+        "reason": "engine_error",
+        "detail": "d",
+        "archetype": None,
+        "created_at": datetime(2026, 1, 1, tzinfo=UTC),
+        "run_id": run_id,
+    }
+
+
+# -- run locks (storage.locks) ------------------------------------------------------------------
+
+HOLD_LOCK = """
+import subprocess, sys, time
+from storage.locks import hold
+with hold(sys.argv[1], guard=sys.argv[2] == "guard"):
+    child = subprocess.Popen(["sleep", "600"])
+    print(child.pid, flush=True)
+    if sys.argv[3] == "hold":
+        time.sleep(600)
+print("released", flush=True)
+"""
+
+
+def hold_lock_in_a_process(lock: Path, *, guard: bool, release: bool) -> tuple[Popen, int]:
+    """A python process that holds `lock` and starts `sleep 600`; returns it and sleep's pid."""
+    proc = Popen(
+        [
+            sys.executable,
+            "-c",
+            HOLD_LOCK,
+            str(lock),
+            "guard" if guard else "-",
+            "release" if release else "hold",
+        ],
+        stdout=PIPE,
+        text=True,
+        cwd=Path(__file__).parent.parent,
+    )
+    return proc, int(proc.stdout.readline())
+
+
+def gone_within(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as handle:
+                if handle.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_a_lock_names_its_holder_and_is_cleared_on_release(tmp_path, caplog):
+    lock = tmp_path / "run.lock"
+    with locks.hold(lock) as dead:
+        owner = locks.read_owner(lock)
+        assert dead is None
+        assert owner.pid == os.getpid()
+        assert owner.host == socket.gethostname()
+        assert owner.is_running()
+        assert "pytest" in owner.command
+    assert lock.read_text() == ""
+    assert locks.read_owner(lock) is None
+    with locks.hold(lock) as dead:
+        assert dead is None
+    assert "taking over" not in caplog.text
+
+
+def test_the_lock_of_a_killed_holder_is_taken_over_with_one_line_naming_it(tmp_path, caplog):
+    lock = tmp_path / "run.lock"
+    holder, sleeper = hold_lock_in_a_process(lock, guard=False, release=False)
+    assert locks.read_owner(lock).pid == holder.pid
+    holder.kill()
+    holder.wait()
+    try:
+        with caplog.at_level(logging.WARNING, logger="storage.locks"), locks.hold(lock) as dead:
+            assert dead.pid == holder.pid
+            assert not dead.is_running()
+            assert locks.read_owner(lock).pid == os.getpid()
+        assert not gone_within(sleeper, 1.5)  # without a guard, a child outlives its parent
+    finally:
+        os.kill(sleeper, signal.SIGKILL)
+    lines = [r.getMessage() for r in caplog.records if "taking over" in r.getMessage()]
+    assert len(lines) == 1
+    assert f"died and never released it (pid {holder.pid} on {socket.gethostname()}" in lines[0]
+
+
+def test_a_second_holder_is_told_who_holds_the_lock_then_waits(tmp_path):
+    lock = tmp_path / "run.lock"
+    holder, sleeper = hold_lock_in_a_process(lock, guard=False, release=False)
+    waited_for = []
+    try:
+        Timer(1.0, os.kill, (sleeper, signal.SIGTERM)).start()
+        Timer(1.5, holder.terminate).start()  # SIGTERM: Python dies without its finally
+        with locks.hold(lock, on_wait=waited_for.append):
+            assert holder.poll() is not None  # only once the holder is gone
+    finally:
+        holder.kill()
+        holder.wait()
+    assert [owner.pid for owner in waited_for] == [holder.pid]
+
+
+def test_a_guarded_holder_killed_takes_its_children_with_it(tmp_path):
+    lock = tmp_path / "run.lock"
+    holder, sleeper = hold_lock_in_a_process(lock, guard=True, release=False)
+    time.sleep(1.5)  # the watchdog lists descendants every second
+    holder.kill()
+    holder.wait()
+    assert gone_within(sleeper, 15)
+
+
+def test_a_guarded_holder_that_releases_ends_nothing(tmp_path):
+    lock = tmp_path / "run.lock"
+    holder, sleeper = hold_lock_in_a_process(lock, guard=True, release=True)
+    assert holder.stdout.readline() == "released\n"
+    assert holder.wait() == 0
+    try:
+        assert locks.read_owner(lock) is None
+        assert not gone_within(sleeper, 3)  # left running, as without a guard
+    finally:
+        os.kill(sleeper, signal.SIGKILL)

@@ -37,6 +37,11 @@ class EnginePool:
         self._factory = factory
         self._engines: dict[EngineKey, ArchetypeEngine] = {}
 
+    @property
+    def factory(self) -> EngineFactory:
+        """What makes the engines: another process builds a pool of its own from it."""
+        return self._factory
+
     @contextlib.contextmanager
     def using(self, llm: LlmConfig, model_dir: Path) -> Iterator[ArchetypeEngine]:
         """The engine `llm` asks for on the model in `model_dir`, made on first use; dropped if
@@ -71,8 +76,14 @@ class EnginePool:
 
 
 def engine_options(llm: LlmConfig) -> dict[str, Any]:
-    """The engine-specific options of `llm`, as `make_engine` takes them."""
-    return {"kv_cache_gib": llm.kv_cache_gib} if llm.engine == "vllm" else {}
+    """The engine-specific options of `llm`, as `make_engine` takes them (tensor parallelism
+    only when asked for: 1 is vLLM's own default)."""
+    if llm.engine != "vllm":
+        return {}
+    options: dict[str, Any] = {"kv_cache_gib": llm.kv_cache_gib}
+    if llm.tensor_parallel_size > 1:
+        options["tensor_parallel_size"] = llm.tensor_parallel_size
+    return options
 
 
 def _close_quietly(engine: ArchetypeEngine) -> None:

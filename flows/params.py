@@ -1,0 +1,94 @@
+"""The parameters of the three deployed flows, validated as a whole.
+
+Each flow takes these fields as typed parameters (the Prefect UI builds its run form from them:
+text, check boxes, dates, drop-downs) and checks them together through its model here, so a
+wrong combination fails before the run touches anything, with one line naming the field. Every
+field is plain JSON: a deployment's parameters, a run triggered through the API and the form all
+carry them as they are. `config_path` None means `genair.toml` in the working directory (the
+checkout a worker runs in), or the defaults.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from flows.stages import STAGES
+from tasks.settings import RecommenderPolicy
+
+Stage = Literal[STAGES]  # type: ignore[valid-type]  # the names in flows.stages, in order
+
+
+class FlowParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    config_path: str | None = None
+
+    @classmethod
+    def checked(cls, **fields: object) -> FlowParams:
+        """The model of `fields`, or ValueError with one line per wrong field."""
+        try:
+            return cls(**fields)
+        except ValidationError as err:
+            raise ValueError(_describe(err)) from None
+
+
+class FullParams(FlowParams):
+    """genair-full: the stages from `start` to `until`; `force` reruns steps whose inputs did not
+    change."""
+
+    force: bool = False
+    start: Stage = STAGES[0]
+    until: Stage = STAGES[-1]
+
+    @model_validator(mode="after")
+    def _in_order(self) -> FullParams:
+        if STAGES.index(self.start) > STAGES.index(self.until):
+            raise ValueError(f"stage {self.start!r} comes after {self.until!r}")
+        return self
+
+
+class RefreshParams(FlowParams):
+    """genair-nightly-refresh: `recommenders` None takes `[refresh] recommenders`."""
+
+    recommenders: RecommenderPolicy | None = None
+
+
+class BackfillParams(FlowParams):
+    """genair-backfill: exactly one of `items`, `since`, `all_items`."""
+
+    items: list[str] = []
+    since: date | None = None
+    all_items: bool = False
+    dry_run: bool = False
+    recommenders: RecommenderPolicy | None = None
+
+    @model_validator(mode="after")
+    def _one_selection(self) -> BackfillParams:
+        chosen = [
+            name
+            for name, given in (
+                ("items", bool(self.items)),
+                ("since", self.since is not None),
+                ("all_items", self.all_items),
+            )
+            if given
+        ]
+        if len(chosen) != 1:
+            got = f"got {' and '.join(chosen)}" if chosen else "got none"
+            raise ValueError(f"give exactly one of items, since or all_items ({got})")
+        if any(not item_id.strip() for item_id in self.items):
+            raise ValueError("items holds an empty item id")
+        return self
+
+
+def _describe(err: ValidationError) -> str:
+    lines = []
+    for problem in err.errors():
+        field = ".".join(str(part) for part in problem["loc"]) or "parameters"
+        message = problem["msg"].removeprefix("Value error, ")
+        got = f" (got {problem['input']!r})" if problem["loc"] else ""
+        lines.append(f"{field}: {message}{got}")
+    return "invalid parameters: " + "; ".join(lines)

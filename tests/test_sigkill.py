@@ -1,0 +1,276 @@
+"""`genair run` killed with SIGKILL, then run again: real processes, the real vLLM engine and
+default model on the first ml-100k items, Prefect's temporary server started by each run.
+
+After each kill every process of the killed run (engine worker, Prefect's server, the lock's
+watchdog, ...) is gone within a grace time; the rerun says it takes over the dead run's lock;
+and the final tables equal those of a run that was never interrupted: no row duplicated, no item
+lost, the same archetype texts (same items in the same batches, per-request seeds: what the
+engine promises, docs/engines.md), and training resumed from its last checkpoint."""
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from genair_core.experiment import RunSpec
+from genair_core.tables import to_matrix
+from storage.schemas import PART_DATASETS
+from storage.store import Store
+from tasks.settings import load_settings
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+N_ITEMS, BATCH = 24, 8  # three archetype batches
+MAX_EPOCHS = 3
+SETTINGS = f"""
+[llm]
+engine = "vllm"
+max_items = {N_ITEMS}
+batch_size = {BATCH}
+max_new_tokens = 32
+[recommenders]
+backbones = ["sasrec"]
+variants = ["id"]
+seeds = [44]
+workers = 1
+[recommenders.model]
+hidden = 32
+n_layers = 1
+max_len = 50
+[recommenders.training]
+batch_size = 256
+max_epochs = {MAX_EPOCHS}
+[prefect]
+retry_delay_s = 0
+"""
+GRACE_S = 30  # for the killed run's processes to end
+# Columns that say when a row was written, not what it holds.
+WHEN = {"created_at", "updated_at", "seconds"}
+
+
+@pytest.fixture(scope="module")
+def environment(tmp_path_factory) -> dict[str, str]:
+    """The runs' environment: no Prefect server configured, so each run starts its own
+    temporary one, with one Prefect home for all (its database is migrated once)."""
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path_factory.mktemp("prefect-home")),
+        "DO_NOT_TRACK": "1",
+    }
+    env.pop("PREFECT_API_URL", None)
+    return env
+
+
+def start(env: dict[str, str], config: Path, *args: str) -> subprocess.Popen:
+    """`genair run ARGS` in a session of its own, its output in run-<n>.log beside `config`."""
+    log = config.parent / f"run-{len(list(config.parent.glob('run-*.log')))}.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [BIN / "genair", "--config", str(config), "run", *args],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    proc.log = log
+    return proc
+
+
+def run_to_end(env: dict[str, str], config: Path, *args: str) -> str:
+    proc = start(env, config, *args)
+    try:
+        code = proc.wait(timeout=600)
+    finally:
+        end_session(proc)
+    output = proc.log.read_text()
+    assert code == 0, output[-4000:]
+    return output
+
+
+def kill_when(proc: subprocess.Popen, landed: Callable[[], bool], what: str) -> dict:
+    """SIGKILL `proc` (the genair process itself, nothing else) as soon as `landed()`; return
+    {psutil.Process: name} of every process it had started, listed just before the kill."""
+    deadline = time.monotonic() + 600
+    while not landed():
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended ({proc.returncode}) before {what}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"no {what} within 600 s")
+        time.sleep(0.1)
+    tree = {}
+    for child in psutil.Process(proc.pid).children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            tree[child] = child.name()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return tree
+
+
+def still_running(tree: dict, seconds: float) -> list[str]:
+    """The processes of `tree` still running after up to `seconds`."""
+    deadline = time.monotonic() + seconds
+    while True:
+        alive = []
+        for process, name in tree.items():
+            try:
+                if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(f"{process.pid} {name}")
+            except psutil.NoSuchProcess:
+                pass
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.2)
+
+
+def end_session(proc: subprocess.Popen) -> None:
+    """Whatever is left of the run's session (a failed test must not leave engines running)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def takeover_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if "taking over the lock" in line]
+
+
+def content(store: Store, name: str):
+    table = store.read_parts(name) if name in PART_DATASETS else store.read_table(name)
+    return table.drop_columns([c for c in table.column_names if c in WHEN])
+
+
+def texts(archetypes) -> dict[str, str]:
+    columns = archetypes["item_id"].to_pylist(), archetypes["archetype"].to_pylist()
+    return dict(zip(*columns, strict=True))
+
+
+def assert_same_tables(expected: Store, got: Store, names: list[str]) -> None:
+    for name in names:
+        assert content(got, name).equals(content(expected, name)), name
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(environment, ml100k_config) -> Store:
+    """A run that was never killed, up to the archetypes."""
+    config = ml100k_config("uninterrupted", SETTINGS)
+    started = time.monotonic()
+    run_to_end(environment, config, "--until", "archetypes")
+    print(f"uninterrupted run to the archetypes: {time.monotonic() - started:.0f} s")
+    return Store(config.parent / "data")
+
+
+def test_killed_after_the_first_archetype_part_then_rerun(
+    environment, ml100k_config, uninterrupted
+):
+    started = time.monotonic()
+    config = ml100k_config("killed-archetypes", SETTINGS)
+    store = Store(config.parent / "data")
+    run = start(environment, config, "--until", "archetypes")
+    try:
+        tree = kill_when(run, lambda: store.part_paths("archetypes"), "archetype part")
+        written = store.part_paths("archetypes")
+        assert 1 <= len(written) < N_ITEMS // BATCH  # killed with work left to do
+        assert "VLLM::Worker" in tree.values()  # the engine was running
+        assert still_running(tree, GRACE_S) == []
+    finally:
+        end_session(run)
+    killed = time.monotonic()
+
+    output = run_to_end(environment, config, "--until", "archetypes")
+    [line] = takeover_lines(output)
+    assert ".genair.lock: taking over the lock" in line
+    assert f"died and never released it (pid {run.pid} " in line
+
+    # The parts the killed run wrote are kept, the others made once: the same part files (named by
+    # their items and settings), one row per item, the same texts and vectors.
+    part_names = sorted(p.name for p in store.part_paths("archetypes"))
+    assert part_names == sorted(p.name for p in uninterrupted.part_paths("archetypes"))
+    assert {p.name for p in written} <= set(part_names)
+    archetypes, expected = store.read_parts("archetypes"), uninterrupted.read_parts("archetypes")
+    assert archetypes.num_rows == N_ITEMS
+    assert len(set(archetypes["item_id"].to_pylist())) == N_ITEMS
+    assert texts(archetypes) == texts(expected)
+    order = np.argsort(archetypes["item_id"].to_pylist())
+    expected_order = np.argsort(expected["item_id"].to_pylist())
+    for column in ("input_emb", "gen_emb"):
+        np.testing.assert_allclose(
+            to_matrix(archetypes[column])[order],
+            to_matrix(expected[column])[expected_order],
+            rtol=1e-5,
+            atol=1e-6,
+        )
+    assert store.read_parts("archetype_failures") is None
+    assert_same_tables(
+        uninterrupted,
+        store,
+        [
+            "items",
+            "interactions",
+            "rejects",
+            "item_index",
+            "user_index",
+            "sequences",
+            "cooccurrence",
+        ],
+    )
+    print(f"killed: {killed - started:.0f} s, rerun: {time.monotonic() - killed:.0f} s")
+
+
+def test_killed_after_the_first_checkpoint_resumes_from_it(
+    environment, ml100k_config, uninterrupted
+):
+    started = time.monotonic()
+    # Both runs start from the tables of the uninterrupted run (ingest to archetypes); the id
+    # variant reads none of the LLM's.
+    configs = [ml100k_config(name, SETTINGS) for name in ("trained", "killed-training")]
+    for config in configs:
+        shutil.copytree(uninterrupted.root, config.parent / "data")
+    expected, store = (Store(config.parent / "data") for config in configs)
+    settings = load_settings(configs[0])
+    run_name = RunSpec.of(settings.recommenders, "sasrec", "id", 44).name
+    stages = ("--from", "negatives", "--until", "recommenders")
+
+    run_to_end(environment, configs[0], *stages)
+    trained = time.monotonic()
+
+    def checkpoints() -> list[Path]:
+        return list(store.recommender_dir(run_name).glob("checkpoints-*/state.json"))
+
+    run = start(environment, configs[1], *stages)
+    try:
+        tree = kill_when(run, lambda: bool(checkpoints()), "training checkpoint")
+        assert still_running(tree, GRACE_S) == []
+    finally:
+        end_session(run)
+    epoch = json.loads(checkpoints()[0].read_text())["state"]["epoch"]
+    assert 1 <= epoch < MAX_EPOCHS  # killed mid-training
+    killed = time.monotonic()
+
+    output = run_to_end(environment, configs[1], *stages)
+    # Two locks taken over: the storage root's and the training run's.
+    lines = takeover_lines(output)
+    assert len(lines) == 2, output[-4000:]
+    assert all(f"(pid {run.pid} " in line for line in lines)
+    assert any(".genair.lock" in line for line in lines)
+    assert any(f"{run_name}/checkpoints-" in line for line in lines)
+
+    step = f"train-{run_name}"
+    assert store.read_manifest(step).summary["resumed_after_epoch"] == epoch
+    assert expected.read_manifest(step).summary["resumed_after_epoch"] == 0
+    log = store.read_parts("training_log")
+    assert log["epoch"].to_pylist() == list(range(1, MAX_EPOCHS + 1))
+    # Every epoch's random draws follow from (seed, epoch), so the resumed run trains exactly as
+    # the uninterrupted one did.
+    assert_same_tables(expected, store, ["eval_negatives", "training_log", "eval_ranks", "metrics"])
+    print(
+        f"uninterrupted training: {trained - started:.0f} s, killed: {killed - trained:.0f} s, "
+        f"rerun: {time.monotonic() - killed:.0f} s"
+    )
