@@ -205,9 +205,23 @@ def _run_flow(settings: Settings, run: Callable[[], dict]) -> int:
     if "dry_run" in summary:
         print(summary["dry_run"])
         return 0
-    print(render_run_summary(summary))
+    print(render_run_summary(summary, *_last_run(settings)))
     print(f"tables: {settings.storage.root / 'tables'}")
     return 0
+
+
+def _last_run(settings: Settings) -> tuple[dict | None, list[dict]]:
+    """The newest recorded run and its steps (seconds, rows), as the run summary shows them."""
+    from dataclasses import asdict
+
+    from storage.runs import read_runs, read_steps
+    from storage.store import Store
+
+    store = Store(settings.storage.root)
+    runs = read_runs(store)
+    if not runs:
+        return None, []
+    return asdict(runs[0]), [asdict(step) for step in read_steps(store, runs[0].run_id)]
 
 
 def configure_environment(settings: Settings) -> None:
