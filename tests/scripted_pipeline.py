@@ -54,8 +54,9 @@ class TitleEngines:
     ids, and record the title of every item they generated for (`titles`). Another `wording`
     stands for a new prompt or engine: the same items, other archetypes and vectors."""
 
-    def __init__(self, wording: str = "people who like") -> None:
+    def __init__(self, wording: str = "people who like", ending: str = "") -> None:
         self.wording = wording
+        self.ending = ending
         self.titles: list[str] = []
 
     def __call__(self, *args: object, **kwargs: object) -> TitleEngine:
@@ -85,7 +86,7 @@ class TitleEngine:
         for prompt in prompts:
             title = prompt.split("title is ")[1].split(";")[0].split("\n")[0]
             self.engines.titles.append(title)
-            text = f"{self.engines.wording} {title}"
+            text = f"{self.engines.wording} {title}{self.engines.ending}"
             ids = (*self.token_ids(text), EOS)
             out.append(Completion(text, tuple(self.token_ids(prompt)), ids, "stop"))
         return out

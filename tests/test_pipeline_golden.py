@@ -18,60 +18,15 @@ import os
 import random
 from pathlib import Path
 
-import numpy as np
 import pytest
-from scripted_pipeline import scripted_pipeline
+from scripted_pipeline import TitleEngines, scripted_pipeline
 from small_dataset import files_config
 
-from genair_core.engines.base import Completion
 from storage.store import Store
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 GOLDEN = Path(__file__).parent / "data" / "golden_small_pipeline.json"
 VOLATILE = {"source", "created_at", "run_id", "run_key", "seconds", "flow_run_id", "updated_at"}
-EOS = 0
-DIM = 16
-
-
-class GoldenEngine:
-    """Text from the title, vectors from a hash of the token ids: the same on every machine."""
-
-    name = "vllm"
-    hidden_size = DIM
-    eos_token_ids = frozenset({EOS})
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        pass
-
-    @staticmethod
-    def tokenizer(text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
-        return {"input_ids": [1 + sum(map(ord, word)) % 997 for word in text.split()]}
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text)["input_ids"])
-
-    def render(self, prompt: str) -> str:
-        return f"<user> {prompt} <assistant>"
-
-    def generate(self, prompts: list[str]) -> list[Completion]:
-        out = []
-        for prompt in prompts:
-            title = prompt.split("title is ")[1].split(";")[0].split("\n")[0]
-            text = f"people who like {title} and quiet evenings"
-            ids = (*self.tokenizer(text)["input_ids"], EOS)
-            out.append(Completion(text, tuple(self.tokenizer(prompt)["input_ids"]), ids, "stop"))
-        return out
-
-    def embed(self, prompt_ids, completion_ids):
-        vectors = []
-        for p, c in zip(prompt_ids, completion_ids, strict=True):
-            rng = np.random.default_rng(sum(p) * 31 + sum(c))
-            input_emb, gen_emb = rng.normal(size=(2, DIM)).astype(np.float32)
-            vectors.append((input_emb, gen_emb))
-        return vectors
-
-    def close(self) -> None:
-        pass
 
 
 def write_dataset(folder: Path) -> Path:
@@ -149,7 +104,8 @@ def table_digests(root: Path) -> dict[str, str]:
 @pytest.fixture
 def golden_run(tmp_path: Path) -> Path:
     config = write_dataset(tmp_path)
-    scripted_pipeline(str(config), GoldenEngine)
+    # Text from the title, vectors from a hash of the token ids: the same on every machine.
+    scripted_pipeline(str(config), TitleEngines(ending=" and quiet evenings"))
     return config.parent / "data"
 
 
