@@ -13,7 +13,6 @@ what would be regenerated and writes nothing: no table, manifest, part or lock.
 from __future__ import annotations
 
 from datetime import date
-from pathlib import Path
 
 from prefect import flow
 
@@ -23,7 +22,7 @@ from genair_core.archetypes import Backfill
 from genair_core.engines import EngineFactory, make_engine
 from tasks.archetypes import plan_archetypes, report_backfill_plan
 from tasks.common import exclusive_run
-from tasks.settings import RecommenderPolicy, load_settings
+from tasks.settings import RecommenderPolicy
 
 FLOW_NAME = "genair-backfill"
 BACKFILL_STAGES = ("archetypes", "pooling", "calibrate", "index", "retrieval")
@@ -37,6 +36,7 @@ def genair_backfill(
     all_items: bool = False,
     dry_run: bool = False,
     recommenders: RecommenderPolicy | None = None,
+    profile: str | None = None,
 ) -> dict[str, dict]:
     """Regenerate the archetypes and embeddings of the chosen items (exactly one of `items`,
     `since`, `all_items`), then the stages downstream of them.
@@ -49,6 +49,8 @@ def genair_backfill(
         dry_run: only report what would be regenerated; write nothing.
         recommenders: retrain and evaluate the recommenders never, if-inputs-changed or always;
             empty: the `[refresh] recommenders` setting.
+        profile: a [profiles.NAME] bundle of settings from the config file (quick, paper);
+            empty: none.
     """
     params = BackfillParams.checked(
         config_path=config_path,
@@ -57,6 +59,7 @@ def genair_backfill(
         all_items=all_items,
         dry_run=dry_run,
         recommenders=recommenders,
+        profile=profile,
     )
     return run_backfill(params)
 
@@ -66,7 +69,7 @@ def run_backfill(
 ) -> dict[str, dict]:
     """What `genair_backfill` runs, with the archetype engines made by `engine_factory` (call it
     inside a flow, as tests do). A dry run returns {"dry_run": the report}."""
-    settings = load_settings(Path(params.config_path) if params.config_path else None)
+    settings = params.settings()
     policy = params.recommenders or settings.refresh.recommenders
     wanted = BACKFILL_STAGES + recommender_stages(policy)
     selection = Backfill(tuple(params.items), params.since, params.all_items)

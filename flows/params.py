@@ -5,18 +5,19 @@ text, check boxes, dates, drop-downs) and checks them together through its model
 wrong combination fails before the run touches anything, with one line naming the field. Every
 field is plain JSON: a deployment's parameters, a run triggered through the API and the form all
 carry them as they are. `config_path` None means `genair.toml` in the working directory (the
-checkout a worker runs in), or the defaults.
+checkout a worker runs in), or the defaults; `profile` None means none, or $GENAIR_PROFILE.
 """
 
 from __future__ import annotations
 
 from datetime import date
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from flows.stages import STAGES
-from tasks.settings import RecommenderPolicy
+from tasks.settings import RecommenderPolicy, Settings, load_settings
 
 Stage = Literal[STAGES]  # type: ignore[valid-type]  # the names in flows.stages, in order
 
@@ -25,6 +26,13 @@ class FlowParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     config_path: str | None = None
+    profile: str | None = None
+
+    def settings(self) -> Settings:
+        """The run's settings: the config file with the profile laid over it (ConfigError)."""
+        return load_settings(
+            Path(self.config_path) if self.config_path else None, profile=self.profile
+        )
 
     @classmethod
     def checked(cls, **fields: object) -> FlowParams:

@@ -7,8 +7,6 @@ genair-backfill in backfill.py), each on its own list of stages."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect import flow
 
 from flows.archetype_stage import generate_archetypes
@@ -28,7 +26,7 @@ from tasks.preprocess import split_interactions
 from tasks.recommenders import publish_results, sample_eval_negatives
 from tasks.retrieval import evaluate_retrieval
 from tasks.run_summary import publish_summary
-from tasks.settings import RecommenderPolicy, Settings, load_settings
+from tasks.settings import RecommenderPolicy, Settings
 
 FLOW_NAME = "genair-full"
 RECOMMENDER_STAGES = ("negatives", "recommenders", "results")
@@ -40,6 +38,7 @@ def genair_full(
     force: bool = False,
     start: Stage = STAGES[0],
     until: Stage = STAGES[-1],
+    profile: str | None = None,
 ) -> dict[str, dict]:
     """Every stage from `start` to `until` on the configured dataset. Steps whose inputs did not
     change are skipped; outputs are replaced, never appended to. A later `start` uses the tables
@@ -52,10 +51,18 @@ def genair_full(
             by content, model, prompt and settings; a backfill regenerates them).
         start: the first stage to run.
         until: the last stage to run.
+        profile: a [profiles.NAME] bundle of settings from the config file (quick, paper);
+            empty: none.
     """
-    params = FullParams.checked(config_path=config_path, force=force, start=start, until=until)
+    params = FullParams.checked(
+        config_path=config_path, force=force, start=start, until=until, profile=profile
+    )
     return run_pipeline(
-        params.config_path, force=params.force, start=params.start, until=params.until
+        params.config_path,
+        force=params.force,
+        start=params.start,
+        until=params.until,
+        profile=params.profile,
     )
 
 
@@ -65,13 +72,16 @@ def run_pipeline(
     force: bool = False,
     until: str = STAGES[-1],
     start: str = STAGES[0],
+    profile: str | None = None,
     engine_factory: EngineFactory = make_engine,
 ) -> dict[str, dict]:
     """What `genair_full` runs, with the archetype engines made by `engine_factory`. Call it
     inside a flow: tests run it in a flow of their own to hand in a scripted engine, which the
     deployed flow's parameters (a JSON form in the UI) cannot carry."""
-    params = FullParams.checked(config_path=config_path, force=force, start=start, until=until)
-    settings = load_settings(Path(config_path) if config_path else None)
+    params = FullParams.checked(
+        config_path=config_path, force=force, start=start, until=until, profile=profile
+    )
+    settings = params.settings()
     wanted = STAGES[STAGES.index(params.start) : STAGES.index(params.until) + 1]
     with exclusive_run(settings, FLOW_NAME, params.model_dump(mode="json")) as run_settings:
         return run_stages(run_settings, wanted, force=force, engine_factory=engine_factory)

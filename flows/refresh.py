@@ -14,8 +14,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect import flow
 from prefect.logging import get_run_logger
 
@@ -24,7 +22,7 @@ from flows.pipeline import RECOMMENDER_STAGES, recommender_stages, run_stages
 from flows.stages import STAGES
 from genair_core.engines import EngineFactory, make_engine
 from tasks.common import exclusive_run
-from tasks.settings import RecommenderPolicy, load_settings
+from tasks.settings import RecommenderPolicy
 
 FLOW_NAME = "genair-nightly-refresh"
 REFRESH_STAGES = tuple(stage for stage in STAGES if stage not in RECOMMENDER_STAGES)
@@ -32,7 +30,9 @@ REFRESH_STAGES = tuple(stage for stage in STAGES if stage not in RECOMMENDER_STA
 
 @flow(name=FLOW_NAME)
 def genair_nightly_refresh(
-    config_path: str | None = None, recommenders: RecommenderPolicy | None = None
+    config_path: str | None = None,
+    recommenders: RecommenderPolicy | None = None,
+    profile: str | None = None,
 ) -> dict[str, dict]:
     """Bring every table up to date with the latest catalog and interactions, doing only the
     work their changes call for.
@@ -41,8 +41,12 @@ def genair_nightly_refresh(
         config_path: the genair.toml to run with (empty: genair.toml in the working directory).
         recommenders: retrain and evaluate the recommenders never, if-inputs-changed (only runs
             whose inputs changed) or always; empty: the `[refresh] recommenders` setting.
+        profile: a [profiles.NAME] bundle of settings from the config file (quick, paper);
+            empty: none.
     """
-    params = RefreshParams.checked(config_path=config_path, recommenders=recommenders)
+    params = RefreshParams.checked(
+        config_path=config_path, recommenders=recommenders, profile=profile
+    )
     return run_refresh(params)
 
 
@@ -51,7 +55,7 @@ def run_refresh(
 ) -> dict[str, dict]:
     """What `genair_nightly_refresh` runs, with the archetype engines made by `engine_factory`
     (call it inside a flow, as tests do)."""
-    settings = load_settings(Path(params.config_path) if params.config_path else None)
+    settings = params.settings()
     policy = params.recommenders or settings.refresh.recommenders
     wanted = REFRESH_STAGES + recommender_stages(policy)
     get_run_logger().info("refresh: recommenders policy %r", policy)

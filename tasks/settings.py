@@ -1,15 +1,19 @@
 """Typed settings for a genair run: one TOML file, overridable by GENAIR_* environment variables.
 
-    GENAIR_PREPROCESS__K_CORE=10 genair run --config genair.toml
+    GENAIR_PREPROCESS__K_CORE=10 genair run --config genair.toml --profile quick
 
-Relative paths in the file are resolved against the file's folder. The sections themselves live
+A profile is a named bundle of settings in the file's `[profiles.NAME]` tables, laid over the rest
+of the file; the environment still overrides both. Relative paths in the file are resolved against
+the file's folder. The sections themselves live
 in `genair_core.config`; this module composes them and adds the orchestration's own.
 """
 
 from __future__ import annotations
 
+import os
+import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -17,8 +21,8 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
-    TomlConfigSettingsSource,
 )
+from pydantic_settings.sources import InitSettingsSource
 
 from genair_core.config import (
     CalibrationConfig,
@@ -37,6 +41,8 @@ from genair_core.config import (
 
 DEFAULT_CONFIG_NAME = "genair.toml"
 ENV_PREFIX = "GENAIR_"
+DEFAULT_PROFILE = "default"  # the file's settings as they are, no [profiles.*] table applied
+PROFILE_ENV = "GENAIR_PROFILE"
 
 
 class ConfigError(ValueError):
@@ -108,6 +114,9 @@ class Settings(BaseSettings):
     # hash and step fingerprint.
     run_id: str | None = Field(None, exclude=True)
     refresh: RefreshConfig = RefreshConfig()
+    # The profile these settings were read with, as a label for what the run prints and writes;
+    # its settings are already in the sections above, so it is left out of every dump too.
+    profile: str = Field(DEFAULT_PROFILE, exclude=True)
 
     @classmethod
     def settings_customise_sources(
@@ -118,38 +127,83 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Precedence: explicit arguments, then the environment, then the TOML file.
-        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)
+        # Precedence: explicit arguments, then the environment, then the file (load_settings).
+        return init_settings, env_settings
 
 
-def load_settings(path: Path | None = None, **overrides: object) -> Settings:
-    """Read `path` (or ./genair.toml if it exists, else the defaults) plus GENAIR_* variables.
+def load_settings(
+    path: Path | None = None, profile: str | None = None, **overrides: object
+) -> Settings:
+    """Read `path` (or ./genair.toml if it exists, else the defaults) with `profile` (or
+    $GENAIR_PROFILE, else none) laid over it, plus GENAIR_* variables.
 
     Raises ConfigError naming every wrong key, e.g. `preprocess.k_core: Input should be greater
-    than or equal to 1 (got 0)`.
+    than or equal to 1 (got 0)`, or an unknown profile with the ones the file defines.
     """
     if path is None and Path(DEFAULT_CONFIG_NAME).is_file():
         path = Path(DEFAULT_CONFIG_NAME)
     if path is not None and not Path(path).is_file():
         raise ConfigError(f"config file not found: {path}")
     base_dir = Path(path).resolve().parent if path is not None else Path.cwd()
+    profile = profile or os.environ.get(PROFILE_ENV) or DEFAULT_PROFILE
+    file_settings = _read_file(path, profile)
 
-    bound = type(
-        "BoundSettings",
-        (Settings,),
-        {"model_config": {**Settings.model_config, "toml_file": path}},
-    )
+    class FileSettings(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return init_settings, env_settings, InitSettingsSource(settings_cls, file_settings)
+
     try:
-        settings = bound(**overrides)
+        settings = FileSettings(**overrides)
     except ValidationError as err:
-        raise ConfigError(_describe(err, path)) from None
-    except ValueError as err:  # TOML syntax errors surface as ValueError subclasses
-        raise ConfigError(f"{path}: {err}") from None
-    return _resolve_paths(Settings.model_validate(settings.model_dump()), base_dir)
+        raise ConfigError(_describe(err, path, profile)) from None
+    except ValueError as err:  # a GENAIR_* value that does not parse (SettingsError)
+        raise ConfigError(str(err)) from None
+    resolved = _resolve_paths(Settings.model_validate(settings.model_dump()), base_dir)
+    return resolved.model_copy(update={"profile": profile})
 
 
-def _describe(err: ValidationError, path: Path | None) -> str:
+def _read_file(path: Path | None, profile: str) -> dict[str, Any]:
+    """The file's settings with `profile`'s table laid over them (tables merge key by key; any
+    other value, a list included, replaces the file's)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as file:
+                data = tomllib.load(file)
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"{path}: {err}") from None
+    profiles = data.pop("profiles", {})
+    if profile == DEFAULT_PROFILE:
+        return data
+    if profile not in profiles:
+        defined = ", ".join(sorted(profiles)) or "none"
+        where = path or "the defaults (no genair.toml)"
+        raise ConfigError(f"unknown profile {profile!r}; {where} defines: {defined}")
+    return _merged(data, profiles[profile])
+
+
+def _merged(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merged(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _describe(err: ValidationError, path: Path | None, profile: str = DEFAULT_PROFILE) -> str:
     where = f"in {path} or {ENV_PREFIX}* variables" if path else f"in {ENV_PREFIX}* variables"
+    if profile != DEFAULT_PROFILE:
+        where = f"{where}, profile {profile}"
     lines = [f"invalid configuration ({where}):"]
     for problem in err.errors():
         key = ".".join(str(part) for part in problem["loc"]) or "(top level)"
