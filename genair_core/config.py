@@ -107,7 +107,7 @@ class FilesConfig(Section):
 
 
 class DatasetConfig(Section):
-    name: Literal["movielens-100k", "amazon-reviews", "files"] = "movielens-100k"
+    name: Literal["movielens-100k", "movielens-1m", "amazon-reviews", "files"] = "movielens-100k"
     max_field_chars: int = Field(10_000, ge=100)  # a longer field rejects its row
     movielens: MovieLensConfig = MovieLensConfig()
     amazon: AmazonConfig | None = None
@@ -289,7 +289,9 @@ class RecommenderConfig(Section):
     each for the model, its training and the evaluation."""
 
     backbones: list[Literal["sasrec", "bert4rec", "gru4rec"]] = ["sasrec", "bert4rec", "gru4rec"]
-    variants: list[Literal["id", "llm", "genair", "input-only", "gen-only"]] = [
+    variants: list[
+        Literal["id", "llm", "genair", "genair-warm", "genair-id", "input-only", "gen-only"]
+    ] = [
         "id",
         "llm",
         "genair",

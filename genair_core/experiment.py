@@ -14,8 +14,10 @@ here: `tasks.recommenders` passes in what storage read and writes what comes bac
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -23,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from genair_core.calibration import Adapter
 from genair_core.config import ModelConfig, RecommenderConfig, TrainingConfig
 from genair_core.losses import CooccurrenceLookup
 from genair_core.metrics import (
@@ -99,13 +102,33 @@ class RunSpec:
             *(["cooccurrence"] if kind.calibrated else []),
         ]
 
-    def cache_key(self, input_dims: int, table_hashes: dict[str, str]) -> list[object]:
+    @property
+    def warm_start(self) -> bool:
+        """Whether the run starts its adapter from the calibration job's (`genair-warm`)."""
+        return get_variant(self.variant).warm
+
+    def check_warm_start(self, calibration_hidden: int) -> None:
+        """A `genair-warm` run needs the calibration adapter's output size to be its own: one
+        error naming both settings rather than a resized (no longer trained) adapter."""
+        if self.warm_start and calibration_hidden != self.model.hidden:
+            raise ValueError(
+                f"{self.variant} starts its adapter from the calibration job's, but "
+                f"calibration.hidden is {calibration_hidden} and recommenders.model.hidden is "
+                f"{self.model.hidden} for {self.backbone} (with its per_backbone settings): set "
+                "them equal"
+            )
+
+    def cache_key(
+        self, input_dims: int, table_hashes: dict[str, str], adapter: str | None = None
+    ) -> list[object]:
         """What decides the run's ranks and training log, for its cache key: the run, its model
         and training settings (BERT4Rec's masking only for BERT4Rec, the calibration weights only
         for calibrated variants), the split of the item vectors for the half variants, and the
-        hashes of `self.tables`. Left out: the grid, `workers` and `device` (which runs, how many
-        at a time, where) and the evaluation settings (the negatives are in eval_negatives'
-        hash; `tail_share` only groups the metrics, which are rescored without training)."""
+        hashes of `self.tables`; for `genair-warm` only, `adapter`, the identity of the
+        calibration adapter it starts from (a retrained calibration retrains those runs and no
+        others). Left out: the grid, `workers` and `device` (which runs, how many at a time,
+        where) and the evaluation settings (the negatives are in eval_negatives' hash;
+        `tail_share` only groups the metrics, which are rescored without training)."""
         kind = get_variant(self.variant)
         model = self.model.model_dump(
             mode="json", exclude=set() if self.backbone == "bert4rec" else BERT4REC_ONLY
@@ -113,7 +136,7 @@ class RunSpec:
         training = self.training.model_dump(
             mode="json", exclude=set() if kind.calibrated else CALIBRATION_ONLY
         )
-        return [
+        key = [
             TRAINING_VERSION,
             self.backbone,
             self.variant,
@@ -123,6 +146,11 @@ class RunSpec:
             input_dims if kind.half is not None else None,
             {name: table_hashes[name] for name in self.tables},
         ]
+        if kind.warm:  # appended, so that every other run's key stays what it was
+            if adapter is None:
+                raise ValueError(f"the key of a {self.variant} run needs its calibration adapter")
+            key.append({"calibration_adapter": adapter})
+        return key
 
     def columns(self, run_key: str, dataset: str) -> dict[str, object]:
         """The columns that say which run wrote a row, on every row it writes."""
@@ -134,6 +162,32 @@ class RunSpec:
             "seed": self.seed,
             "loss": self.training.loss,
         }
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    """The calibration job's adapter as a `genair-warm` run starts from it."""
+
+    weights: dict[str, np.ndarray]  # the adapter's state dict (Linear, LayerNorm, Linear)
+    identity: str  # "<version>:<hash of the weights>", part of those runs' cache keys
+
+    @classmethod
+    def from_stored(
+        cls, tensors: Mapping[str, np.ndarray], manifest: Mapping[str, object]
+    ) -> WarmStart:
+        """From what storage.calibration keeps. The identity hashes the weights themselves
+        besides the manifest's version, so an adapter retrained under the same version (on
+        another device) is still another adapter."""
+        adapter = Adapter.from_stored(tensors, manifest)
+        digest = hashlib.sha256()
+        for name in sorted(adapter.weights):
+            array = np.ascontiguousarray(adapter.weights[name], dtype=np.float32)
+            digest.update(f"{name}:{array.shape}".encode())
+            digest.update(array.tobytes())
+        return cls(
+            weights=dict(adapter.weights),
+            identity=f"{adapter.info['version']}:{digest.hexdigest()[:32]}",
+        )
 
 
 class RunTables(Protocol):
@@ -248,9 +302,11 @@ def train_and_evaluate(
     checkpointer: Checkpointer,
     input_dims: int,
     device: torch.device | str = "cpu",
+    adapter_weights: Mapping[str, np.ndarray] | None = None,
 ) -> RunOutcome:
     """Train `spec` (resuming from `checkpointer`) and evaluate its best epoch on validation and
-    test with both protocols."""
+    test with both protocols. `adapter_weights`: the calibration adapter's state dict, which a
+    `genair-warm` run starts from."""
     variant = get_variant(spec.variant)
     data = inputs.data
     with _GLOBAL_RNG:  # initial weights come from the global RNG; runs may share a process
@@ -262,6 +318,8 @@ def train_and_evaluate(
             data.n_items,
             inputs.table,
             input_dims=input_dims,
+            adapter_weights=adapter_weights if variant.warm else None,
+            trained_items=torch.from_numpy(data.train_counts() > 0) if variant.ids else None,
         )
     state = fit(
         model,
@@ -295,15 +353,18 @@ def train_run(
     input_dims: int,
     device: str,
     restart: bool = False,
+    adapter_weights: Mapping[str, np.ndarray] | None = None,
 ) -> TrainedRun:
     """train_and_evaluate on `tables` (those `spec.tables` names), and the rows the run adds to
     the tables (`columns` on each). The run resumes after the last epoch `checkpointer` holds;
     `restart` trains a finished run again from scratch (resume_from). `device`: a
-    `recommenders.device` setting."""
+    `recommenders.device` setting; `adapter_weights`: the calibration adapter (`genair-warm`)."""
+    if spec.warm_start and adapter_weights is None:
+        raise ValueError(f"{spec.name} starts from the calibration adapter: pass its weights")
     resumed = resume_from(checkpointer, spec.training, restart)
     inputs = RunInputs.from_tables(tables)
     where = resolve_device(device)
-    outcome = train_and_evaluate(spec, inputs, checkpointer, input_dims, where)
+    outcome = train_and_evaluate(spec, inputs, checkpointer, input_dims, where, adapter_weights)
     return TrainedRun(
         rows={
             "eval_ranks": rank_rows(outcome, inputs.data, columns),

@@ -26,7 +26,7 @@ from genair_core.config import RecommenderConfig
 from genair_core.metrics import rank_metrics
 
 # The order of variants in the table; any other variant follows, alphabetically.
-VARIANT_ORDER = ("id", "llm", "genair", "input-only", "gen-only")
+VARIANT_ORDER = ("id", "llm", "genair", "genair-warm", "genair-id", "input-only", "gen-only")
 BETTER, WORSE = "▲", "▼"
 # User groups of the METRICS table: held-out item in the long tail or not; short or long history.
 GROUPS = ("tail", "head", "short", "long")
@@ -151,7 +151,7 @@ def _cell(
 
 
 def variant_sort_key(variant: str) -> tuple[int, str]:
-    """id, llm, genair, input-only, gen-only first, in that order; other variants alphabetically."""
+    """VARIANT_ORDER first, in that order; other variants alphabetically."""
     if variant in VARIANT_ORDER:
         return (VARIANT_ORDER.index(variant), "")
     return (len(VARIANT_ORDER), variant)

@@ -1,6 +1,7 @@
 """What the recommender stages read and write besides whole tables: their inputs as Arrow tables
 and numpy arrays (genair_core.experiment builds its sequences, frozen item table and co-occurrence
-lookup from them), a run's parts and best weights, and the finished runs' test results."""
+lookup from them), the calibration adapter a `genair-warm` run starts from, a run's parts and best
+weights, and the finished runs' test results."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pyarrow.compute as pc
 import torch
 
 from genair_core.tables import to_matrix
+from storage.calibration import AdapterFiles
 from storage.checkpoints import save_weights
 from storage.store import Store, TableInfo
 
@@ -55,6 +57,22 @@ def read_run_tables(store: Store, tables: list[str]) -> LoadedRunTables:
         sequences=store.read_table("sequences", columns=USER_SEQUENCE_COLUMNS),
         **columns,
     )
+
+
+def read_calibration_adapter(
+    store: Store, settings_id: str
+) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+    """The tensors and manifest the calibration job stored for `settings_id`
+    (genair_core.calibration.settings_id of the calibration settings), which a `genair-warm` run
+    starts from (genair_core.experiment.WarmStart.from_stored)."""
+    files = AdapterFiles(store, settings_id)
+    stored = files.read()
+    if stored is None:
+        raise FileNotFoundError(
+            f"genair-warm starts from the calibration adapter, and none is stored for the "
+            f"calibration settings ({files.path}): run the calibrate stage first"
+        )
+    return stored
 
 
 def write_trained_run(

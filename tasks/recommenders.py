@@ -7,9 +7,11 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.logging import get_run_logger
 
+from genair_core.calibration import settings_id
 from genair_core.experiment import (
     RunInputs,
     RunSpec,
+    WarmStart,
     eval_negatives,
     recommender_results,
     score_run,
@@ -19,6 +21,7 @@ from genair_core.run_summary import latest_metrics
 from storage.checkpoints import RunCheckpoints
 from storage.recommenders import (
     FINAL,
+    read_calibration_adapter,
     read_run_ranks,
     read_run_tables,
     read_test_results,
@@ -55,12 +58,19 @@ def train_recommender(
 ) -> dict[str, object]:
     """Train and evaluate one run, then score it. A retry or a rerun resumes from the run's last
     epoch checkpoint; a run whose inputs and settings are unchanged since it finished is skipped,
-    and only rescored when the user groups of its metrics changed."""
+    and only rescored when the user groups of its metrics changed. A `genair-warm` run starts
+    from the calibration adapter stored for the current calibration settings."""
     store = store_for(settings)
     cfg, input_dims = settings.recommenders, settings.pooling.input_dims
     tail_share = cfg.evaluation.tail_share
     run = RunSpec.of(cfg, backbone, variant, seed)
-    key = fingerprint(*run.cache_key(input_dims, store.table_hashes(run.tables)))
+    adapter = None
+    if run.warm_start:
+        run.check_warm_start(settings.calibration.hidden)
+        stored = read_calibration_adapter(store, settings_id(settings.calibration))
+        adapter = WarmStart.from_stored(*stored)
+    identity = adapter.identity if adapter is not None else None
+    key = fingerprint(*run.cache_key(input_dims, store.table_hashes(run.tables), identity))
     run_id = key[:16]
     columns = run.columns(run_id, settings.dataset.name)
     checkpoints = RunCheckpoints(store.checkpoint_dir(run.name, run_id))
@@ -68,7 +78,14 @@ def train_recommender(
     def train() -> tuple[dict, dict]:
         tables = read_run_tables(store, run.tables)
         trained = train_run(
-            run, tables, checkpoints, columns, input_dims, cfg.device, restart=force
+            run,
+            tables,
+            checkpoints,
+            columns,
+            input_dims,
+            cfg.device,
+            restart=force,
+            adapter_weights=adapter.weights if adapter is not None else None,
         )
         get_run_logger().info("%s: %s", run.name, trained.summary)
         outputs = write_trained_run(

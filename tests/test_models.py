@@ -16,10 +16,19 @@ def table(n_items=N_ITEMS, dim=DIM):
     return vectors
 
 
+def calibration_weights(hidden=16, dim=DIM):
+    """What the calibration job stores: an adapter's state dict, here of a fresh one."""
+    torch.manual_seed(1)
+    return AdapterEncoder(table(dim=dim), hidden).adapter.state_dict()
+
+
 def model(backbone, variant="id", **overrides):
+    warm = calibration_weights() if VARIANTS[variant].warm else None
     torch.manual_seed(0)
     config = ModelConfig(hidden=16, max_len=10, dropout=0.0, **overrides)
-    return build_model(backbone, variant, config, N_ITEMS, table(), input_dims=DIM // 2).eval()
+    return build_model(
+        backbone, variant, config, N_ITEMS, table(), input_dims=DIM // 2, adapter_weights=warm
+    ).eval()
 
 
 @pytest.mark.parametrize("backbone", sorted(BACKBONES))

@@ -15,13 +15,14 @@ from genair_core.config import DatasetConfig
 from genair_core.datasets.amazon import AmazonReviews
 from genair_core.datasets.base import Dataset, RowError
 from genair_core.datasets.files import FilesDataset
-from genair_core.datasets.movielens import MovieLens100K
+from genair_core.datasets.movielens import MovieLens1M, MovieLens100K
 
 __all__ = [
     "DATASETS",
     "AmazonReviews",
     "Dataset",
     "FilesDataset",
+    "MovieLens1M",
     "MovieLens100K",
     "RowError",
     "UnknownDatasetError",
@@ -35,6 +36,10 @@ class UnknownDatasetError(ValueError):
 
 def _movielens(config: DatasetConfig) -> Dataset:
     return MovieLens100K()
+
+
+def _movielens_1m(config: DatasetConfig) -> Dataset:
+    return MovieLens1M()
 
 
 def _amazon(config: DatasetConfig) -> Dataset:
@@ -51,6 +56,7 @@ def _files(config: DatasetConfig) -> Dataset:
 
 DATASETS: dict[str, Callable[[DatasetConfig], Dataset]] = {
     "movielens-100k": _movielens,
+    "movielens-1m": _movielens_1m,
     "amazon-reviews": _amazon,
     "files": _files,
 }
