@@ -130,6 +130,21 @@ class Settings(BaseSettings):
         # Precedence: explicit arguments, then the environment, then the file (load_settings).
         return init_settings, env_settings
 
+    @model_validator(mode="after")
+    def _warm_adapter_fits(self) -> Settings:
+        """genair-warm starts its adapter from the calibration job's, so their sizes must agree;
+        said before a run starts rather than at its first genair-warm task."""
+        if "genair-warm" not in self.recommenders.variants:
+            return self
+        for backbone in self.recommenders.backbones:
+            hidden = self.recommenders.for_backbone(backbone)[0].hidden
+            if hidden != self.calibration.hidden:
+                raise ValueError(
+                    f"variant genair-warm needs calibration.hidden ({self.calibration.hidden}) "
+                    f"to equal {backbone}'s recommenders hidden size ({hidden})"
+                )
+        return self
+
 
 def load_settings(
     path: Path | None = None, profile: str | None = None, **overrides: object

@@ -130,3 +130,16 @@ def test_the_shipped_profiles(monkeypatch: pytest.MonkeyPatch) -> None:
     assert len(grid.backbones) * len(grid.variants) * len(grid.seeds) == 45
     assert grid.training.loss == "bce"
     assert paper.storage.root == default.storage.root  # shares the default run's archetypes
+
+
+def test_genair_warm_needs_the_calibration_adapter_size(config: Path) -> None:
+    with pytest.raises(ConfigError, match=r"genair-warm needs calibration.hidden \(64\)"):
+        load_settings(
+            config,
+            calibration={"hidden": 64},
+            recommenders={"variants": ["id", "genair-warm"], "backbones": ["sasrec"]},
+        )
+    settings = load_settings(
+        config, recommenders={"variants": ["genair-warm"], "model": {"hidden": 128}}
+    )
+    assert settings.calibration.hidden == 128
