@@ -17,6 +17,7 @@ run: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	scripts/ensure-chromium
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

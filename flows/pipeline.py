@@ -24,6 +24,7 @@ from tasks.ingest import ingest_dataset
 from tasks.pooling import pool_item_embeddings
 from tasks.preprocess import split_interactions
 from tasks.recommenders import publish_results, sample_eval_negatives
+from tasks.report import write_report_task
 from tasks.retrieval import evaluate_retrieval
 from tasks.run_summary import publish_summary
 from tasks.settings import RecommenderPolicy, Settings
@@ -147,4 +148,5 @@ def run_stages(
     if "results" in wanted:
         summary["results"] = publish_results.with_options(**retry)(settings)
     publish_summary.with_options(**retry)(summary, settings)
+    write_report_task.with_options(**retry)(settings)
     return summary
