@@ -3,46 +3,154 @@
 genair run [--force] [--from STAGE] [--until STAGE]   run the pipeline flow (genair-full)
 genair refresh [--recommenders POLICY]           the nightly refresh: only what changed
 genair backfill (ITEM_ID ... | --since DAY | --all) [--dry-run]   regenerate chosen items
-genair sql "SELECT ..." [--csv]                  query the tables through DuckDB views
-genair config [--config genair.toml]             print the effective, validated settings
-genair status [--runs 10] [--json]               tables, last runs and open failures (no Prefect)
 genair similar ITEM [--k 10] [--space calibrated|raw]   the items most like one item
+genair sql "SELECT ..." [--csv]                  query the tables through DuckDB views
+genair report [--output PATH]                    write the HTML report of the storage root
+genair status [--runs 10] [--json]               tables, last runs and open failures (no Prefect)
+genair config                                    print the effective, validated settings
+
+Exit status: 0 when everything asked for succeeded, 2 for a user error (bad settings, arguments,
+profile, item or SQL), 1 when a stage or a command failed. An error is one line on stderr; its
+traceback is shown with --debug. During run, refresh and backfill, the log of Prefect, vLLM and
+torch goes to <storage root>/logs/genair-<time>.log, and to the terminal too with --verbose.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
-from collections.abc import Callable
-from datetime import date
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, TextIO, TypeVar
 
 from flows.stages import STAGES
 from tasks.settings import ConfigError, Settings, load_settings
 
+if TYPE_CHECKING:
+    from flows.params import FlowParams
+    from flows.progress_view import ProgressView
+
+ParamsT = TypeVar("ParamsT", bound="FlowParams")
+
+EXIT_FAILED = 1
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+class UserError(Exception):
+    """Something the user asked for that cannot be done as asked (exit status 2)."""
+
 
 def main(argv: list[str] | None = None) -> int:
+    """The command's exit status; every error ends here, as one line (and a traceback with
+    --debug): 2 for user errors, 1 for failures."""
     args = _parse_args(argv)
     try:
-        settings = load_settings(args.config)
-    except ConfigError as err:
-        print(f"genair: {err}", file=sys.stderr)
-        return 2
-    return args.command(args, settings)
+        settings = load_settings(args.config, profile=getattr(args, "profile", None))
+        return args.command(args, settings)
+    except KeyboardInterrupt:
+        print("genair: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (UserError, ConfigError) as err:
+        return _report_error(args, err, EXIT_USER_ERROR)
+    except Exception as err:
+        return _report_error(args, err, EXIT_FAILED)
+
+
+def _report_error(args: argparse.Namespace, err: BaseException, code: int) -> int:
+    if args.debug:
+        traceback.print_exception(err, file=sys.stderr)
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+    if code == EXIT_USER_ERROR:  # every line counts (each wrong setting): joined into one
+        print(f"genair: {' '.join([lines[0], '; '.join(lines[1:])]).strip()}", file=sys.stderr)
+        return code
+    message = lines[0]
+    where = f" (log: {args.log_path})" if getattr(args, "log_path", None) else ""
+    hint = "" if args.debug else "; --debug shows the traceback"
+    print(f"genair: failed: {type(err).__name__}: {message}{where}{hint}", file=sys.stderr)
+    return code
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="genair", description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--config",
-        type=Path,
+    # The same flags before or after the command: the command's copy has no default, so it
+    # only sets a flag given after it.
+    before, after = (argparse.ArgumentParser(add_help=False) for _ in range(2))
+    for flags, default in ((before, None), (after, argparse.SUPPRESS)):
+        flags.add_argument(
+            "--config",
+            type=Path,
+            default=default,
+            help="TOML settings (default: ./genair.toml if present)",
+        )
+        flags.add_argument(
+            "--verbose",
+            action="store_true",
+            default=default or False,
+            help="show the log (Prefect, vLLM, torch) on the terminal too",
+        )
+        flags.add_argument(
+            "--debug",
+            action="store_true",
+            default=default or False,
+            help="show the traceback of an error",
+        )
+    parser = argparse.ArgumentParser(
+        prog="genair",
+        description="Archetype item vectors from a product catalog (vLLM) and sequential "
+        "recommenders trained on them, as Prefect flows over Parquet tables.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[before],
+        epilog=_examples(
+            "genair run",
+            "GENAIR_LLM__MAX_ITEMS=64 genair run --until pooling",
+            "genair status",
+            'genair sql "SELECT split, count(*) FROM sequences GROUP BY split"',
+            "genair COMMAND --help",
+        )
+        + "\n\nexit status: 0 ok, 1 a stage or command failed, 2 a user error",
+    )
+    profile = argparse.ArgumentParser(add_help=False)
+    profile.add_argument(
+        "--profile",
         default=None,
-        help="TOML settings (default: ./genair.toml if present)",
+        metavar="NAME",
+        help="lay the config file's [profiles.NAME] over its settings (default: $GENAIR_PROFILE)",
     )
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    run = commands.add_parser("run", help="run the pipeline flow")
+    def command(
+        name: str, summary: str, description: str, examples: list[str], *, profiled: bool = False
+    ) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name,
+            help=summary,
+            description=description,
+            epilog=_examples(*examples),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            parents=[after, profile] if profiled else [after],
+        )
+
+    run = command(
+        "run",
+        "run the pipeline flow (genair-full)",
+        "Run the pipeline from --from to --until: ingest, split, co-occurrence, archetypes "
+        "(vLLM), pooling, calibration, FAISS indexes, retrieval, recommenders, results. Steps "
+        "whose inputs did not change are skipped. Shows each stage's progress and ends with the "
+        "results table and where the report and the log are.",
+        [
+            "genair run",
+            "genair run --until pooling --profile quick",
+            "genair run --from negatives          # retrain the recommenders on today's vectors",
+            "genair run --from results            # rebuild the results table",
+        ],
+        profiled=True,
+    )
     run.add_argument("--force", action="store_true", help="rerun steps whose inputs are unchanged")
     run.add_argument(
         "--until",
@@ -65,24 +173,30 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "help": "retrain and evaluate the recommenders never, only runs whose inputs changed, or "
         "always (default: the [refresh] recommenders setting)",
     }
-    refresh = commands.add_parser(
+    refresh = command(
         "refresh",
-        help="the nightly refresh (genair-nightly-refresh): only what changed",
-        description="Ingest the latest catalog and interactions, send only new or changed items "
-        "through the LLM, project them with the stored PCA bases and calibration adapter, "
-        "rebuild the indexes whose vectors changed, and retrain as --recommenders says.",
-        epilog="example: genair refresh --recommenders never",
+        "the nightly refresh (genair-nightly-refresh): only what changed",
+        "Ingest the latest catalog and interactions, send only new or changed items through the "
+        "LLM, project them with the stored PCA bases and calibration adapter, rebuild the "
+        "indexes whose vectors changed, and retrain as --recommenders says.",
+        ["genair refresh", "genair refresh --recommenders never"],
+        profiled=True,
     )
     refresh.add_argument("--recommenders", **policy)
     refresh.set_defaults(command=_refresh)
 
-    backfill = commands.add_parser(
+    backfill = command(
         "backfill",
-        help="regenerate chosen items' archetypes and embeddings (genair-backfill)",
-        description="Regenerate the archetypes and embeddings of the chosen items even when "
-        "their metadata is unchanged (after a prompt or model change), then the stages "
-        "downstream. Give item ids, --since or --all.",
-        epilog="examples: genair backfill 50 181 --dry-run; genair backfill --since 2026-11-01",
+        "regenerate chosen items' archetypes and embeddings (genair-backfill)",
+        "Regenerate the archetypes and embeddings of the chosen items even when their metadata "
+        "is unchanged (after a prompt or model change), then the stages downstream. Give item "
+        "ids, --since or --all.",
+        [
+            "genair backfill 50 181 --dry-run",
+            "genair backfill --since 2026-11-01",
+            "genair backfill --all --recommenders never",
+        ],
+        profiled=True,
     )
     backfill.add_argument("items", nargs="*", metavar="ITEM_ID", help="item ids to regenerate")
     backfill.add_argument(
@@ -99,32 +213,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     backfill.add_argument("--recommenders", **policy)
     backfill.set_defaults(command=_backfill)
 
-    sql = commands.add_parser("sql", help="query the tables (one DuckDB view per table)")
-    sql.add_argument("query")
-    sql.add_argument("--csv", action="store_true", help="machine-readable CSV on stdout")
-    sql.add_argument("--max-rows", type=int, default=40, help="rows shown in the readable table")
-    sql.set_defaults(command=_sql)
-
-    show = commands.add_parser("config", help="print the effective settings as JSON")
-    show.set_defaults(command=_config)
-
-    status = commands.add_parser(
-        "status",
-        help="what the storage holds: tables, the last runs, open failures",
-        description="Reads the storage root only (Prefect is not started): every table's rows, "
-        "hash and the run that wrote it, the last runs with their state (a run whose process is "
-        "gone reads Crashed), and the failures no later run has settled.",
-    )
-    status.add_argument("--runs", type=int, default=10, help="how many runs (default: 10)")
-    status.add_argument("--json", action="store_true", help="machine-readable JSON on stdout")
-    status.set_defaults(command=_status)
-
-    similar = commands.add_parser(
+    similar = command(
         "similar",
-        help="the items most like one item (from the FAISS index of a vector space)",
-        description="The top-k items by cosine, with title, score and the first line of each "
-        "one's archetype. Exit status 2 when ITEM names no item or several (they are listed).",
-        epilog='example: genair similar "toy story" --k 5 --space raw',
+        "the items most like one item (from the FAISS index of a vector space)",
+        "The top-k items by cosine, with title, score and the first line of each one's "
+        "archetype. Exit status 2 when ITEM names no item or several (they are listed).",
+        ['genair similar "toy story" --k 5 --space raw', "genair similar 50"],
     )
     similar.add_argument("item", metavar="ITEM", help="an item_id or a piece of a title")
     similar.add_argument("--k", type=int, default=10, help="how many items (default: 10)")
@@ -136,48 +230,162 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     similar.set_defaults(command=_similar)
 
-    # `--config` is accepted before or after the command.
-    for sub in (run, refresh, backfill, sql, show, status, similar):
-        sub.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    sql = command(
+        "sql",
+        "query the tables (one DuckDB view per table)",
+        "Run one SQL statement on DuckDB views of the tables (one view per table, named as the "
+        "table, plus `runs` and `current_archetypes`). --csv writes CSV on stdout; list and "
+        "struct columns become JSON text.",
+        [
+            'genair sql "SELECT split, count(*) FROM sequences GROUP BY split"',
+            'genair sql "SELECT reason, count(*) FROM rejects GROUP BY reason" --csv',
+            'genair sql "SELECT * FROM items LIMIT 5" --csv > items.csv',
+        ],
+    )
+    sql.add_argument("query")
+    sql.add_argument("--csv", action="store_true", help="machine-readable CSV on stdout")
+    sql.add_argument("--max-rows", type=int, default=40, help="rows shown in the readable table")
+    sql.set_defaults(command=_sql)
+
+    report = command(
+        "report",
+        "write the HTML report of what the storage holds",
+        "Write <storage root>/reports/report.html from the tables and reports the runs left "
+        "(results table, retrieval, the last runs) and print its path.",
+        ["genair report", "genair report --output /tmp/genair-report.html --profile quick"],
+        profiled=True,
+    )
+    report.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="write it there instead (default: <storage root>/reports/report.html)",
+    )
+    report.set_defaults(command=_report)
+
+    status = command(
+        "status",
+        "what the storage holds: tables, the last runs, open failures",
+        "Reads the storage root only (Prefect is not started): every table's rows, hash and the "
+        "run that wrote it, the last runs with their state (a run whose process is gone reads "
+        "Crashed), and the failures no later run has settled.",
+        ["genair status", "genair status --runs 3 --json"],
+    )
+    status.add_argument("--runs", type=int, default=10, help="how many runs (default: 10)")
+    status.add_argument("--json", action="store_true", help="machine-readable JSON on stdout")
+    status.set_defaults(command=_status)
+
+    show = command(
+        "config",
+        "print the effective settings as JSON",
+        "Print the settings a run would use, validated: the config file, the profile laid over "
+        "it, then GENAIR_<SECTION>__<KEY> environment variables.",
+        [
+            "genair config",
+            "genair config --profile quick",
+            "GENAIR_LLM__MAX_ITEMS=64 genair config",
+        ],
+        profiled=True,
+    )
+    show.set_defaults(command=_config)
     return parser.parse_args(argv)
 
 
+def _examples(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
 def _run(args: argparse.Namespace, settings: Settings) -> int:
+    from flows.params import FullParams
+
+    params = _checked(
+        FullParams,
+        config_path=_config_path(args),
+        force=args.force,
+        start=args.start,
+        until=args.until,
+        profile=args.profile,
+    )
+
     def run_full() -> dict:
         from flows.pipeline import genair_full
 
-        return genair_full(
-            config_path=_config_path(args), force=args.force, until=args.until, start=args.start
-        )
+        return genair_full(**params.model_dump())
 
-    return _run_flow(settings, run_full)
+    return _run_flow(args, settings, run_full)
 
 
 def _refresh(args: argparse.Namespace, settings: Settings) -> int:
+    from flows.params import RefreshParams
+
+    params = _checked(
+        RefreshParams,
+        config_path=_config_path(args),
+        recommenders=args.recommenders,
+        profile=args.profile,
+    )
+
     def run_refresh() -> dict:
         from flows.refresh import genair_nightly_refresh
 
-        return genair_nightly_refresh(
-            config_path=_config_path(args), recommenders=args.recommenders
-        )
+        return genair_nightly_refresh(**params.model_dump())
 
-    return _run_flow(settings, run_refresh)
+    return _run_flow(args, settings, run_refresh)
 
 
 def _backfill(args: argparse.Namespace, settings: Settings) -> int:
+    from flows.params import BackfillParams
+
+    params = _checked(
+        BackfillParams,
+        config_path=_config_path(args),
+        items=args.items,
+        since=args.since,
+        all_items=args.all_items,
+        dry_run=args.dry_run,
+        recommenders=args.recommenders,
+        profile=args.profile,
+    )
+    _check_items_known(settings, params.items)
+
     def run_backfill() -> dict:
         from flows.backfill import genair_backfill
 
-        return genair_backfill(
-            config_path=_config_path(args),
-            items=args.items,
-            since=args.since,
-            all_items=args.all_items,
-            dry_run=args.dry_run,
-            recommenders=args.recommenders,
-        )
+        return genair_backfill(**params.model_dump())
 
-    return _run_flow(settings, run_backfill)
+    return _run_flow(args, settings, run_backfill)
+
+
+def _checked(model: type[ParamsT], **fields: object) -> ParamsT:
+    """The flow's parameters validated as the flow will (flows.params): a wrong one is a user
+    error before Prefect starts."""
+    try:
+        return model.checked(**fields)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+
+
+def _check_items_known(settings: Settings, item_ids: list[str]) -> None:
+    """Item ids a backfill names that the ingested catalog does not hold: a user error."""
+    if not item_ids:
+        return
+    from storage.sql import query
+    from storage.store import Store
+
+    store = Store(settings.storage.root)
+    if not store.exists("items"):
+        return  # the flow says what is missing
+    known = query(
+        store, "SELECT item_id FROM items WHERE list_contains($ids, item_id)", ids=item_ids
+    )
+    found = {row[0] for row in known.fetchall()} if known is not None else set()
+    unknown = [item_id for item_id in item_ids if item_id not in found]
+    if unknown:
+        shown = ", ".join(unknown[:10]) + (
+            f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+        )
+        raise UserError(f"unknown item id(s), not in the ingested catalog: {shown}")
 
 
 def _day(text: str) -> date:
@@ -191,23 +399,74 @@ def _config_path(args: argparse.Namespace) -> str | None:
     return str(args.config) if args.config else None
 
 
-def _run_flow(settings: Settings, run: Callable[[], dict]) -> int:
-    """Run a flow (imported inside `run`, once the environment is in place) and print its
-    summary; a bad parameter or a failed run is one line on stderr."""
-    configure_environment(settings)
-    from genair_core.run_summary import render_run_summary
-
-    try:
+def _run_flow(args: argparse.Namespace, settings: Settings, run: Callable[[], dict]) -> int:
+    """Run a flow (imported inside `run`, once the environment is in place) with the progress
+    view on the terminal and the log in a file, then print how it went."""
+    configure_environment(settings, verbose=args.verbose)
+    with run_console(settings, args):
         summary = run()
-    except (ValueError, OSError) as err:
-        print(f"genair: run failed: {err}", file=sys.stderr)
-        return 1
     if "dry_run" in summary:
         print(summary["dry_run"])
         return 0
-    print(render_run_summary(summary, *_last_run(settings)))
-    print(f"tables: {settings.storage.root / 'tables'}")
+    full_summary = _summary_text(settings, summary)
+    with open(args.log_path, "a", encoding="utf-8") as log:
+        log.write(f"\n{full_summary}")
+    print(full_summary if args.verbose else _overview(settings, summary))
+    print(f"log: {args.log_path}")
     return 0
+
+
+def _summary_text(settings: Settings, summary: dict) -> str:
+    from genair_core.run_summary import render_run_summary
+
+    return render_run_summary(summary, *_last_run(settings))
+
+
+def _overview(settings: Settings, summary: dict) -> str:
+    """The end of a run on the terminal: the run and its stages, the results table when the
+    run trained or tabulated recommenders, and where the report and the tables are."""
+    from genair_core.run_summary import render_run_overview, results_table
+
+    lines = [render_run_overview(summary, *_last_run(settings))]
+    if "recommenders" in summary or "results" in summary:
+        lines += [
+            "recommenders, test, full ranking (mean ± std over seeds):",
+            "",
+            results_table(_grid_metric_rows(settings)),
+        ]
+    root = settings.storage.root
+    html = root / "reports" / "report.html"
+    if html.is_file():
+        lines.append(f"report: {html}")
+    elif "results" in summary and summary["results"].get("report"):
+        lines.append(f"report: {summary['results']['report']}")
+    lines.append(f"tables: {root / 'tables'}")
+    return "\n".join(lines)
+
+
+def _grid_metric_rows(settings: Settings) -> list[dict]:
+    """The `metrics` rows of the configured runs (and the popularity baseline) for the results
+    table; none when no run has finished."""
+    from storage.sql import query
+    from storage.store import Store
+
+    cfg = settings.recommenders
+    wanted = {(b, v, s, cfg.for_backbone(b)[1].loss) for b, v, s in cfg.runs()}
+    store = Store(settings.storage.root)
+    if "metrics" not in store.existing_datasets():
+        return []
+    relation = query(
+        store,
+        'SELECT backbone, variant, seed, loss, protocol, split, "group", metric, value '
+        "FROM metrics WHERE split = 'test' AND protocol = 'full' AND \"group\" = 'all'",
+    )
+    rows = relation.to_arrow_table().to_pylist() if relation is not None else []
+    return [
+        row
+        for row in rows
+        if row["backbone"] == "popularity"
+        or (row["backbone"], row["variant"], row["seed"], row["loss"]) in wanted
+    ]
 
 
 def _last_run(settings: Settings) -> tuple[dict | None, list[dict]]:
@@ -224,7 +483,7 @@ def _last_run(settings: Settings) -> tuple[dict | None, list[dict]]:
     return asdict(runs[0]), [asdict(step) for step in read_steps(store, runs[0].run_id)]
 
 
-def configure_environment(settings: Settings) -> None:
+def configure_environment(settings: Settings, verbose: bool = False) -> None:
     """Environment for Prefect and vLLM, set before they are imported; values the user set win."""
     os.environ.setdefault(
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS",
@@ -232,11 +491,135 @@ def configure_environment(settings: Settings) -> None:
     )
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    # vLLM logs every engine start at INFO (dozens of lines per engine); keep the run readable.
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    # vLLM logs on stdout by default, in this process and in its workers: on stderr, which
+    # run_console sends to the log file (the workers inherit it). Every engine start writes
+    # dozens of INFO lines: into the log, or, with --verbose, only its warnings on the terminal.
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING" if verbose else "INFO")
     # genair_core and storage log through the standard library (they know no Prefect): into the
     # run's logs (the lock takeover line among them).
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "genair_core,storage")
+
+
+@contextmanager
+def run_console(settings: Settings, args: argparse.Namespace) -> Iterator[ProgressView]:
+    """The progress view on the terminal and the log in <root>/logs/genair-<time>.log
+    (`args.log_path`) for the block. Unless --verbose, the terminal shows nothing else: the
+    handlers that print logs (Prefect's console handler, vLLM's, Python's warnings) write to the
+    file instead, and so does whatever this process and its children write on stdout and stderr
+    (C-level warnings of torch, vLLM's workers). Prefect's API log handler (the UI) is
+    untouched."""
+    from flows.progress_view import ProgressView, StepLogHandler
+    from genair_core import progress
+
+    logs = settings.storage.root / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    args.log_path = (
+        logs / f"genair-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}-{os.getpid()}.log"
+    )
+    with (
+        open(args.log_path, "a", encoding="utf-8", buffering=1) as log_file,
+        routed_logs(log_file, quiet=not args.verbose) as terminal,
+    ):
+        view = ProgressView(terminal, live=False if args.verbose else None)
+        steps = StepLogHandler(view)
+        task_runs = logging.getLogger("prefect.task_runs")
+        task_runs.addHandler(steps)
+        try:
+            with view, progress.listening(view):
+                view.message(f"genair {args.command.__name__.strip('_')}: log in {args.log_path}")
+                yield view
+        finally:
+            task_runs.removeHandler(steps)
+
+
+@contextmanager
+def routed_logs(log_file: TextIO, *, quiet: bool) -> Iterator[TextIO]:
+    """Python logging and warnings into `log_file` for the block; with `quiet`, the console
+    handlers set up so far are detached and file descriptors 1 and 2 point to `log_file`, so the
+    terminal gets nothing but what is written to the stream this yields (the terminal's
+    stderr). After a quiet block, Prefect's console handler shows warnings only."""
+    from prefect.logging.configuration import ensure_logging_setup
+    from prefect.logging.formatters import PrefectFormatter
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    ensure_logging_setup()  # Prefect's handlers in place before they are changed
+
+    to_file = logging.StreamHandler(log_file)
+    to_file.setFormatter(
+        PrefectFormatter(
+            format=LOG_FORMAT,
+            flow_run_fmt=LOG_FORMAT.replace("%(name)s", "flow run %(flow_run_name)r"),
+            task_run_fmt=LOG_FORMAT.replace("%(name)s", "task run %(task_run_name)r"),
+        )
+    )
+    detached: list[tuple[logging.Logger, logging.Handler]] = []
+    loggers = [logging.getLogger()] + [
+        logger
+        for logger in logging.root.manager.loggerDict.values()
+        if isinstance(logger, logging.Logger)
+    ]
+    if quiet:
+        for logger in loggers:
+            for handler in list(logger.handlers):
+                if _prints(handler, PrefectConsoleHandler):
+                    logger.removeHandler(handler)
+                    detached.append((logger, handler))
+    # The root logger, and the loggers that do not pass their records on to it.
+    receivers = list(
+        dict.fromkeys([logging.getLogger(), *(lg for lg, _ in detached if not lg.propagate)])
+    )
+    for logger in receivers:
+        logger.addHandler(to_file)
+    captured_warnings = logging._warnings_showwarning is not None  # type: ignore[attr-defined]
+    logging.captureWarnings(True)
+    try:
+        with ExitStack() as stack:
+            terminal = sys.stderr
+            if quiet:
+                terminal = stack.enter_context(_std_streams_into(log_file))
+            yield terminal
+    finally:
+        if not captured_warnings:
+            logging.captureWarnings(False)
+        for logger in receivers:
+            logger.removeHandler(to_file)
+        for logger, handler in detached:
+            if isinstance(handler, PrefectConsoleHandler):
+                # Back for the rest of the process, but for warnings only: the temporary
+                # server's closing line at exit is not one.
+                handler.setLevel(max(handler.level, logging.WARNING))
+            logger.addHandler(handler)
+
+
+@contextmanager
+def _std_streams_into(log_file: TextIO) -> Iterator[TextIO]:
+    """File descriptors 1 and 2 (stdout and stderr of this process and of its children) write
+    to `log_file` for the block; yields a stream on the stderr they had before."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    for fd in saved:
+        os.dup2(log_file.fileno(), fd)
+    try:
+        with open(saved[2], "w", encoding="utf-8", buffering=1, closefd=False) as terminal:
+            yield terminal
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd, copy in saved.items():
+            os.dup2(copy, fd)
+            os.close(copy)
+
+
+def _prints(handler: logging.Handler, console_class: type) -> bool:
+    """A handler that writes to the terminal (stdout or stderr), not to a file or the API."""
+    if isinstance(handler, console_class):
+        return True
+    if not isinstance(handler, logging.StreamHandler) or isinstance(handler, logging.FileHandler):
+        return False
+    stream = getattr(handler, "stream", None)
+    return stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)
 
 
 def _sql(args: argparse.Namespace, settings: Settings) -> int:
@@ -246,14 +629,23 @@ def _sql(args: argparse.Namespace, settings: Settings) -> int:
     try:
         relation = query(Store(settings.storage.root), args.query)
     except QueryError as err:
-        print(f"genair: {err}", file=sys.stderr)
-        return 1
+        raise UserError(str(err)) from None
     if relation is None:  # a statement without a result
         return 0
     if args.csv:
         write_csv(relation, sys.stdout.buffer)
     else:
         relation.show(max_rows=args.max_rows, max_width=200)
+    return 0
+
+
+def _report(args: argparse.Namespace, settings: Settings) -> int:
+    from tasks.report import write_report
+
+    if args.output is not None:
+        print(write_report(settings, args.output))
+    else:
+        print(write_report(settings))
     return 0
 
 
@@ -317,18 +709,17 @@ def _similar(args: argparse.Namespace, settings: Settings) -> int:
     from storage.store import MissingTableError
 
     if args.k < 1:
-        print(f"genair: --k must be at least 1 (got {args.k})", file=sys.stderr)
-        return 2
+        raise UserError(f"--k must be at least 1 (got {args.k})")
     try:
         result = similar_items(settings, args.item, k=args.k, space=args.space)
     except ItemLookupError as err:
         print(f"genair: {err}", file=sys.stderr)
         for item_id, title in err.candidates:
             print(f"  {item_id}\t{title or ''}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     except (IndexFileError, MissingTableError) as err:
         print(f"genair: {err}; `genair run --until index` builds it", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     if result.stale:
         print(f"genair: warning: {result.stale}", file=sys.stderr)
     print(f"items like {result.item_id} {result.title or ''} ({result.space} space)")

@@ -7,10 +7,11 @@ import time
 
 from prefect import flow, unmapped
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
-from prefect.futures import as_completed
+from prefect.futures import PrefectFuture, as_completed
 from prefect.logging import get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from genair_core import progress
 from genair_core.experiment import share_cpu
 from tasks.recommenders import train_recommender
 from tasks.settings import Settings
@@ -36,17 +37,21 @@ def _train_runs(settings: Settings, force: bool) -> dict[str, object]:
     logger.info(
         "recommenders: %d runs, %d at a time, %d threads each", len(runs), cfg.workers, threads
     )
-    progress = create_progress_artifact(
+    artifact = create_progress_artifact(
         progress=0.0 if runs else 100.0,
         key="genair-training",
         description=f"recommenders: {len(runs)} runs planned",
     )
+    progress.begin("recommenders", total=len(runs), unit="runs")
+    progress.note("recommenders", f"{cfg.workers} at a time, {threads} threads each")
     backbones, variants, seeds = ([run[i] for run in runs] for i in range(3))
     futures = train.map(unmapped(settings), backbones, variants, seeds, force=unmapped(force))
     for done, future in enumerate(as_completed(list(futures)), start=1):
         future.wait()
-        update_progress_artifact(progress, progress=100.0 * done / len(runs))
+        update_progress_artifact(artifact, progress=100.0 * done / len(runs))
         logger.info("recommenders: %d of %d runs done", done, len(runs))
+        progress.advance("recommenders", detail=_run_outcome(future))
+    progress.end("recommenders")
     summaries = futures.result()
     return {
         "runs": len(runs),
@@ -56,3 +61,14 @@ def _train_runs(settings: Settings, force: bool) -> dict[str, object]:
         "seconds": round(time.perf_counter() - started, 3),
         "test_ndcg@10 (full ranking)": {s["run"]: s["test_ndcg@10"] for s in summaries},
     }
+
+
+def _run_outcome(future: PrefectFuture) -> str:
+    """One line on a finished run for the progress display: its test NDCG@10, or its failure."""
+    if future.state.is_failed() or future.state.is_crashed():
+        return f"a run {future.state.type.value.lower()}: {future.state.message or ''}".strip()
+    summary = future.result()
+    state = "up to date" if summary.get("skipped") else "trained"
+    ndcg = summary.get("test_ndcg@10")
+    score = f": test NDCG@10 {ndcg:.4f}" if isinstance(ndcg, float) else ""
+    return f"{summary.get('run', 'a run')} {state}{score}"

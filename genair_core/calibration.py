@@ -52,6 +52,7 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
+from genair_core import progress
 from genair_core.config import CalibrationConfig
 from genair_core.losses import CooccurrenceLookup, calibration_loss
 from genair_core.models.item_encoders import AdapterEncoder
@@ -301,6 +302,7 @@ def train_adapter(
     steps = math.ceil(draws / batch)
     log = []
     encoder.train()
+    progress.begin("calibrate", total=cfg.epochs, unit="epochs")
     for epoch in range(cfg.epochs):
         start = time.perf_counter()
         totals = np.zeros(3)
@@ -328,6 +330,8 @@ def train_adapter(
                 "seconds": time.perf_counter() - start,
             }
         )
+        progress.advance("calibrate", detail=f"epoch {epoch + 1}: loss {log[-1]['loss']:.4f}")
+    progress.end("calibrate")
     encoder.eval()
     return encoder, log
 

@@ -330,6 +330,7 @@ def train_and_evaluate(
         lookup=inputs.lookup if variant.calibrated else None,
         calibrated=variant.calibrated,
         device=device,
+        label=spec.name,
     )
     valid = evaluate(model, data, inputs.negatives, "valid", device=device)
     test = evaluate(model, data, inputs.negatives, "test", device=device)

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from genair_core import progress
 from genair_core.config import TrainingConfig
 from genair_core.losses import CooccurrenceLookup, calibration_loss
 from genair_core.metrics import full_ranks, rank_metrics, sampled_ranks
@@ -101,12 +102,15 @@ def fit(
     device: torch.device | str = "cpu",
     on_epoch: Callable[[TrainerState], None] | None = None,
     pad_to_max_len: bool = False,
+    label: str | None = None,
 ) -> TrainerState:
     """Train with early stopping on validation NDCG@10, checkpointing every epoch; resume from the
     last checkpoint if there is one. Leaves the best epoch's weights in `model`.
 
     `pad_to_max_len`: the reference's batches (random users, every window max_len), for
-    bench/bench_training.py; the default groups users of similar length (`length_batches`)."""
+    bench/bench_training.py; the default groups users of similar length (`length_batches`).
+    `label`: the run's name in the progress events (genair_core.progress), one per epoch, under
+    the stage "recommenders/<label>"."""
     if calibrated and (lookup is None or not isinstance(model.encoder, AdapterEncoder)):
         raise ValueError("calibration needs the co-occurrence lookup and frozen item vectors")
     device = torch.device(device)
@@ -125,6 +129,8 @@ def fit(
     train_rows = np.flatnonzero(data.n_train >= 2)
     valid_rows = np.flatnonzero(data.held_out)
     exclude = _user_item_keys(data, device)
+    stage = f"recommenders/{label or f'{type(model).__name__.lower()}-s{seed}'}"
+    progress.begin(stage, total=config.max_epochs, unit="epochs", completed=state.epoch)
     while not state.finished(config):
         epoch = state.epoch + 1
         started = time.perf_counter()
@@ -166,6 +172,12 @@ def fit(
         )
         if on_epoch is not None:
             on_epoch(state)
+        progress.advance(
+            stage,
+            detail=f"epoch {epoch}: valid NDCG@10 {score:.4f} (best {state.best_score:.4f} at "
+            f"epoch {state.best_epoch})",
+        )
+    progress.end(stage, "stopped early" if state.stopped_early else "")
     model.load_state_dict(checkpointer.load_best())
     return state
 

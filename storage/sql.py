@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import json
+from decimal import Decimal
 from typing import BinaryIO
 
 import duckdb
@@ -53,16 +55,41 @@ class QueryError(ValueError):
     """A query that DuckDB refused; the message is DuckDB's."""
 
 
-def query(store: Store, sql: str) -> duckdb.DuckDBPyRelation | None:
-    """Run `sql` against the views; None for a statement without a result."""
+def query(store: Store, sql: str, **params: object) -> duckdb.DuckDBPyRelation | None:
+    """Run `sql` against the views, with `$name` placeholders bound to `params`; None for a
+    statement without a result."""
     try:
-        return connect(store).sql(sql)
+        return connect(store).sql(sql, params=params or None)
     except duckdb.Error as err:
         raise QueryError(str(err)) from None
 
 
 def write_csv(relation: duckdb.DuckDBPyRelation, out: BinaryIO) -> None:
-    pyarrow.csv.write_csv(relation.to_arrow_table(), out)
+    """The result as CSV, list, struct and map columns as JSON text (`[1, 2]`, `{"a": 1}`),
+    which CSV has no other way to hold."""
+    table = relation.to_arrow_table()
+    columns = [_json_text(column) if _nested(column.type) else column for column in table.columns]
+    pyarrow.csv.write_csv(pa.table(columns, names=table.column_names), out)
+
+
+def _nested(kind: pa.DataType) -> bool:
+    return pa.types.is_nested(kind)
+
+
+def _json_text(column: pa.ChunkedArray) -> pa.Array:
+    """Each value as JSON (None stays empty); a map is a list of [key, value] pairs, a decimal a
+    number, another value JSON has no type for (a date, bytes) its str()."""
+    return pa.array(
+        [
+            None if value is None else json.dumps(value, default=_json_value, ensure_ascii=False)
+            for value in column.to_pylist()
+        ],
+        type=pa.string(),
+    )
+
+
+def _json_value(value: object) -> object:
+    return float(value) if isinstance(value, Decimal) else str(value)
 
 
 def current_archetypes(

@@ -13,6 +13,7 @@ from prefect.context import get_run_context
 from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 
+from genair_core import progress
 from genair_core.archetypes import (
     ArchetypeBatch,
     ArchetypePlan,
@@ -81,6 +82,8 @@ def plan_archetypes(settings: Settings, backfill: Backfill | None = None) -> Arc
         recipe.prompt_version,
         recipe.settings_id,
     )
+    if plan.pending:
+        progress.begin("archetypes", total=plan.pending, unit="items")
     return plan
 
 
@@ -95,17 +98,24 @@ def generate_archetype_batch(
     store = store_for(settings)
     items = batch_items(batch, read_batch_items(store, batch.item_ids))
     model_dir = resolve_model(settings.llm.model, settings.storage.cache_dir)
-    with engines.using(settings.llm, model_dir) as engine:
-        rows, failures = make_archetypes(
-            engine, items, context.item_type, context.recipe, context.max_prompt_tokens, _run_id()
+    progress.note("archetypes", f"batch of {len(items)} in the engine")
+    with progress.counting("archetypes", len(items)):
+        with engines.using(settings.llm, model_dir) as engine:
+            rows, failures = make_archetypes(
+                engine,
+                items,
+                context.item_type,
+                context.recipe,
+                context.max_prompt_tokens,
+                _run_id(),
+            )
+        write_archetype_batch(
+            store,
+            context.recipe.model_id,
+            batch.key,
+            keyed_by_item(context.recipe, rows),
+            keyed_by_item(context.recipe, failures),
         )
-    write_archetype_batch(
-        store,
-        context.recipe.model_id,
-        batch.key,
-        keyed_by_item(context.recipe, rows),
-        keyed_by_item(context.recipe, failures),
-    )
     return {
         "generated": len(rows),
         "failed": len(failures),
@@ -118,6 +128,7 @@ def generate_archetype_batch(
 def drop_replaced(settings: Settings, recipe: ArchetypeRecipe) -> dict[str, object]:
     """After archetypes were generated again (a backfill, or the rerun of one cut short): the
     older row of each regenerated key is removed, so every archetype key has one row."""
+    progress.end("archetypes")
     removed = drop_replaced_archetypes(store_for(settings), recipe.model_id)
     if removed:
         get_run_logger().info("archetypes: removed %d rows replaced by newer ones", removed)
@@ -152,6 +163,7 @@ def record_engine_failure(
     items = batch_items(batch, read_batch_items(store, batch.item_ids))
     rows = [engine_failure(item, context.recipe, error, _run_id()) for item in items]
     write_failures(store, context.recipe.model_id, keyed_by_item(context.recipe, rows))
+    progress.advance("archetypes", len(items), detail=f"item {batch.item_ids[0]} failed")
     get_run_logger().warning("archetypes: item %s failed and is skipped: %s", batch.item_ids, error)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from small_dataset import write_small_dataset
 
@@ -17,13 +19,20 @@ def ingested(tmp_path, prefect_harness, monkeypatch):
     return config
 
 
+def stored(data: Path) -> list[tuple[Path, int]]:
+    """Every file under the storage root but the command's logs, with its mtime."""
+    return sorted(
+        (p, p.stat().st_mtime_ns) for p in data.rglob("*") if p.relative_to(data).parts[0] != "logs"
+    )
+
+
 def test_backfill_dry_run_lists_the_chosen_items_and_writes_nothing(ingested, tmp_path, capsys):
-    before = sorted((p, p.stat().st_mtime_ns) for p in (tmp_path / "data").rglob("*"))
+    before = stored(tmp_path / "data")
     code = main(["--config", str(ingested), "backfill", "A", "--dry-run"])
     out = capsys.readouterr().out
     assert code == 0
     assert "A" in out
-    assert sorted((p, p.stat().st_mtime_ns) for p in (tmp_path / "data").rglob("*")) == before
+    assert stored(tmp_path / "data") == before
 
 
 @pytest.mark.parametrize(
@@ -36,7 +45,7 @@ def test_backfill_dry_run_lists_the_chosen_items_and_writes_nothing(ingested, tm
 def test_bad_backfill_parameters_are_one_line(ingested, capsys, args, field):
     code = main(["--config", str(ingested), *args])
     err = capsys.readouterr().err
-    assert code == 1
+    assert code == 2  # a user error
     assert field in err
     assert "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
@@ -54,3 +63,26 @@ def test_a_since_that_is_no_day_is_a_usage_error(capsys):
         main(["backfill", "--since", "yesterday", "--dry-run"])
     assert exit_.value.code == 2
     assert "not a day (YYYY-MM-DD): 'yesterday'" in capsys.readouterr().err
+
+
+def test_a_backfill_of_an_unknown_item_is_a_user_error(ingested, capsys):
+    code = main(["--config", str(ingested), "backfill", "A", "NOPE", "--dry-run"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.strip() == "genair: unknown item id(s), not in the ingested catalog: NOPE"
+
+
+def test_a_run_ends_with_the_results_table_and_the_report(tmp_path, prefect_harness, capsys):
+    from scripted_pipeline import TitleEngines, scripted_pipeline, write_catalog_dataset
+
+    config = write_catalog_dataset(tmp_path)  # one recommender run: sasrec, id, seed 1
+    scripted_pipeline(str(config), TitleEngines(), until="retrieval")
+    assert main(["--config", str(config), "run", "--from", "negatives"]) == 0
+    out = capsys.readouterr().out
+    assert "recommenders, test, full ranking (mean ± std over seeds):" in out
+    header = "| backbone | variant | seeds | NDCG@10 | HR@10 |\n|---|---|---:|---:|---:|\n"
+    rows = out.split(header)[1].splitlines()
+    assert rows[0].startswith("| sasrec | id | 1 | 0.")
+    assert rows[1].startswith("| popularity | - | 1 | 0.")
+    assert "report: " in out
+    assert f"log: {tmp_path / 'data' / 'logs'}" in out

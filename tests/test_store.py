@@ -140,7 +140,7 @@ def test_genair_sql_readable_and_csv(tmp_path, capsys):
     )
     assert capsys.readouterr().out.splitlines() == ['"i","j"', "1,2", "2,3"]
 
-    assert genair(["--config", str(config), "sql", "SELECT * FROM nope"]) == 1
+    assert genair(["--config", str(config), "sql", "SELECT * FROM nope"]) == 2  # a user error
     assert "nope" in capsys.readouterr().err
 
 
