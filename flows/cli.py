@@ -40,6 +40,7 @@ ParamsT = TypeVar("ParamsT", bound="FlowParams")
 EXIT_FAILED = 1
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a command killed by it
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
@@ -53,10 +54,15 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     try:
         settings = load_settings(args.config, profile=getattr(args, "profile", None))
-        return args.command(args, settings)
+        code = args.command(args, settings)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return code
     except KeyboardInterrupt:
         print("genair: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `genair sql ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except (UserError, ConfigError) as err:
         return _report_error(args, err, EXIT_USER_ERROR)
     except Exception as err:
@@ -218,7 +224,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "the items most like one item (from the FAISS index of a vector space)",
         "The top-k items by cosine, with title, score and the first line of each one's "
         "archetype. Exit status 2 when ITEM names no item or several (they are listed).",
-        ['genair similar "toy story" --k 5 --space raw', "genair similar 50"],
+        [
+            'genair similar "toy story" --k 5 --space raw',
+            "genair similar 50 --profile quick",
+        ],
+        profiled=True,
     )
     similar.add_argument("item", metavar="ITEM", help="an item_id or a piece of a title")
     similar.add_argument("--k", type=int, default=10, help="how many items (default: 10)")
@@ -240,7 +250,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
             'genair sql "SELECT split, count(*) FROM sequences GROUP BY split"',
             'genair sql "SELECT reason, count(*) FROM rejects GROUP BY reason" --csv',
             'genair sql "SELECT * FROM items LIMIT 5" --csv > items.csv',
+            'genair sql "SELECT count(*) FROM current_archetypes" --profile quick',
         ],
+        profiled=True,
     )
     sql.add_argument("query")
     sql.add_argument("--csv", action="store_true", help="machine-readable CSV on stdout")
@@ -270,7 +282,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "Reads the storage root only (Prefect is not started): every table's rows, hash and the "
         "run that wrote it, the last runs with their state (a run whose process is gone reads "
         "Crashed), and the failures no later run has settled.",
-        ["genair status", "genair status --runs 3 --json"],
+        ["genair status", "genair status --runs 3 --json", "genair status --profile quick"],
+        profiled=True,
     )
     status.add_argument("--runs", type=int, default=10, help="how many runs (default: 10)")
     status.add_argument("--json", action="store_true", help="machine-readable JSON on stdout")

@@ -31,7 +31,9 @@ def test_every_command_has_a_description_and_examples(command, capsys):
     assert examples.lstrip().startswith(f"genair {command or ''}".strip())
 
 
-@pytest.mark.parametrize("command", ["run", "refresh", "backfill", "report", "config"])
+@pytest.mark.parametrize(
+    "command", ["run", "refresh", "backfill", "report", "config", "sql", "similar", "status"]
+)
 def test_the_commands_that_load_settings_take_a_profile(command, capsys):
     with pytest.raises(SystemExit):
         main([command, "--help"])
@@ -198,3 +200,21 @@ def test_report_prints_where_it_wrote_the_report(config, capsys, monkeypatch):
     assert main(["--config", str(config), "report", "--output", "elsewhere.html"]) == 0
     assert capsys.readouterr().out.strip() == "elsewhere.html"
     assert written[-1] == Path("elsewhere.html")
+
+
+def test_output_cut_short_by_its_reader_is_not_an_error(config):
+    """`genair status | head -1`: the rest of the output has nowhere to go; exit as a shell
+    reports SIGPIPE, with nothing on stderr."""
+    reader = subprocess.Popen(["true"], stdin=subprocess.PIPE)
+    reader.wait(timeout=30)  # gone before the first line is written
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "--config", str(config), "status", "--runs", "50"],
+        cwd=REPO,
+        stdout=reader.stdin,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=120,
+    )
+    reader.stdin.close()
+    assert done.returncode == 141, done.stderr
+    assert "failed" not in done.stderr
