@@ -447,6 +447,8 @@ def _overview(settings: Settings, summary: dict) -> str:
             "",
             results_table(_grid_metric_rows(settings)),
         ]
+    if settings.smoke_run:
+        lines.append(smoke_note(settings))
     root = settings.storage.root
     html = root / "reports" / "report.html"
     if html.is_file():
@@ -455,6 +457,13 @@ def _overview(settings: Settings, summary: dict) -> str:
         lines.append(f"report: {summary['results']['report']}")
     lines.append(f"tables: {root / 'tables'}")
     return "\n".join(lines)
+
+
+def smoke_note(settings: Settings) -> str:
+    return (
+        f"profile {settings.profile}: a SMOKE RUN on trimmed data and training, to check that the "
+        "pipeline runs end to end; its numbers are not results"
+    )
 
 
 def _grid_metric_rows(settings: Settings) -> list[dict]:
@@ -541,6 +550,8 @@ def run_console(settings: Settings, args: argparse.Namespace) -> Iterator[Progre
         try:
             with view, progress.listening(view):
                 view.message(f"genair {args.command.__name__.strip('_')}: log in {args.log_path}")
+                if settings.smoke_run:
+                    view.message(smoke_note(settings))
                 yield view
         finally:
             task_runs.removeHandler(steps)

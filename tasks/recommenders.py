@@ -119,6 +119,11 @@ def publish_results(settings: Settings) -> dict[str, object]:
         settings.recommenders, settings.dataset.name, tables, ranks, group_rows
     )
     store.write_part("metrics", "popularity", FINAL, popularity)
+    if settings.smoke_run:
+        markdown = (
+            f"> **Smoke run (profile `{settings.profile}`), not a result**: trimmed data and "
+            f"training, to check that the pipeline runs end to end.\n\n{markdown}"
+        )
     path = store.write_report(RESULTS_REPORT, markdown)
     create_markdown_artifact(
         key="genair-recommenders", markdown=markdown, description="recommender results"

@@ -30,7 +30,8 @@ def write_report(settings: Settings, path: Path | None = None) -> Path:
     report = build_report(
         sources,
         dataset=settings.dataset.name,
-        profile=getattr(settings, "profile", None),
+        profile=settings.profile,
+        smoke_run=settings.smoke_run,
         runs=runs,
         evaluation=settings.recommenders.evaluation,
         settings=settings.model_dump(mode="json"),

@@ -117,6 +117,10 @@ class Settings(BaseSettings):
     # The profile these settings were read with, as a label for what the run prints and writes;
     # its settings are already in the sections above, so it is left out of every dump too.
     profile: str = Field(DEFAULT_PROFILE, exclude=True)
+    # Set by a profile's `smoke = true`: the run trims data, generation or training to check that
+    # the pipeline runs end to end, and everything it prints and writes says its numbers are not
+    # results.
+    smoke_run: bool = Field(False, exclude=True)
 
     @classmethod
     def settings_customise_sources(
@@ -161,7 +165,7 @@ def load_settings(
         raise ConfigError(f"config file not found: {path}")
     base_dir = Path(path).resolve().parent if path is not None else Path.cwd()
     profile = profile or os.environ.get(PROFILE_ENV) or DEFAULT_PROFILE
-    file_settings = _read_file(path, profile)
+    file_settings, smoke_run = _read_file(path, profile)
 
     class FileSettings(Settings):
         @classmethod
@@ -182,12 +186,12 @@ def load_settings(
     except ValueError as err:  # a GENAIR_* value that does not parse (SettingsError)
         raise ConfigError(str(err)) from None
     resolved = _resolve_paths(Settings.model_validate(settings.model_dump()), base_dir)
-    return resolved.model_copy(update={"profile": profile})
+    return resolved.model_copy(update={"profile": profile, "smoke_run": smoke_run})
 
 
-def _read_file(path: Path | None, profile: str) -> dict[str, Any]:
+def _read_file(path: Path | None, profile: str) -> tuple[dict[str, Any], bool]:
     """The file's settings with `profile`'s table laid over them (tables merge key by key; any
-    other value, a list included, replaces the file's)."""
+    other value, a list included, replaces the file's), and whether the profile says `smoke`."""
     data: dict[str, Any] = {}
     if path is not None:
         try:
@@ -197,12 +201,16 @@ def _read_file(path: Path | None, profile: str) -> dict[str, Any]:
             raise ConfigError(f"{path}: {err}") from None
     profiles = data.pop("profiles", {})
     if profile == DEFAULT_PROFILE:
-        return data
+        return data, False
     if profile not in profiles:
         defined = ", ".join(sorted(profiles)) or "none"
         where = path or "the defaults (no genair.toml)"
         raise ConfigError(f"unknown profile {profile!r}; {where} defines: {defined}")
-    return _merged(data, profiles[profile])
+    overlay = dict(profiles[profile])
+    smoke = overlay.pop("smoke", False)
+    if not isinstance(smoke, bool):
+        raise ConfigError(f"{path}: profiles.{profile}.smoke: true or false (got {smoke!r})")
+    return _merged(data, overlay), smoke
 
 
 def _merged(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:

@@ -27,6 +27,7 @@ loss = "ce"
 max_epochs = 50
 
 [profiles.small]
+smoke = true
 storage.root = "out/small"
 preprocess.k_core = 20
 recommenders.seeds = [1, 2]
@@ -34,6 +35,9 @@ recommenders.training.max_epochs = 3
 
 [profiles.broken]
 preprocess.k_core = 0
+
+[profiles.odd]
+smoke = "yes"
 """
 
 
@@ -82,7 +86,7 @@ def test_genair_profile_chooses_the_profile_when_no_argument_does(
 
 
 def test_an_unknown_profile_names_the_ones_defined(config: Path) -> None:
-    with pytest.raises(ConfigError, match=r"unknown profile 'fast'.*defines: broken, small"):
+    with pytest.raises(ConfigError, match=r"unknown profile 'fast'.*defines: broken, odd, small"):
         load_settings(config, profile="fast")
 
 
@@ -143,3 +147,14 @@ def test_genair_warm_needs_the_calibration_adapter_size(config: Path) -> None:
         config, recommenders={"variants": ["genair-warm"], "model": {"hidden": 128}}
     )
     assert settings.calibration.hidden == 128
+
+
+def test_a_smoke_profile_marks_its_runs(config: Path) -> None:
+    """`smoke = true` is no setting: it marks what the run prints and writes as not a result."""
+    assert load_settings(config, profile="small").smoke_run
+    assert not load_settings(config).smoke_run
+    assert "smoke_run" not in load_settings(config, profile="small").model_dump()
+    with pytest.raises(ConfigError, match=r"profiles.odd.smoke: true or false"):
+        load_settings(config, profile="odd")
+    assert load_settings(REPO_CONFIG, profile="quick").smoke_run
+    assert not load_settings(REPO_CONFIG, profile="paper").smoke_run

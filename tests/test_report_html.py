@@ -284,7 +284,9 @@ def test_the_report_of_a_whole_run_renders_every_section_in_chromium(
 
 
 def test_a_quick_profile_is_labelled_a_smoke_run(chromium_binary, pipeline_config, tmp_path):
-    settings = load_settings(pipeline_config).model_copy(update={"profile": "quick"})
+    settings = load_settings(pipeline_config).model_copy(
+        update={"profile": "quick", "smoke_run": True}
+    )
     path = write_report(settings, tmp_path / "quick.html")
     page = load_page(chromium_binary, path.as_uri())
     assert page.errors == []

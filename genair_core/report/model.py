@@ -114,6 +114,7 @@ class RunManifest:
 class Report:
     dataset: str
     profile: str | None
+    smoke_run: bool  # the profile trims data or training: its numbers are not results
     generated_at: str
     results: ResultsSection | Missing
     curves: list[TrainingCurve] | Missing
@@ -378,6 +379,7 @@ def build_report(
     *,
     dataset: str,
     profile: str | None,
+    smoke_run: bool = False,
     runs: Mapping[str, tuple[str, str, int]],
     evaluation: EvaluationConfig,
     settings: dict[str, object],
@@ -390,6 +392,7 @@ def build_report(
     return Report(
         dataset=dataset,
         profile=profile,
+        smoke_run=smoke_run,
         generated_at=generated_at,
         results=results_section(
             runs, sources.test_ranks, sources.popularity_rows, evaluation.negatives

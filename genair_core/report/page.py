@@ -19,7 +19,6 @@ from genair_core.report.model import (
 )
 from genair_core.results import BETTER, GROUPS, WORSE
 
-SMOKE_PROFILES = frozenset({"quick"})  # profiles whose numbers say nothing about the method
 RUN_FIELDS = (
     "run_id",
     "flow",
@@ -134,7 +133,7 @@ def _header(report: Report, title: str) -> str:
         f" · run <code>{escape(str(run.get('run_id', 'none recorded')))}</code>"
         f" · written {escape(report.generated_at)}</p>",
     ]
-    if report.profile in SMOKE_PROFILES:
+    if report.smoke_run:
         parts.append(
             f'<div class="banner" id="smoke-banner" role="alert">Smoke run — not a result. '
             f"Profile <code>{escape(report.profile or '')}</code> trims the data, the "
