@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import gc
+import hashlib
 import os
 import platform
 import time
@@ -45,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_machine import cpu_model
+from bench_machine import cpu_model, decode_flop_per_token, vllm_matmul_rate
 
 from genair_core.config import DatasetConfig, LlmConfig
 from genair_core.datasets.movielens import MovieLens100K
@@ -72,8 +73,38 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--batch-size", type=int, default=16, help="reference batch size")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=1, help="sampler study: runs per variant")
+    parser.add_argument(
+        "--variants",
+        type=int,
+        nargs="+",
+        help="sampler study: only these rows of SAMPLER_VARIANTS (0-based), e.g. 0 4",
+    )
     parser.add_argument("--model", default="default", help="'default' or a local HF model folder")
     parser.add_argument("--cache-dir", type=Path, default=Path("~/.cache/genair").expanduser())
+    parser.add_argument(
+        "--preload",
+        action="store_true",
+        help="start vLLM's worker with tcmalloc and libiomp5 in LD_PRELOAD (VllmEngine's "
+        "preload_libraries=True)",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="vLLM with torch.compile (enforce_eager=False) instead of eager mode",
+    )
+    parser.add_argument(
+        "--native-sampler",
+        action="store_true",
+        help="vLLM's own top_p and repetition penalty instead of genair's logits processors "
+        "(VllmEngine's native_sampler=True: the engine as it was before them)",
+    )
+    parser.add_argument(
+        "--sampler-micro",
+        action="store_true",
+        help="instead of the comparison: each sampler piece alone (vLLM's and genair's), ms per "
+        "step at batch --items, on real logits, ~1 min",
+    )
     parser.add_argument(
         "--sampler-study",
         action="store_true",
@@ -238,7 +269,14 @@ def vllm_engine(args, model_dir: Path) -> VllmEngine:
         seed=args.seed,
         kv_cache_gib=args.kv_cache_gib,
     )
-    return VllmEngine(model_dir, generation_settings(llm), **engine_options(llm))
+    return VllmEngine(
+        model_dir,
+        generation_settings(llm),
+        **engine_options(llm),
+        preload_libraries=args.preload,
+        compile_model=args.compile,
+        native_sampler=args.native_sampler,
+    )
 
 
 def run_fast(args, model_dir: Path, prompts: list[str]):
@@ -271,6 +309,8 @@ def run_fast(args, model_dir: Path, prompts: list[str]):
         for c in completions
     )
     empty = sum(1 for c in completions if not c.text.strip())
+    digest = hashlib.sha256(repr([c.completion_token_ids for c in completions]).encode())
+    print(f"vLLM completion token ids, sha256: {digest.hexdigest()[:16]}")
     return (
         startup,
         gen,
@@ -282,24 +322,110 @@ def run_fast(args, model_dir: Path, prompts: list[str]):
     )
 
 
-# (label, SamplingParams overrides); "seeded" = one seed per prompt, as VllmEngine does.
+class StepTimer:
+    """Where each millisecond of a vLLM engine step goes, timed in this process.
+
+    VllmEngine runs vLLM's engine core in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0), so its
+    step can be wrapped: `schedule` + `update_from_output` (the scheduler), the worker's
+    `execute_model` (forward pass with LM head, plus the round trip to the worker process) and its
+    `sample_tokens` (the sampler: logits processors, penalties, temperature, top-k/top-p, the
+    draw, and the worker's per-step bookkeeping). What remains of the wall time between steps is
+    LLM.generate's output processing (detokenisation). A step whose scheduled tokens exceed its
+    requests is a prefill step and is reported apart.
+    """
+
+    PARTS = ("forward", "sampler", "scheduler")
+
+    def __init__(self, llm) -> None:
+        from concurrent.futures import Future
+
+        core = llm.llm_engine.engine_core.engine_core
+        self.steps: list[dict[str, float]] = []
+        self._current: dict[str, float] = {}
+        scheduler, executor = core.scheduler, core.model_executor
+        schedule, update = scheduler.schedule, scheduler.update_from_output
+        execute, sample = executor.execute_model, executor.sample_tokens
+
+        def timed_schedule(*a, **k):
+            t0 = time.perf_counter()
+            out = schedule(*a, **k)
+            self._current = {
+                "start": t0,
+                "scheduler": time.perf_counter() - t0,
+                "prefill": out.total_num_scheduled_tokens > len(out.num_scheduled_tokens),
+            }
+            return out
+
+        def timed_execute(scheduler_output, non_block=False):
+            t0 = time.perf_counter()
+            result = execute(scheduler_output, non_block=False)
+            self._current["forward"] = time.perf_counter() - t0
+            if not non_block:
+                return result
+            done: Future = Future()
+            done.set_result(result)
+            return done
+
+        def timed_sample(*a, **k):
+            t0 = time.perf_counter()
+            out = sample(*a, **k)
+            self._current["sampler"] = time.perf_counter() - t0
+            return out
+
+        def timed_update(*a, **k):
+            t0 = time.perf_counter()
+            out = update(*a, **k)
+            end = time.perf_counter()
+            self._current["scheduler"] += end - t0
+            self._current["end"] = end
+            self.steps.append(self._current)
+            return out
+
+        scheduler.schedule, scheduler.update_from_output = timed_schedule, timed_update
+        executor.execute_model, executor.sample_tokens = timed_execute, timed_sample
+
+    def reset(self) -> None:
+        self.steps = []
+
+    def decode_ms(self, wall: float) -> dict[str, float]:
+        """Mean ms per decode step: total (wall share), each part, and `other`."""
+        decode = [st for st in self.steps if not st["prefill"]]
+        prefill_wall = sum(st["end"] - st["start"] for st in self.steps if st["prefill"])
+        n = max(1, len(decode))
+        result = {"steps": float(len(decode)), "total": 1000 * (wall - prefill_wall) / n}
+        for part in self.PARTS:
+            result[part] = 1000 * sum(st.get(part, 0.0) for st in decode) / n
+        result["other"] = result["total"] - sum(result[p] for p in self.PARTS)
+        return result
+
+
+# (label, SamplingParams overrides); "seeded" = one seed per prompt, as VllmEngine does;
+# "genair" = (top_k, top_p, repetition_penalty) through genair's logits processors, with vLLM's
+# own sampler left with the temperature only.
 SAMPLER_VARIANTS: tuple[tuple[str, dict], ...] = (
     ("greedy", {"temperature": 0.0}),
-    ("temperature 0.6", {"temperature": 0.6}),
-    ("temperature 0.6, top_k 50", {"temperature": 0.6, "top_k": 50}),
-    ("temperature 0.6, top_p 0.9", {"temperature": 0.6, "top_p": 0.9}),
-    ("temperature 0.6, repetition penalty 1.2", {"temperature": 0.6, "repetition_penalty": 1.2}),
+    ("temperature 0.6 (no filter, no penalty)", {"temperature": 0.6, "seeded": True}),
     (
-        "temperature 0.6, top_p 0.9, repetition penalty 1.2",
-        {"temperature": 0.6, "top_p": 0.9, "repetition_penalty": 1.2},
-    ),
-    (
-        "the same + top_k 50 (HF generate's default, as in the reference)",
-        {"temperature": 0.6, "top_p": 0.9, "repetition_penalty": 1.2, "top_k": 50},
-    ),
-    (
-        "genair's settings: top_p 0.9, repetition penalty 1.2, seed per prompt",
+        "vLLM's sampler: top_p 0.9, repetition penalty 1.2 (genair before)",
         {"temperature": 0.6, "top_p": 0.9, "repetition_penalty": 1.2, "seeded": True},
+    ),
+    (
+        "vLLM's sampler: top_k 50, top_p 0.9, repetition penalty 1.2 (the reference's)",
+        {
+            "temperature": 0.6,
+            "top_k": 50,
+            "top_p": 0.9,
+            "repetition_penalty": 1.2,
+            "seeded": True,
+        },
+    ),
+    (
+        "genair's processors: top_p 0.9, repetition penalty 1.2 (genair now)",
+        {"temperature": 0.6, "genair": (0, 0.9, 1.2), "seeded": True},
+    ),
+    (
+        "genair's processors: top_k 50, top_p 0.9, repetition penalty 1.2 (the reference's)",
+        {"temperature": 0.6, "genair": (50, 0.9, 1.2), "seeded": True},
     ),
 )
 
@@ -307,36 +433,47 @@ SAMPLER_VARIANTS: tuple[tuple[str, dict], ...] = (
 def run_sampler_study(args, model_dir: Path, prompts: list[str]) -> None:
     """Where vLLM's decode time goes: the same prompts under other sampling settings.
 
-    Every row generates exactly max new tokens (ignore_eos), so rows compare per-token cost. The
-    last variant is repeated at 2x and 4x the batch (the prompt list repeated, seeds per copy) to
-    show whether a bigger batch would amortise per-step costs."""
+    Every row generates exactly max new tokens (ignore_eos), so rows compare per-token cost, and
+    each step is split into forward, sampler, scheduler and other (StepTimer). Each variant runs
+    `--repeats` times; the fastest run is reported."""
     from vllm import SamplingParams
+
+    from genair_core.engines.vllm_sampling import sampling_extra_args
 
     with Section("vLLM: generator start-up") as startup:
         engine = vllm_engine(args, model_dir)
         llm = engine._generate_llm()
+    timer = StepTimer(llm)
     ids = [engine.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    runs = [(label, sp, 1) for label, sp in SAMPLER_VARIANTS]
-    runs += [(SAMPLER_VARIANTS[-1][0], SAMPLER_VARIANTS[-1][1], k) for k in (2, 4)]
     rows = []
     try:
-        for label, overrides, copies in runs:
+        chosen = args.variants if args.variants is not None else range(len(SAMPLER_VARIANTS))
+        for label, overrides in (SAMPLER_VARIANTS[i] for i in chosen):
             sp = dict(overrides)
             seeded = sp.pop("seeded", False)
-            inputs, params = [], []
-            for copy in range(copies):
-                for prompt, tokens in zip(prompts, ids, strict=True):
-                    inputs.append({"prompt_token_ids": tokens})
-                    seed = request_seed(engine.settings.seed + copy, prompt) if seeded else None
-                    params.append(
-                        SamplingParams(
-                            max_tokens=args.max_new_tokens, ignore_eos=True, seed=seed, **sp
-                        )
-                    )
-            with Section(label) as section:
-                outputs = llm.generate(inputs, params, use_tqdm=False)
+            genair = sp.pop("genair", None)
+            if genair is not None:
+                sp["extra_args"] = sampling_extra_args(*genair)
+            inputs = [{"prompt_token_ids": tokens} for tokens in ids]
+            params = [
+                SamplingParams(
+                    max_tokens=args.max_new_tokens,
+                    ignore_eos=True,
+                    seed=request_seed(engine.settings.seed, prompt) if seeded else None,
+                    **sp,
+                )
+                for prompt in prompts
+            ]
+            best = None
+            for _ in range(args.repeats):
+                timer.reset()
+                with Section(label) as section:
+                    outputs = llm.generate(inputs, params, use_tqdm=False)
+                if best is None or section.seconds < best[1].seconds:
+                    best = (outputs, section, timer.decode_ms(section.seconds))
+            outputs, section, split = best
             tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
-            rows.append((label, len(inputs), tokens, section))
+            rows.append((label, tokens, section, split))
     finally:
         engine.close()
 
@@ -344,17 +481,113 @@ def run_sampler_study(args, model_dir: Path, prompts: list[str]) -> None:
     print(f"\n## vLLM sampler study, {when}\n")
     print(
         f"machine: {cpu_model()}; vllm generator start-up {startup.seconds:.1f} s; model "
-        f"{model_dir.name}, {args.dtype}; every row generates {args.max_new_tokens} tokens"
+        f"{model_dir.name}, {args.dtype}; batch {len(prompts)}, every row generates "
+        f"{args.max_new_tokens} tokens; LD_PRELOAD {os.environ.get('LD_PRELOAD', '')!r}; "
+        f"{'torch.compile' if args.compile else 'eager'}; best of {args.repeats}"
     )
     print()
-    print("| sampling | batch | output tokens | seconds | output tokens/s | ms per step | load |")
-    print("|---|---:|---:|---:|---:|---:|---|")
-    for label, batch, tokens, sec in rows:
+    print(
+        "| sampling | output tokens | seconds | output tokens/s | ms per decode step | forward "
+        "| sampler | scheduler | other | load |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for label, tokens, sec, split in rows:
         print(
-            f"| {label} | {batch} | {tokens:,} | {sec.seconds:.1f} | "
-            f"{tokens / sec.seconds:.0f} | {1000 * sec.seconds / args.max_new_tokens:.0f} "
-            f"| {sec.load} |"
+            f"| {label} | {tokens:,} | {sec.seconds:.1f} | {tokens / sec.seconds:.0f} | "
+            f"{split['total']:.1f} | {split['forward']:.1f} | {split['sampler']:.1f} | "
+            f"{split['scheduler']:.1f} | {split['other']:.1f} | {sec.load} |"
         )
+
+
+def run_sampler_micro(args, model_dir: Path, prompts: list[str]) -> None:
+    """The sampler's pieces alone, best of `--repeats` (at least 10), on real logits.
+
+    Logits: SmolLM2's next-token logits at the end of each prompt (one transformers forward
+    pass, batch = `--items`), after temperature where the piece runs after it. Seen tokens: each
+    prompt plus 100 tokens drawn from its vocabulary (a decode step half-way through 128 new
+    tokens has ~80 + 64 seen)."""
+    from vllm import SamplingParams
+    from vllm.v1.sample.logits_processor import BatchUpdate
+    from vllm.v1.sample.ops.penalties import apply_all_penalties
+    from vllm.v1.sample.ops.topk_topp_sampler import apply_top_k_top_p
+
+    from genair_core.engines.vllm_sampling import SeenTokenPenalty, TopKTopP, sampling_extra_args
+
+    model, tokenizer = reference_load(model_dir, args.dtype)
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.inference_mode():
+        logits = model(**enc).logits[:, -1].float()
+    n, vocab = logits.shape
+    gen = torch.Generator().manual_seed(args.seed)
+    prompt_ids = [enc["input_ids"][i][enc["attention_mask"][i].bool()].tolist() for i in range(n)]
+    output_ids = [torch.randint(0, vocab, (100,), generator=gen).tolist() for _ in range(n)]
+    scaled = logits / 0.6
+    repeats = max(10, args.repeats)
+
+    def best_ms(fn) -> float:
+        times = []
+        for _ in range(repeats):
+            x = scaled.clone()
+            start = time.perf_counter()
+            fn(x)
+            times.append(time.perf_counter() - start)
+        return 1000 * min(times)
+
+    width = max(len(p) for p in prompt_ids)
+    padded = torch.tensor([p + [vocab] * (width - len(p)) for p in prompt_ids])
+    seeds = torch.randint(0, 2**31, (n,), generator=gen)
+    rows = [
+        (
+            "vLLM: repetition penalty (dense count tables)",
+            lambda x: apply_all_penalties(
+                x, padded, torch.zeros(n), torch.zeros(n), torch.full((n,), 1.2), output_ids
+            ),
+        ),
+        (
+            "vLLM: top_p 0.9 (full sort)",
+            lambda x: apply_top_k_top_p(x, None, torch.full((n,), 0.9)),
+        ),
+        (
+            "vLLM: top_k 50 + top_p 0.9 (full sort)",
+            lambda x: apply_top_k_top_p(x, torch.full((n,), 50), torch.full((n,), 0.9)),
+        ),
+        ("vLLM: temperature (divide)", lambda x: x.div_(torch.full((n, 1), 0.6))),
+        (
+            "vLLM: seeded draw (fused_gumbel_argmax)",
+            lambda x: torch.ops._C.fused_gumbel_argmax(x, seeds),
+        ),
+    ]
+    for label, top_k in (("top_p 0.9", 0), ("top_k 50 + top_p 0.9", 50)):
+        params = SamplingParams(extra_args=sampling_extra_args(top_k, 0.9, 1.2))
+        added = [(i, params, prompt_ids[i], output_ids[i]) for i in range(n)]
+        penalty = SeenTokenPenalty(None, torch.device("cpu"), False)
+        top = TopKTopP(None, torch.device("cpu"), False)
+        for proc in (penalty, top):
+            proc.update_state(BatchUpdate(batch_size=n, removed=[], added=added, moved=[]))
+        if top_k == 0:
+            rows.append(("genair: repetition penalty (seen tokens only)", penalty.apply))
+        rows.append((f"genair: {label} (partial sort)", top.apply))
+    results = [(label, best_ms(fn)) for label, fn in rows]
+    nucleus = (~torch.isinf(top_k_top_p_exact(scaled))).sum(1)
+    print(f"\n## Sampler pieces, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC\n")
+    print(
+        f"{n} rows × {vocab:,} logits (SmolLM2 at the end of each prompt, temperature 0.6); best "
+        f"of {repeats}; load {os.getloadavg()[0]:.2f}; top_p 0.9 nucleus without top-k: median "
+        f"{int(nucleus.median())}, max {int(nucleus.max())} tokens"
+    )
+    print()
+    print("| piece | ms per step |")
+    print("|---|---:|")
+    for label, ms in results:
+        print(f"| {label} | {ms:.1f} |")
+
+
+def top_k_top_p_exact(scaled: torch.Tensor) -> torch.Tensor:
+    """top_p 0.9 without top-k on a copy (for the nucleus sizes the micro-benchmark reports)."""
+    from genair_core.engines.sampling import top_k_top_p
+
+    n = scaled.shape[0]
+    return top_k_top_p(scaled.clone(), torch.zeros(n, dtype=torch.long), torch.full((n,), 0.9))
 
 
 def main(argv=None) -> None:
@@ -373,13 +606,21 @@ def main(argv=None) -> None:
     if args.sampler_study:
         run_sampler_study(args, model_dir, prompts)
         return
+    if args.sampler_micro:
+        run_sampler_micro(args, model_dir, prompts)
+        return
 
     load_before = os.getloadavg()
+    # First, before any vLLM worker exists (a closing worker spins for seconds after close()).
+    with Section("machine: oneDNN matmul rate, best of 3") as rate_section:
+        rate = vllm_matmul_rate(args.dtype)
     ref_load, ref_run, ref, ref_prompt_ids = run_reference(args, model_dir, prompts)
     startup, gen, emb, fast, embed_tokens, empty, fast_prompt_ids = run_fast(
         args, model_dir, prompts
     )
     load_after = os.getloadavg()
+    flop_per_token = decode_flop_per_token(model_dir)
+    bound = rate * 1e9 / flop_per_token
     if ref_prompt_ids != fast_prompt_ids:
         raise SystemExit("MISMATCH: the two sides tokenised the prompts differently")
 
@@ -409,6 +650,11 @@ def main(argv=None) -> None:
         f"{os.environ.get('VLLM_CPU_NUM_OF_RESERVED_CPU')}"
     )
     print(
+        f"vLLM engine: {'vLLM' if args.native_sampler else 'genair'}'s top-p and repetition "
+        f"penalty; LD_PRELOAD {os.environ.get('LD_PRELOAD', '')!r}; "
+        f"{'torch.compile' if args.compile else 'eager'}"
+    )
+    print(
         "load average (1/5/15 min): before "
         + "/".join(f"{x:.2f}" for x in load_before)
         + ", after "
@@ -417,7 +663,7 @@ def main(argv=None) -> None:
     print()
     print("| section | seconds | 1-min load start → end |")
     print("|---|---:|---|")
-    for s in (ref_load, ref_run, startup, gen, emb):
+    for s in (rate_section, ref_load, ref_run, startup, gen, emb):
         print(f"| {s.name} | {s.seconds:.1f} | {s.load} |")
     print()
     print("| side | items | output tokens | EOS / max | seconds | items/s | output tokens/s |")
@@ -444,6 +690,14 @@ def main(argv=None) -> None:
         f"vLLM split: generate {gen.seconds:.1f} s ({fast.output_tokens / gen.seconds:.0f} output "
         f"tokens/s), embed {emb.seconds:.1f} s ({embed_tokens:,} prompt + completion tokens, "
         f"{embed_tokens / emb.seconds:.0f} tokens/s)"
+    )
+    gen_rate = fast.output_tokens / gen.seconds
+    ref_rate = ref.output_tokens / ref_run.seconds
+    print(
+        f"compute bound (bench_machine): {args.dtype} oneDNN matmul {rate:.0f} GFLOP/s / "
+        f"{flop_per_token / 1e9:.3f} GFLOP per generated token = {bound:,.0f} tokens/s; vLLM "
+        f"generate {gen_rate:.0f} tokens/s = **{gen_rate / bound:.0%} of the bound**, "
+        f"{gen_rate / ref_rate:.2f}× the reference's generate + means ({ref_rate:.0f} tokens/s)"
     )
     problems = ref.bad_vectors + fast.bad_vectors + empty
     print(

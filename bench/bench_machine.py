@@ -139,6 +139,24 @@ def matmul_rate(
     return flop * inner / min(times) / 1e9, flop * inner / statistics.median(times) / 1e9
 
 
+def vllm_matmul_rate(dtype: str, repeats: int = 3, size: int = 4096) -> float:
+    """Best GFLOP/s of a square matmul through the library vLLM's CPU linear layers use
+    (oneDNN for fp32 and bf16): the compute ceiling of a vLLM decode."""
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+    return matmul_rate(size, size, size, torch_dtype, "onednn", repeats)[0]
+
+
+def decode_flop_per_token(model_dir) -> float:
+    """FLOP of one generated token: 2 per parameter, a tied embedding counted once (as the LM
+    head; the lookup is free). Attention over the context (≈ 4% at 150 tokens) is left out."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return 2.0 * sum(p.numel() for p in model.parameters())  # parameters() yields tied ones once
+
+
 def bandwidth(mib: int, repeats: int) -> list[tuple[str, float, float]]:
     """Rows (name, best GB/s, median GB/s). 1 GB = 1e9 bytes."""
     n = mib * (1 << 20) // 4

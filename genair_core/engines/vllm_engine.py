@@ -17,6 +17,16 @@ child started with multiprocessing spawn (a script that uses this engine needs t
 `if __name__ == "__main__":` guard). The worker exits when this process dies, SIGKILL included;
 vLLM's default, the engine core in a process of its own, outlives a killed parent in vLLM 0.32.
 
+Sampling: vLLM's own sampler applies the temperature and draws with each request's seeded
+generator; the repetition penalty and top-p are genair's logits processors (vllm_sampling,
+sampling): the same logits as vLLM's and HF's, without vLLM's CPU full-vocabulary sort and dense
+count tables, which took most of a decode step (docs/benchmarks.md).
+
+CPU libraries: with preload_libraries=True, tcmalloc and Intel OpenMP (libiomp5) are put in
+LD_PRELOAD for the worker, where found (cpu_preload_libraries); the worker is a spawned process,
+so the setting reaches it. Off by default: no gain measured on the 2-core CPU
+(docs/benchmarks.md); vLLM then preloads torch's libgomp itself.
+
 Per-request seeds: a seeded request whose prompt is prefilled in chunks kills the CPU engine in
 vLLM 0.32 ("CPU Generator does not use offset", from the model runner's offset rewind of a
 discarded partial-prefill sample). Chunked prefill is therefore off in the generator; each prompt
@@ -26,11 +36,14 @@ is prefilled whole (max_num_batched_tokens then equals the context length).
 from __future__ import annotations
 
 import gc
+import glob
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from genair_core import progress
 from genair_core.engines.base import (
     Completion,
     Embedding,
@@ -51,6 +64,12 @@ DEFAULT_POOL_KV_CACHE_GIB = 0.5
 # an explicit KV-cache size; the default 0.92 would stop the second instance. Untested here (the
 # GPU machines have no vLLM).
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.4
+# Loaded by name in vLLM's model worker.
+LOGITS_PROCESSORS = [
+    "genair_core.engines.vllm_sampling:SeenTokenPenalty",
+    "genair_core.engines.vllm_sampling:TopKTopP",
+]
+TOP_K_OFF = 0  # genair samples without top-k (GenerationSettings has none)
 
 
 class VllmEngine:
@@ -68,6 +87,9 @@ class VllmEngine:
         gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION,
         max_model_len: int | None = None,
         tensor_parallel_size: int = 1,
+        preload_libraries: bool = False,
+        compile_model: bool = False,
+        native_sampler: bool = False,
     ) -> None:
         from transformers import AutoConfig, AutoTokenizer
 
@@ -78,6 +100,11 @@ class VllmEngine:
         self.gpu_memory_utilization = gpu_memory_utilization
         self.max_model_len = max_model_len
         self.tensor_parallel_size = tensor_parallel_size
+        self.preload_libraries = preload_libraries
+        self.compile_model = compile_model
+        # vLLM's own top_p and repetition penalty (the same distribution, slower on the CPU:
+        # docs/benchmarks.md); for before/after measurements.
+        self.native_sampler = native_sampler
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
         self.hidden_size = int(
             AutoConfig.from_pretrained(self.model_dir, local_files_only=True).hidden_size
@@ -95,14 +122,22 @@ class VllmEngine:
     def generate(self, prompts: list[str]) -> list[Completion]:
         from vllm import SamplingParams
 
+        from genair_core.engines.vllm_sampling import sampling_extra_args
+
         if not prompts:
             return []
         s = self.settings
+        # vLLM's sampler only applies the temperature; the penalty and top-p are genair's logits
+        # processors (vllm_sampling), the same distribution without vLLM's CPU full-vocabulary
+        # sort and count tables.
+        if self.native_sampler:
+            sampling = {"top_p": s.top_p, "repetition_penalty": s.repetition_penalty}
+        else:
+            sampling = {"extra_args": sampling_extra_args(TOP_K_OFF, s.top_p, s.repetition_penalty)}
         params = [
             SamplingParams(
                 temperature=s.temperature,
-                top_p=s.top_p,
-                repetition_penalty=s.repetition_penalty,
+                **sampling,
                 max_tokens=s.max_new_tokens,
                 seed=request_seed(s.seed, p),
                 stop_token_ids=sorted(self.eos_token_ids),
@@ -112,7 +147,7 @@ class VllmEngine:
         # The chat template already wrote the special tokens: tokenise without adding any
         # (vLLM's own tokenisation of a string would add BOS again for Llama-style tokenizers).
         inputs = [{"prompt_token_ids": self._token_ids(p)} for p in prompts]
-        outputs = self._generate_llm().generate(inputs, params, use_tqdm=False)
+        outputs = self._generate_llm().generate(inputs, params, use_tqdm=progress.engine_progress())
         completions = []
         for out in outputs:
             _raise_request_error(out)
@@ -217,13 +252,15 @@ class VllmEngine:
             # the engine core in this process (_prepare_environment), the worker is this
             # process's child and exits when it dies (vLLM's death pipe).
             role.setdefault("distributed_executor_backend", "mp")
+            if self.preload_libraries:
+                _preload_for_worker(cpu_preload_libraries())
         return LLM(
             str(self.model_dir),
             dtype=self.settings.dtype,
             seed=self.settings.seed,
             max_model_len=self.max_model_len,
-            # The inductor compile path costs minutes on 2 cores and gains little at 135M.
-            enforce_eager=on_cpu,
+            enforce_eager=on_cpu and not self.compile_model,
+            logits_processors=LOGITS_PROCESSORS if role.get("runner") == "generate" else None,
             **role,
         )
 
@@ -238,6 +275,42 @@ def cpu_bind_list() -> str:
         else:
             ranges.append([c, c])
     return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
+
+
+def cpu_preload_libraries() -> list[str]:
+    """tcmalloc and Intel OpenMP, where installed: vLLM's documented CPU set-up (`LD_PRELOAD`).
+
+    tcmalloc from Debian's libtcmalloc-minimal4, libiomp5 from the intel-openmp wheel in this
+    environment's lib/."""
+    found = []
+    for pattern in _TCMALLOC_GLOBS:
+        hits = sorted(glob.glob(pattern))
+        if hits:
+            found.append(hits[0])
+            break
+    iomp = Path(sys.prefix) / "lib" / "libiomp5.so"
+    if iomp.exists():
+        found.append(str(iomp))
+    return found
+
+
+_TCMALLOC_GLOBS = (
+    "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
+    "/usr/lib/*-linux-gnu/libtcmalloc_minimal.so.*",
+    "/usr/lib64/libtcmalloc_minimal.so.*",
+)
+
+
+def _preload_for_worker(libraries: list[str]) -> None:
+    # The CPU worker is a spawned process, so LD_PRELOAD set here reaches it; this process is
+    # already running and is not affected. vLLM adds torch's libgomp itself when no OpenMP
+    # runtime is listed, and refuses libgomp and libiomp together; an explicit setting wins.
+    current = os.environ.get("LD_PRELOAD", "")
+    if not libraries or "libiomp" in current or "libtcmalloc" in current:
+        return
+    if "libgomp" in current:  # left by an earlier vLLM start-up in this process
+        current = ":".join(p for p in current.split(":") if "libgomp" not in p)
+    os.environ["LD_PRELOAD"] = ":".join([*libraries, *filter(None, current.split(":"))])
 
 
 def _prepare_environment() -> None:
