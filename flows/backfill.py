@@ -76,7 +76,11 @@ def run_backfill(
     if params.dry_run:
         plan = plan_archetypes(settings, selection)
         return {"dry_run": report_backfill_plan(plan, list(wanted[1:]))}
-    parameters = {**params.model_dump(mode="json"), "recommenders": policy}
+    parameters = {
+        **params.model_dump(mode="json"),
+        "recommenders": policy,
+        "profile": settings.profile,
+    }
     with exclusive_run(settings, FLOW_NAME, parameters) as run_settings:
         return run_stages(
             run_settings, wanted, retrain=policy, backfill=selection, engine_factory=engine_factory

@@ -759,7 +759,10 @@ def _cut(text: str, width: int) -> str:
 
 
 def _config(args: argparse.Namespace, settings: Settings) -> int:
-    print(settings.model_dump_json(indent=2))
+    import json
+
+    labels = {"profile": settings.profile, "smoke_run": settings.smoke_run}
+    print(json.dumps({**labels, **settings.model_dump(mode="json")}, indent=2))
     return 0
 
 

@@ -84,7 +84,8 @@ def run_pipeline(
     )
     settings = params.settings()
     wanted = STAGES[STAGES.index(params.start) : STAGES.index(params.until) + 1]
-    with exclusive_run(settings, FLOW_NAME, params.model_dump(mode="json")) as run_settings:
+    parameters = {**params.model_dump(mode="json"), "profile": settings.profile}
+    with exclusive_run(settings, FLOW_NAME, parameters) as run_settings:
         return run_stages(run_settings, wanted, force=force, engine_factory=engine_factory)
 
 

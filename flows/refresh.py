@@ -59,6 +59,10 @@ def run_refresh(
     policy = params.recommenders or settings.refresh.recommenders
     wanted = REFRESH_STAGES + recommender_stages(policy)
     get_run_logger().info("refresh: recommenders policy %r", policy)
-    parameters = {**params.model_dump(mode="json"), "recommenders": policy}
+    parameters = {
+        **params.model_dump(mode="json"),
+        "recommenders": policy,
+        "profile": settings.profile,
+    }
     with exclusive_run(settings, FLOW_NAME, parameters) as run_settings:
         return run_stages(run_settings, wanted, retrain=policy, engine_factory=engine_factory)

@@ -65,7 +65,7 @@ def _train_runs(settings: Settings, force: bool) -> dict[str, object]:
 
 def _run_outcome(future: PrefectFuture) -> str:
     """One line on a finished run for the progress display: its test NDCG@10, or its failure."""
-    if future.state.is_failed() or future.state.is_crashed():
+    if not future.state.is_completed():  # failed, crashed, cancelled: result() would raise
         return f"a run {future.state.type.value.lower()}: {future.state.message or ''}".strip()
     summary = future.result()
     state = "up to date" if summary.get("skipped") else "trained"

@@ -102,11 +102,12 @@ def _emit(event: Event) -> None:
             try:
                 listener(event)
             except Exception:
-                _listeners.remove(listener)
+                if listener in _listeners:  # a nested emit may have dropped it already
+                    _listeners.remove(listener)
                 log.warning("progress listener %r failed; dropped", listener, exc_info=True)
 
 
-@dataclass
+@dataclass(eq=False)  # scopes are removed by identity, never an equal outer one
 class _Counting:
     stage: str
     amount: float

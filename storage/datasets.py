@@ -150,7 +150,7 @@ def _atomic_records(stream: IO[bytes], source: str, block_bytes: int) -> Iterato
             column_types=dict.fromkeys(names, pa.string()), strings_can_be_null=False
         ),
     )
-    # pyarrow numbers the lines it reads, which start after the header: its n is the file's n + 1.
+    # pyarrow numbers the lines it reads, which start after the header: its n is the file's n - 1.
     line = 2
     for batch in reader:
         columns = [batch.column(k).to_pylist() for k in range(len(names))]

@@ -200,6 +200,13 @@ def _read_file(path: Path | None, profile: str) -> tuple[dict[str, Any], bool]:
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"{path}: {err}") from None
     profiles = data.pop("profiles", {})
+    if not isinstance(profiles, dict) or not all(isinstance(p, dict) for p in profiles.values()):
+        raise ConfigError(f"{path}: profiles: a table of [profiles.NAME] tables")
+    if DEFAULT_PROFILE in profiles:
+        raise ConfigError(
+            f"{path}: [profiles.{DEFAULT_PROFILE}]: {DEFAULT_PROFILE!r} is the file itself; "
+            "put those settings outside [profiles]"
+        )
     if profile == DEFAULT_PROFILE:
         return data, False
     if profile not in profiles:

@@ -158,3 +158,20 @@ def test_a_smoke_profile_marks_its_runs(config: Path) -> None:
         load_settings(config, profile="odd")
     assert load_settings(REPO_CONFIG, profile="quick").smoke_run
     assert not load_settings(REPO_CONFIG, profile="paper").smoke_run
+
+
+@pytest.mark.parametrize(
+    ("profiles", "says"),
+    [
+        ("profiles = 1\n", "a table of"),
+        ('[profiles]\nquick = "x"\n', "a table of"),
+        ("[profiles.default]\npreprocess.k_core = 3\n", "is the file itself"),
+    ],
+)
+def test_a_malformed_profiles_table_is_a_config_error(
+    tmp_path: Path, profiles: str, says: str
+) -> None:
+    path = tmp_path / "genair.toml"
+    path.write_text(profiles)
+    with pytest.raises(ConfigError, match=says):
+        load_settings(path, profile="quick")

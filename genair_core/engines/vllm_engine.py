@@ -103,7 +103,8 @@ class VllmEngine:
         self.preload_libraries = preload_libraries
         self.compile_model = compile_model
         # vLLM's own top_p and repetition penalty (the same distribution, slower on the CPU:
-        # docs/benchmarks.md); for before/after measurements.
+        # docs/benchmarks.md): for before/after measurements, and always on a GPU, where vLLM's
+        # sampler has kernels of its own and genair's processors keep their tables on the CPU.
         self.native_sampler = native_sampler
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
         self.hidden_size = int(
@@ -130,7 +131,7 @@ class VllmEngine:
         # vLLM's sampler only applies the temperature; the penalty and top-p are genair's logits
         # processors (vllm_sampling), the same distribution without vLLM's CPU full-vocabulary
         # sort and count tables.
-        if self.native_sampler:
+        if self._native_sampling():
             sampling = {"top_p": s.top_p, "repetition_penalty": s.repetition_penalty}
         else:
             sampling = {"extra_args": sampling_extra_args(TOP_K_OFF, s.top_p, s.repetition_penalty)}
@@ -208,6 +209,9 @@ class VllmEngine:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _native_sampling(self) -> bool:
+        return self.native_sampler or not _on_cpu()
+
     def _token_ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
@@ -260,9 +264,20 @@ class VllmEngine:
             seed=self.settings.seed,
             max_model_len=self.max_model_len,
             enforce_eager=on_cpu and not self.compile_model,
-            logits_processors=LOGITS_PROCESSORS if role.get("runner") == "generate" else None,
+            logits_processors=(
+                LOGITS_PROCESSORS
+                if role.get("runner") == "generate" and not self._native_sampling()
+                else None
+            ),
             **role,
         )
+
+
+def _on_cpu() -> bool:
+    _prepare_environment()  # before vLLM's first import
+    from vllm.platforms import current_platform
+
+    return bool(current_platform.is_cpu())
 
 
 def cpu_bind_list() -> str:
