@@ -31,12 +31,12 @@ BACKFILL_STAGES = ("archetypes", "pooling", "calibrate", "index", "retrieval")
 @flow(name=FLOW_NAME)
 def genair_backfill(
     config_path: str | None = None,
+    profile: str | None = None,
     items: list[str] | None = None,
     since: date | None = None,
     all_items: bool = False,
     dry_run: bool = False,
     recommenders: RecommenderPolicy | None = None,
-    profile: str | None = None,
 ) -> dict[str, dict]:
     """Regenerate the archetypes and embeddings of the chosen items (exactly one of `items`,
     `since`, `all_items`), then the stages downstream of them.

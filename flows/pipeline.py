@@ -36,10 +36,10 @@ RECOMMENDER_STAGES = ("negatives", "recommenders", "results")
 @flow(name=FLOW_NAME)
 def genair_full(
     config_path: str | None = None,
+    profile: str | None = None,
     force: bool = False,
     start: Stage = STAGES[0],
     until: Stage = STAGES[-1],
-    profile: str | None = None,
 ) -> dict[str, dict]:
     """Every stage from `start` to `until` on the configured dataset. Steps whose inputs did not
     change are skipped; outputs are replaced, never appended to. A later `start` uses the tables

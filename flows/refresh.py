@@ -31,8 +31,8 @@ REFRESH_STAGES = tuple(stage for stage in STAGES if stage not in RECOMMENDER_STA
 @flow(name=FLOW_NAME)
 def genair_nightly_refresh(
     config_path: str | None = None,
-    recommenders: RecommenderPolicy | None = None,
     profile: str | None = None,
+    recommenders: RecommenderPolicy | None = None,
 ) -> dict[str, dict]:
     """Bring every table up to date with the latest catalog and interactions, doing only the
     work their changes call for.

@@ -17,7 +17,6 @@ reader took 6.2 s to yield the file's records here, this one 1.9 s.
 
 from __future__ import annotations
 
-import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -35,6 +34,7 @@ from storage.sources import (
     read_json_lines,
     read_recbole_atomic,
     read_table_file,
+    wheel_member,
 )
 from storage.wheel_cache import ensure_wheel
 
@@ -104,22 +104,11 @@ def read_atomic_batches(
     the read with SourceFormatError: pyarrow decodes a whole block at once, so a bad line cannot be
     singled out, and the wheels read here are pinned, published files."""
     source = f"{wheel_path}!{member}"
-    try:
-        archive = zipfile.ZipFile(wheel_path)
-    except FileNotFoundError:
-        raise SourceFormatError(f"{wheel_path}: file not found") from None
-    except zipfile.BadZipFile as err:
-        raise SourceFormatError(f"{wheel_path}: not a wheel/zip file ({err})") from None
-    with archive:
+    with wheel_member(wheel_path, member) as stream:
         try:
-            stream = archive.open(member)
-        except KeyError:
-            raise SourceFormatError(f"{wheel_path}: has no member {member!r}") from None
-        with stream:
-            try:
-                yield from _atomic_records(stream, source, block_bytes)
-            except pa.ArrowInvalid as err:
-                raise SourceFormatError(f"{source}: {err}") from None
+            yield from _atomic_records(stream, source, block_bytes)
+        except pa.ArrowInvalid as err:
+            raise SourceFormatError(f"{source}: {err}") from None
 
 
 def _atomic_records(stream: IO[bytes], source: str, block_bytes: int) -> Iterator[RawRecord]:

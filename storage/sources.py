@@ -145,6 +145,26 @@ def read_recbole_atomic(wheel_path: Path | str, member: str) -> Iterator[RawReco
     names drop the `:type` suffix and every value is a string.
     """
     source = f"{wheel_path}!{member}"
+    with wheel_member(wheel_path, member) as stream:
+        for record in _delimited_records(
+            stream,
+            source,
+            delimiter="\t",
+            header=True,
+            fieldnames=None,
+            required=(),
+            quoting=csv.QUOTE_NONE,
+        ):
+            if record.fields is not None:
+                fields = {name.rsplit(":", 1)[0]: v for name, v in record.fields.items()}
+                record = RawRecord(record.source, record.line, fields, None, record.raw)
+            yield record
+
+
+@contextmanager
+def wheel_member(wheel_path: Path | str, member: str) -> Iterator[IO[bytes]]:
+    """One file inside a wheel (a zip), open for reading; SourceFormatError names a missing
+    wheel, a file that is not a zip, or a missing member."""
     try:
         archive = zipfile.ZipFile(wheel_path)
     except FileNotFoundError:
@@ -157,19 +177,7 @@ def read_recbole_atomic(wheel_path: Path | str, member: str) -> Iterator[RawReco
         except KeyError:
             raise SourceFormatError(f"{wheel_path}: has no member {member!r}") from None
         with stream:
-            for record in _delimited_records(
-                stream,
-                source,
-                delimiter="\t",
-                header=True,
-                fieldnames=None,
-                required=(),
-                quoting=csv.QUOTE_NONE,
-            ):
-                if record.fields is not None:
-                    fields = {name.rsplit(":", 1)[0]: v for name, v in record.fields.items()}
-                    record = RawRecord(record.source, record.line, fields, None, record.raw)
-                yield record
+            yield stream
 
 
 class _LineFeed:

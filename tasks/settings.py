@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -121,6 +121,9 @@ class Settings(BaseSettings):
     # the pipeline runs end to end, and everything it prints and writes says its numbers are not
     # results.
     smoke_run: bool = Field(False, exclude=True)
+    # The config file's settings, the profile laid over them: set on the subclass load_settings
+    # makes for one file.
+    _file_settings: ClassVar[dict[str, Any]] = {}
 
     @classmethod
     def settings_customise_sources(
@@ -131,8 +134,8 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Precedence: explicit arguments, then the environment, then the file (load_settings).
-        return init_settings, env_settings
+        # Precedence: explicit arguments, then the environment, then the file.
+        return init_settings, env_settings, InitSettingsSource(settings_cls, cls._file_settings)
 
     @model_validator(mode="after")
     def _warm_adapter_fits(self) -> Settings:
@@ -167,20 +170,9 @@ def load_settings(
     profile = profile or os.environ.get(PROFILE_ENV) or DEFAULT_PROFILE
     file_settings, smoke_run = _read_file(path, profile)
 
-    class FileSettings(Settings):
-        @classmethod
-        def settings_customise_sources(
-            cls,
-            settings_cls: type[BaseSettings],
-            init_settings: PydanticBaseSettingsSource,
-            env_settings: PydanticBaseSettingsSource,
-            dotenv_settings: PydanticBaseSettingsSource,
-            file_secret_settings: PydanticBaseSettingsSource,
-        ) -> tuple[PydanticBaseSettingsSource, ...]:
-            return init_settings, env_settings, InitSettingsSource(settings_cls, file_settings)
-
+    file_bound = type("FileSettings", (Settings,), {"_file_settings": file_settings})
     try:
-        settings = FileSettings(**overrides)
+        settings = file_bound(**overrides)
     except ValidationError as err:
         raise ConfigError(_describe(err, path, profile)) from None
     except ValueError as err:  # a GENAIR_* value that does not parse (SettingsError)

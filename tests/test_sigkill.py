@@ -139,7 +139,10 @@ def end_session(proc: subprocess.Popen) -> None:
 
 
 def takeover_lines(output: str) -> list[str]:
-    return [line for line in output.splitlines() if "taking over the lock" in line]
+    """The lock takeover lines of a finished `genair run`, from the log file it names on its
+    last line (the terminal shows library and lock logs only under --verbose)."""
+    [log] = [line[len("log: ") :] for line in output.splitlines() if line.startswith("log: ")]
+    return [line for line in Path(log).read_text().splitlines() if "taking over the lock" in line]
 
 
 def content(store: Store, name: str):
