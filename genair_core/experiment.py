@@ -75,12 +75,13 @@ class RunSpec:
     seed: int
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    tag: str = ""  # RecommenderConfig.tag: part of the name, not of the cache key
 
     @classmethod
     def of(cls, config: RecommenderConfig, backbone: str, variant: str, seed: int) -> RunSpec:
         """The run with `backbone`'s `per_backbone` settings applied."""
         model, training = config.for_backbone(backbone)
-        return cls(backbone, variant, seed, model, training)
+        return cls(backbone, variant, seed, model, training, config.tag)
 
     @classmethod
     def grid(cls, config: RecommenderConfig) -> list[RunSpec]:
@@ -89,7 +90,8 @@ class RunSpec:
 
     @property
     def name(self) -> str:
-        return f"{self.backbone}-{self.variant}-{self.training.loss}-s{self.seed}"
+        name = f"{self.backbone}-{self.variant}-{self.training.loss}-s{self.seed}"
+        return f"{name}-{self.tag}" if self.tag else name
 
     @property
     def tables(self) -> list[str]:

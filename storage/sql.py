@@ -18,6 +18,8 @@ import pyarrow.parquet as pq
 from storage.schemas import archetypes_schema
 from storage.store import Store
 
+RUN_DATASETS = ("metrics", "eval_ranks", "training_log")
+
 
 def connect(store: Store) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with a view for every table written so far."""
@@ -27,6 +29,13 @@ def connect(store: Store) -> duckdb.DuckDBPyConnection:
         con.execute(f"CREATE VIEW \"{name}\" AS SELECT * FROM read_parquet('{path}')")
     for name in store.existing_datasets():
         parts = _quote(str(store.dataset_dir(name) / "*" / "part-*.parquet"))
+        if name in RUN_DATASETS:  # one partition per recommender run: its name is a column
+            con.execute(
+                f"CREATE VIEW \"{name}\" AS SELECT * EXCLUDE (filename), "
+                "regexp_extract(filename, '([^/]+)/[^/]+$', 1) AS run "
+                f"FROM read_parquet('{parts}', union_by_name = true, filename = true)"
+            )
+            continue
         con.execute(
             f"CREATE VIEW \"{name}\" AS SELECT * FROM read_parquet('{parts}', union_by_name = true)"
         )

@@ -251,7 +251,7 @@ def test_engines_are_shut_down_at_the_end(config, script):
     assert engine.closed
     assert (settings.max_new_tokens, settings.dtype, options) == (
         128,
-        "float32",
+        "bfloat16",
         {"kv_cache_gib": 1.0},
     )
 

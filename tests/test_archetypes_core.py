@@ -64,8 +64,8 @@ def test_settings_id_changes_with_any_generation_setting():
 def test_the_default_recipe_keeps_its_settings_id():
     # The id the ml-100k archetypes were made under: a change here regenerates all of them.
     recipe = archetype_recipe(LlmConfig(), "m@1")
-    assert recipe == ArchetypeRecipe("m@1", PROMPT_VERSION, "g-48ad68a409", "vllm")
-    assert archetype_recipe(LlmConfig(max_prompt_tokens=40), "m@1").settings_id == "g-0d9d3a20ab"
+    assert recipe == ArchetypeRecipe("m@1", PROMPT_VERSION, "g-dfd0967e93", "vllm")
+    assert archetype_recipe(LlmConfig(max_prompt_tokens=40), "m@1").settings_id == "g-5f458579ec"
 
 
 def test_candidates_are_the_catalog_or_the_kcore_in_id_order_up_to_max_items():

@@ -192,7 +192,7 @@ def test_registry_names_and_unknown_engine() -> None:
 
 def test_settings_come_from_the_llm_section_and_are_validated() -> None:
     default = generation_settings(LlmConfig())
-    assert (default.max_new_tokens, default.dtype, default.temperature) == (128, "float32", 0.6)
+    assert (default.max_new_tokens, default.dtype, default.temperature) == (128, "bfloat16", 0.6)
     assert engine_options(LlmConfig()) == {"kv_cache_gib": 1.0}
     assert engine_options(LlmConfig(engine="transformers")) == {}
     with pytest.raises(ValueError, match="top_p"):

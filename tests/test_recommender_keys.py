@@ -89,3 +89,12 @@ def test_run_names_carry_each_backbones_loss():
     config = RecommenderConfig(per_backbone={"bert4rec": {"training": {"loss": "ce"}}})
     assert RunSpec.of(config, "bert4rec", "id", 44).name == "bert4rec-id-ce-s44"
     assert RunSpec.of(config, "sasrec", "id", 44).name == "sasrec-id-bce-s44"
+
+
+def test_a_tag_names_the_runs_without_changing_their_keys():
+    tagged = RecommenderConfig(tag="alpha-1e-3")
+    assert RunSpec.of(tagged, "sasrec", "genair", 44).name == "sasrec-genair-bce-s44-alpha-1e-3"
+    assert key(tagged, "sasrec", "genair") == key(RecommenderConfig(), "sasrec", "genair")
+    for bad in ("Alpha", "-x", "a/b", "x" * 41):
+        with pytest.raises(ValueError, match="tag"):
+            RecommenderConfig(tag=bad)

@@ -9,6 +9,7 @@ import genair_core.training
 from flows.pipeline import genair_full
 from genair_core.tables import to_fixed_list
 from storage.schemas import item_embeddings_schema
+from storage.sql import connect
 from storage.store import MissingTableError, Store
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
@@ -158,3 +159,20 @@ def test_a_missing_cooccurrence_table_is_an_error(trained, monkeypatch):
             genair_full(config_path=str(config), start="recommenders", force=True)
     finally:
         (store.root / "moved.parquet").rename(store.table_path("cooccurrence"))
+
+
+def test_a_tagged_grid_keeps_its_results_beside_the_untagged_one(trained, monkeypatch):
+    config, store, _ = trained
+    before = metric(store, "sasrec-id-ce-s44", "ndcg@10")
+    monkeypatch.setenv("GENAIR_RECOMMENDERS__VARIANTS", '["id"]')
+    monkeypatch.setenv("GENAIR_RECOMMENDERS__TAG", "b64")
+    monkeypatch.setenv("GENAIR_RECOMMENDERS__TRAINING__BATCH_SIZE", "64")
+    assert genair_full(config_path=str(config), start="negatives")["recommenders"]["trained"] == 1
+    assert metric(store, "sasrec-id-ce-s44-b64", "ndcg@10") != before
+    assert metric(store, "sasrec-id-ce-s44", "ndcg@10") == before  # not replaced
+
+    monkeypatch.delenv("GENAIR_RECOMMENDERS__TAG")
+    monkeypatch.delenv("GENAIR_RECOMMENDERS__TRAINING__BATCH_SIZE")
+    assert genair_full(config_path=str(config), start="negatives")["recommenders"]["trained"] == 0
+    runs = connect(store).sql("SELECT DISTINCT run FROM metrics WHERE run LIKE 'sasrec-id%'")
+    assert sorted(runs.fetchall()) == [("sasrec-id-ce-s44",), ("sasrec-id-ce-s44-b64",)]

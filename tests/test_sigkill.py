@@ -4,8 +4,8 @@ default model on the first ml-100k items, Prefect's temporary server started by 
 After each kill every process of the killed run (engine worker, Prefect's server, the lock's
 watchdog, ...) is gone within a grace time; the rerun says it takes over the dead run's lock;
 and the final tables equal those of a run that was never interrupted: no row duplicated, no item
-lost, the same archetype texts (same items in the same batches, per-request seeds: what the
-engine promises, docs/engines.md), and training resumed from its last checkpoint."""
+lost, the same archetype texts (same items in the same batches, per-request seeds, in fp32: what
+the engine promises, docs/engines.md), and training resumed from its last checkpoint."""
 
 import contextlib
 import json
@@ -35,6 +35,7 @@ MAX_EPOCHS = 3
 SETTINGS = f"""
 [llm]
 engine = "vllm"
+dtype = "float32"
 max_items = {N_ITEMS}
 batch_size = {BATCH}
 max_new_tokens = 32
