@@ -31,7 +31,7 @@ def connect(store: Store) -> duckdb.DuckDBPyConnection:
         parts = _quote(str(store.dataset_dir(name) / "*" / "part-*.parquet"))
         if name in RUN_DATASETS:  # one partition per recommender run: its name is a column
             con.execute(
-                f"CREATE VIEW \"{name}\" AS SELECT * EXCLUDE (filename), "
+                f'CREATE VIEW "{name}" AS SELECT * EXCLUDE (filename), '
                 "regexp_extract(filename, '([^/]+)/[^/]+$', 1) AS run "
                 f"FROM read_parquet('{parts}', union_by_name = true, filename = true)"
             )
