@@ -18,6 +18,7 @@ torch goes to <storage root>/logs/genair-<time>.log, and to the terminal too wit
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -26,7 +27,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO, TypeVar
+from typing import TYPE_CHECKING, TextIO
 
 from flows.stages import STAGES
 from tasks.settings import ConfigError, Settings, load_settings
@@ -34,8 +35,6 @@ from tasks.settings import ConfigError, Settings, load_settings
 if TYPE_CHECKING:
     from flows.params import FlowParams
     from flows.progress_view import ProgressView
-
-ParamsT = TypeVar("ParamsT", bound="FlowParams")
 
 EXIT_FAILED = 1
 EXIT_USER_ERROR = 2
@@ -128,7 +127,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="NAME",
         help="lay the config file's [profiles.NAME] over its settings (default: $GENAIR_PROFILE)",
     )
-    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND", dest="command_name")
 
     def command(
         name: str, summary: str, description: str, examples: list[str], *, profiled: bool = False
@@ -309,72 +308,46 @@ def _examples(*lines: str) -> str:
     return "examples:\n" + "\n".join(f"  {line}" for line in lines)
 
 
+# A flow-running command: its parameters' model in flows.params, and its flow's module and name
+# (imported once the environment is in place: Prefect reads it at import).
+FLOWS = {
+    "run": ("FullParams", "flows.pipeline", "genair_full"),
+    "refresh": ("RefreshParams", "flows.refresh", "genair_nightly_refresh"),
+    "backfill": ("BackfillParams", "flows.backfill", "genair_backfill"),
+}
+
+
 def _run(args: argparse.Namespace, settings: Settings) -> int:
-    from flows.params import FullParams
-
-    params = _checked(
-        FullParams,
-        config_path=_config_path(args),
-        force=args.force,
-        start=args.start,
-        until=args.until,
-        profile=args.profile,
-    )
-
-    def run_full() -> dict:
-        from flows.pipeline import genair_full
-
-        return genair_full(**params.model_dump())
-
-    return _run_flow(args, settings, run_full)
+    params = _flow_params(args, force=args.force, start=args.start, until=args.until)
+    return _run_flow(args, settings, _flow_call(args, params))
 
 
 def _refresh(args: argparse.Namespace, settings: Settings) -> int:
-    from flows.params import RefreshParams
-
-    params = _checked(
-        RefreshParams,
-        config_path=_config_path(args),
-        recommenders=args.recommenders,
-        profile=args.profile,
-    )
-
-    def run_refresh() -> dict:
-        from flows.refresh import genair_nightly_refresh
-
-        return genair_nightly_refresh(**params.model_dump())
-
-    return _run_flow(args, settings, run_refresh)
+    params = _flow_params(args, recommenders=args.recommenders)
+    return _run_flow(args, settings, _flow_call(args, params))
 
 
 def _backfill(args: argparse.Namespace, settings: Settings) -> int:
-    from flows.params import BackfillParams
-
-    params = _checked(
-        BackfillParams,
-        config_path=_config_path(args),
+    params = _flow_params(
+        args,
         items=args.items,
         since=args.since,
         all_items=args.all_items,
         dry_run=args.dry_run,
         recommenders=args.recommenders,
-        profile=args.profile,
     )
     _check_items_known(settings, params.items)
-
-    def run_backfill() -> dict:
-        from flows.backfill import genair_backfill
-
-        return genair_backfill(**params.model_dump())
-
-    return _run_flow(args, settings, run_backfill)
+    return _run_flow(args, settings, _flow_call(args, params))
 
 
-def _checked(model: type[ParamsT], **fields: object) -> ParamsT:
-    """The flow's parameters validated as the flow will (flows.params): a wrong one is a user
-    error before Prefect starts."""
+def _flow_params(args: argparse.Namespace, **fields: object) -> FlowParams:
+    """The command's flow parameters validated as the flow will (flows.params): a wrong one is a
+    user error before Prefect starts."""
+    from flows import params
+
+    model = getattr(params, FLOWS[args.command_name][0])
     try:
-        return model.checked(**fields)
+        return model.checked(config_path=_config_path(args), profile=args.profile, **fields)
     except ValueError as err:
         raise UserError(str(err)) from None
 
@@ -410,6 +383,16 @@ def _day(text: str) -> date:
 
 def _config_path(args: argparse.Namespace) -> str | None:
     return str(args.config) if args.config else None
+
+
+def _flow_call(args: argparse.Namespace, params: FlowParams) -> Callable[[], dict]:
+    """The command's flow called with `params`, imported only when called (see FLOWS)."""
+
+    def call() -> dict:
+        _, module, name = FLOWS[args.command_name]
+        return getattr(importlib.import_module(module), name)(**params.model_dump())
+
+    return call
 
 
 def _run_flow(args: argparse.Namespace, settings: Settings, run: Callable[[], dict]) -> int:
@@ -549,7 +532,7 @@ def run_console(settings: Settings, args: argparse.Namespace) -> Iterator[Progre
         task_runs.addHandler(steps)
         try:
             with view, progress.listening(view):
-                view.message(f"genair {args.command.__name__.strip('_')}: log in {args.log_path}")
+                view.message(f"genair {args.command_name}: log in {args.log_path}")
                 if settings.smoke_run:
                     view.message(smoke_note(settings))
                 yield view

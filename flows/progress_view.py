@@ -17,7 +17,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TextIO
 
 from rich.console import Console
@@ -30,6 +30,7 @@ from genair_core.progress import Event
 # Steps whose progress the stages already show, one task run per batch or per recommender run.
 STEPS_SHOWN_AS_STAGES = ("generate-archetypes", "train-", "record-archetype-failure")
 _TASK_RUN_SUFFIX = re.compile(r"-[0-9a-f]{3}$")  # Prefect's task run names: "<task>-3fa"
+RATE_WINDOW_S = 60.0  # rates and times left are over the last minute
 
 
 @dataclass
@@ -51,11 +52,28 @@ class StageState:
     def is_part(self) -> bool:
         return "/" in self.name
 
+    marks: list[tuple[float, float]] = field(default_factory=list)  # (time, completed)
+
     def rate(self, now: float) -> float | None:
-        """Units per second since the stage began (None before any unit is done)."""
-        done = self.completed - self.began_with
-        elapsed = now - self.began_at
-        return done / elapsed if done > 0 and elapsed > 0 else None
+        """Units per second over the last RATE_WINDOW_S seconds, or since the stage began while it
+        is younger or once it ended; None before any unit is done. The window drops what came
+        before the work (an engine's start-up) and follows a rate that changes."""
+        if self.completed <= self.began_with:
+            return None
+        since, done_then = self.began_at, self.began_with
+        if not self.ended:
+            for when, done in self.marks:
+                if when > now - RATE_WINDOW_S:
+                    break
+                since, done_then = when, done
+        elapsed = now - since
+        return (self.completed - done_then) / elapsed if elapsed > 0 else None
+
+    def mark(self, now: float) -> None:
+        """Record the count at `now`, keeping one mark from before the window."""
+        self.marks.append((now, self.completed))
+        while len(self.marks) > 1 and self.marks[1][0] <= now - RATE_WINDOW_S:
+            del self.marks[0]
 
     def eta_s(self, now: float) -> float | None:
         rate = self.rate(now)
@@ -122,6 +140,7 @@ class ProgressView:
                     return
             if event.kind == "advance":
                 stage.completed += event.amount
+                stage.mark(now)
             if event.detail or event.kind == "end":  # what it was doing is over at its end
                 stage.detail = event.detail
             if event.kind == "end":

@@ -203,16 +203,21 @@ def _format_cell(cell: dict, seeds: int) -> str:
     return text
 
 
-def _legend(rows: list[dict]) -> str:
-    baseline, alpha, users = rows[0]["baseline"], rows[0]["alpha"], rows[0]["users"]
+def seeds_phrase(rows: list[dict]) -> str:
+    """How many seeds the results rows average over, for a legend: "3 seeds", "1–3 seeds
+    (column Seeds)"."""
     seeds = sorted({row["seeds"] for row in rows})
     if len(seeds) > 1:
-        over = f"{seeds[0]}–{seeds[-1]} seeds (column Seeds)"
-    else:
-        over = f"{seeds[0]} seed" + ("s" if seeds[0] != 1 else "")
+        return f"{seeds[0]}–{seeds[-1]} seeds (column Seeds)"
+    return f"{seeds[0]} seed" + ("s" if seeds[0] != 1 else "")
+
+
+def _legend(rows: list[dict]) -> str:
+    baseline, alpha, users = rows[0]["baseline"], rows[0]["alpha"], rows[0]["users"]
+    most_seeds = max(row["seeds"] for row in rows)
     return (
-        f"{'Mean ± std' if seeds[-1] > 1 else 'Value'} over {over} of each run's mean over "
-        f"{users:,} test users. "
+        f"{'Mean ± std' if most_seeds > 1 else 'Value'} over {seeds_phrase(rows)} of each run's "
+        f"mean over {users:,} test users. "
         f"{BETTER} / {WORSE}: significantly better / worse than `{baseline}` of the same backbone "
         f"(two-sided Wilcoxon signed-rank test on per-user values averaged over the shared seeds, "
         f"p < {alpha:g}); % is the change relative to the `{baseline}` mean."

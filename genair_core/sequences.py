@@ -55,10 +55,14 @@ class UserSequences:
         end = self.ptr[rows] + self.n_train[rows]
         return self._window(self.ptr[rows], end, length)
 
+    def history_lengths(self, rows: np.ndarray, split: Split) -> np.ndarray:
+        """How many items each user had before `split`'s target."""
+        return self.n_train[rows] + (1 if split == TEST else 0)
+
     def history(self, rows: np.ndarray, split: Split, length: int) -> np.ndarray:
         """(B, length) what the model sees before predicting `split`'s item, left-padded: the
         training items for validation, training + validation item for test."""
-        end = self.ptr[rows] + self.n_train[rows] + (1 if split == TEST else 0)
+        end = self.ptr[rows] + self.history_lengths(rows, split)
         return self._window(self.ptr[rows], end, length)
 
     def targets(self, rows: np.ndarray, split: Split) -> np.ndarray:

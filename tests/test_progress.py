@@ -254,6 +254,24 @@ def test_the_plain_view_writes_a_line_per_interval_and_one_at_the_end():
     assert not any("pooling-only" in line for line in lines)
 
 
+def test_the_rate_and_time_left_follow_the_last_minute_not_the_start_up():
+    out, clock = io.StringIO(), Clock()
+    view = ProgressView(out, live=False, interval_s=1000, clock=clock)
+    with view, progress.listening(view):
+        progress.begin("archetypes", total=1000, unit="items")
+        clock.now += 100  # the engine starts: nothing done
+        for _ in range(60):  # then 2 items/s for 2 minutes
+            clock.now += 2
+            progress.advance("archetypes", 4)
+        stage = view.stages["archetypes"]
+        assert stage.rate(clock.now) == pytest.approx(2.0)  # since the begin: 240/220 = 1.09
+        assert stage.eta_s(clock.now) == pytest.approx(380)
+        progress.end("archetypes")
+    assert out.getvalue().splitlines()[-1] == (
+        "archetypes: done: 240/1,000 items in 3 min 40 s (1.09 items/s)"
+    )
+
+
 def test_the_plain_view_shows_a_part_under_its_stage_then_forgets_it():
     out, clock = io.StringIO(), Clock()
     view = ProgressView(out, live=False, interval_s=10, clock=clock)

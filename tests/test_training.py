@@ -11,7 +11,7 @@ import torch
 from genair_core.config import ModelConfig, TrainingConfig
 from genair_core.experiment import resume_from
 from genair_core.losses import CooccurrenceLookup
-from genair_core.metrics import sample_negatives
+from genair_core.metrics import full_ranks, sample_negatives, sampled_ranks
 from genair_core.models import build_model
 from genair_core.sequences import UserSequences
 from genair_core.training import (
@@ -20,6 +20,7 @@ from genair_core.training import (
     evaluate,
     fit,
     length_batches,
+    rank_users,
 )
 from storage.checkpoints import RunCheckpoints
 
@@ -228,3 +229,27 @@ def test_training_beats_an_untrained_model_on_a_learnable_pattern(data, negative
     )
     trained = evaluate(model, data, negatives)
     assert (trained.full < 10).mean() > (untrained.full < 10).mean() + 0.2
+
+
+@pytest.mark.parametrize("backbone", ["sasrec", "bert4rec", "gru4rec"])
+@pytest.mark.parametrize("split", ["valid", "test"])
+def test_ranking_in_batches_of_similar_length_gives_the_ranks_of_max_len_windows(
+    data, negatives, backbone, split
+):
+    model = new_model(backbone)
+    model.eval()
+    rows = np.flatnonzero(data.held_out)[::-1].copy()  # not in length order
+    full, sampled = rank_users(model, data, rows, split, 7, "cpu", negatives[rows])
+
+    with torch.no_grad():  # every user padded to max_len, in the given order
+        history = torch.from_numpy(data.history(rows, split, model.config.max_len))
+        scores = model.user_vectors(history) @ model.encoder.all_items().T
+        targets = torch.from_numpy(data.targets(rows, split))
+        ptr, masked = data.history_csr(rows, split)
+        expected = full_ranks(scores, targets, torch.from_numpy(ptr), torch.from_numpy(masked))
+        negative = torch.from_numpy(negatives[rows]).long()
+        target_scores = scores.gather(1, targets.unsqueeze(1)).squeeze(1)
+        expected_sampled = sampled_ranks(target_scores, scores.gather(1, negative))
+    assert data.history_lengths(rows, split).max() > model.config.max_len > 5
+    np.testing.assert_array_equal(full, expected.numpy())
+    np.testing.assert_array_equal(sampled, expected_sampled.numpy())

@@ -17,7 +17,7 @@ from genair_core.report.model import (
     RunManifest,
     TrainingCurve,
 )
-from genair_core.results import BETTER, GROUPS, WORSE
+from genair_core.results import BETTER, GROUPS, WORSE, seeds_phrase
 
 RUN_FIELDS = (
     "run_id",
@@ -223,13 +223,8 @@ def _result_cell(cell: dict, seeds: int) -> str:
 
 def _legend(rows: list[dict]) -> str:
     first = rows[0]
-    seeds = sorted({row["seeds"] for row in rows})
-    if len(seeds) > 1:
-        over = f"{seeds[0]}–{seeds[-1]} seeds (column Seeds)"
-    else:
-        over = f"{seeds[0]} seed" + ("s" if seeds[0] != 1 else "")
     return (
-        f'<p class="legend">Mean ± std over {over} of each run\'s mean over '
+        f'<p class="legend">Mean ± std over {seeds_phrase(rows)} of each run\'s mean over '
         f"{first['users']:,} test users (no ± for one seed). {BETTER} / {WORSE}: significantly "
         f"better / worse than <code>{escape(first['baseline'])}</code> of the same backbone "
         f"(two-sided Wilcoxon signed-rank test on per-user values averaged over the shared "
