@@ -10,7 +10,9 @@ consume together (large s, small w), so behaviourally close items stay close.
 
 The pair weights come from a symmetric CSR copy of the co-occurrence table on the loss's device
 (`CooccurrenceLookup`): a batch reads only the rows of its own items, so neither time nor memory
-depend on an n_items × n_items matrix, which a catalog of millions of items could not hold. The
+depend on an n_items × n_items matrix, which a catalog of millions of items could not hold. Up to
+DENSE_MAX_ITEMS items (64 MiB) the lookup keeps that matrix instead: a batch of MovieLens-100K
+holds most of its items, so reading their rows cost 45 ms a step, a tenth of an epoch. The
 loss itself is one (n, h) × (h, n) matmul through ‖a − b‖² = 2 − 2 a·b on unit vectors.
 `calibration_loss_reference` keeps the reference code's per-pair Python loop for tests and the
 benchmark.
@@ -24,6 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+DENSE_MAX_ITEMS = 4096  # (n_items + 1)² float32 = 64 MiB
+
 
 class CooccurrenceLookup:
     """Co-occurrence weights s(i, j) as CSR tensors, both (i, j) and (j, i) stored.
@@ -36,6 +40,7 @@ class CooccurrenceLookup:
     def __init__(
         self, indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor, n_items: int
     ) -> None:
+        self._dense: torch.Tensor | None = None  # built on first use, small catalogs only
         self.indptr = indptr
         self.indices = indices
         self.values = values
@@ -100,6 +105,8 @@ class CooccurrenceLookup:
         if not torch.equal(position[items], batch_rows):
             raise ValueError("items must be distinct")
 
+        if self.n_items <= DENSE_MAX_ITEMS:
+            return self._dense_matrix()[items][:, items]
         # Gather the CSR rows of the batch items: entry k of the concatenation is entry
         # k − (start of its row in the concatenation) of its row in the table.
         starts = self.indptr[items]
@@ -113,6 +120,18 @@ class CooccurrenceLookup:
         inside = col >= 0
         out[row[inside], col[inside]] = self.values[entry[inside]]
         return out
+
+    def _dense_matrix(self) -> torch.Tensor:
+        """The (n_items + 1)² matrix of s, 0 on the diagonal and for unseen pairs."""
+        if self._dense is None:
+            size = self.n_items + 1
+            rows = torch.repeat_interleave(
+                torch.arange(size, device=self.device), self.indptr[1:] - self.indptr[:-1]
+            )
+            dense = torch.zeros(size, size, dtype=torch.float32, device=self.device)
+            dense[rows, self.indices.long()] = self.values
+            self._dense = dense
+        return self._dense
 
 
 def calibration_loss(vectors: torch.Tensor, scores: torch.Tensor, tau: float = 4.0) -> torch.Tensor:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import genair_core.losses as losses
 from genair_core.losses import (
     CooccurrenceLookup,
     calibration_loss,
@@ -242,3 +243,14 @@ def test_on_cuda_matches_cpu():
     assert scores.device.type == "cuda"
     torch.testing.assert_close(scores.cpu(), lookup.pair_scores(items))
     torch.testing.assert_close(calibration_loss(vectors.cuda(), scores).cpu(), cpu)
+
+
+def test_the_dense_matrix_of_a_small_catalog_gives_the_csr_rows_scores(monkeypatch):
+    i, j, s = random_table(300, 5000, seed=8)
+    lookup = CooccurrenceLookup.from_pairs(i, j, s, 300)
+    batches = [torch.randperm(300)[:n] + 1 for n in (1, 2, 77, 300)]
+    dense = [lookup.pair_scores(items) for items in batches]
+    assert lookup._dense is not None
+    monkeypatch.setattr(losses, "DENSE_MAX_ITEMS", 0)
+    for items, expected in zip(batches, dense, strict=True):
+        assert torch.equal(CooccurrenceLookup.from_pairs(i, j, s, 300).pair_scores(items), expected)
