@@ -77,7 +77,8 @@ def run_step(root: Path, tag: str, env: dict[str, str]) -> None:
 
 def alpha_summary(root: Path) -> str:
     """Validation and test NDCG@10 (full ranking, all users) of each sweep run, and at its best
-    epoch the recommendation loss, the calibration loss and their weighted ratio."""
+    epoch the recommendation loss, the calibration loss (negative: minus a weighted mean squared
+    distance) and the weighted calibration term's size against L_rec."""
     con = connect(Store(root))
     rows = con.sql(
         """
@@ -102,12 +103,12 @@ def alpha_summary(root: Path) -> str:
     ).fetchall()
     lines = [
         "| backbone | α | τ | valid NDCG@10 | test NDCG@10 | best epoch / run | L_rec | L_cal "
-        "| α·L_cal / L_rec |",
+        "| α·\\|L_cal\\| / L_rec |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     best: dict[str, tuple[float, str]] = {}
     for backbone, alpha, tau, valid, test, epoch, epochs, rec, cal in rows:
-        share = float(alpha) * cal / rec
+        share = float(alpha) * abs(cal) / rec
         lines.append(
             f"| {backbone} | {alpha} | {tau} | {valid:.4f} | {test:.4f} | {epoch} / {epochs} "
             f"| {rec:.3f} | {cal:.3f} | {share:.2e} |"
