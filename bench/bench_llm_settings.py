@@ -38,20 +38,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run_setting(model_dir: Path, prompts: list[str], dtype: str, batch: int, args, reference):
-    """Seconds to generate + embed `prompts` in batches of `batch`, the embeddings, and (when
-    `reference` holds fp32's completions) this dtype's embeddings of those same texts."""
+    """Seconds to generate + embed `prompts` in batches of `batch`, the completions and their
+    embeddings, and (when `reference` holds fp32's completions) this dtype's embeddings of those
+    same texts."""
     llm = LlmConfig(dtype=dtype, max_new_tokens=args.max_new_tokens, batch_size=batch)
     engine = VllmEngine(model_dir, generation_settings(llm), **engine_options(llm))
     engine._generate_llm()
     engine._pool_llm()
     try:
-        completions, seconds_generate, seconds_embed = [], 0.0, 0.0
+        completions, vectors, seconds_generate, seconds_embed = [], [], 0.0, 0.0
         for start in range(0, len(prompts), batch):
             began = time.perf_counter()
             done = engine.generate(prompts[start : start + batch])
             seconds_generate += time.perf_counter() - began
             began = time.perf_counter()
-            engine.embed([c.prompt_token_ids for c in done], [c.completion_token_ids for c in done])
+            vectors += engine.embed(
+                [c.prompt_token_ids for c in done], [c.completion_token_ids for c in done]
+            )
             seconds_embed += time.perf_counter() - began
             completions += done
         same_text = None
@@ -62,7 +65,7 @@ def run_setting(model_dir: Path, prompts: list[str], dtype: str, batch: int, arg
     finally:
         engine.close()
     tokens = sum(len(c.completion_token_ids) for c in completions)
-    return completions, seconds_generate, seconds_embed, tokens, same_text
+    return completions, vectors, seconds_generate, seconds_embed, tokens, same_text
 
 
 def cosines(a: list[tuple[np.ndarray, np.ndarray]], b: list[tuple[np.ndarray, np.ndarray]]):
@@ -96,20 +99,11 @@ def main(argv: list[str] | None = None) -> None:
         for batch in args.batches:
             load = os.getloadavg()[0]
             reference = fp32_completions if dtype != "float32" else None
-            completions, gen_s, emb_s, tokens, again = run_setting(
+            completions, vectors, gen_s, emb_s, tokens, again = run_setting(
                 model_dir, prompts, dtype, batch, args, reference
             )
             if dtype == "float32" and fp32_completions is None:
-                fp32_completions = completions
-                llm = LlmConfig(dtype="float32", max_new_tokens=args.max_new_tokens)
-                engine = VllmEngine(model_dir, generation_settings(llm), **engine_options(llm))
-                try:
-                    fp32_vectors = engine.embed(
-                        [c.prompt_token_ids for c in completions],
-                        [c.completion_token_ids for c in completions],
-                    )
-                finally:
-                    engine.close()
+                fp32_completions, fp32_vectors = completions, vectors
             if again is not None:
                 same_text[f"{dtype}, batch {batch}"] = again
             rate = len(prompts) / (gen_s + emb_s)
