@@ -21,6 +21,7 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Iterator
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 EXIT_FAILED = 1
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a command killed by it
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
@@ -47,18 +49,43 @@ class UserError(Exception):
     """Something the user asked for that cannot be done as asked (exit status 2)."""
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived (a plain `kill`, a container stop). Raised like KeyboardInterrupt, so that
+    the way out runs: training stops at its next batch, the run is recorded Crashed, and the
+    temporary Prefect server and engine processes are stopped at exit instead of orphaned."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """SIGTERM raises Terminated while the command runs. Prefect's flow engine installs its own
+    handler during a flow and, once the flow has crashed, hands the signal back to this one."""
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     """The command's exit status; every error ends here, as one line (and a traceback with
     --debug): 2 for user errors, 1 for failures."""
     args = _parse_args(argv)
     try:
-        settings = load_settings(args.config, profile=getattr(args, "profile", None))
-        code = args.command(args, settings)
-        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        with _sigterm_raises():
+            settings = load_settings(args.config, profile=getattr(args, "profile", None))
+            code = args.command(args, settings)
+            sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
         return code
     except KeyboardInterrupt:
         print("genair: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Terminated:
+        print("genair: terminated", file=sys.stderr)
+        return EXIT_TERMINATED
     except BrokenPipeError:  # `genair sql ... | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE

@@ -13,7 +13,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from genair_core import progress
 from genair_core.experiment import share_cpu
-from tasks.recommenders import train_recommender
+from tasks.recommenders import STOP_TRAINING, train_recommender
 from tasks.settings import Settings
 
 
@@ -32,7 +32,9 @@ def _train_runs(settings: Settings, force: bool) -> dict[str, object]:
     runs = cfg.runs()
     threads = share_cpu(cfg.workers)
     train = train_recommender.with_options(
-        retries=settings.prefect.task_retries, retry_delay_seconds=settings.prefect.retry_delay_s
+        retries=settings.prefect.task_retries,
+        retry_delay_seconds=settings.prefect.retry_delay_s,
+        retry_condition_fn=lambda *_: not STOP_TRAINING.is_set(),
     )
     logger.info(
         "recommenders: %d runs, %d at a time, %d threads each", len(runs), cfg.workers, threads
@@ -45,12 +47,17 @@ def _train_runs(settings: Settings, force: bool) -> dict[str, object]:
     progress.begin("recommenders", total=len(runs), unit="runs")
     progress.note("recommenders", f"{cfg.workers} at a time, {threads} threads each")
     backbones, variants, seeds = ([run[i] for run in runs] for i in range(3))
+    STOP_TRAINING.clear()
     futures = train.map(unmapped(settings), backbones, variants, seeds, force=unmapped(force))
-    for done, future in enumerate(as_completed(list(futures)), start=1):
-        future.wait()
-        update_progress_artifact(artifact, progress=100.0 * done / len(runs))
-        logger.info("recommenders: %d of %d runs done", done, len(runs))
-        progress.advance("recommenders", detail=_run_outcome(future))
+    try:
+        for done, future in enumerate(as_completed(list(futures)), start=1):
+            future.wait()
+            update_progress_artifact(artifact, progress=100.0 * done / len(runs))
+            logger.info("recommenders: %d of %d runs done", done, len(runs))
+            progress.advance("recommenders", detail=_run_outcome(future))
+    except BaseException:  # Ctrl-C, or SIGTERM (Prefect's TerminationSignal): stop, don't finish
+        STOP_TRAINING.set()
+        raise
     progress.end("recommenders")
     summaries = futures.result()
     return {

@@ -305,10 +305,11 @@ def train_and_evaluate(
     input_dims: int,
     device: torch.device | str = "cpu",
     adapter_weights: Mapping[str, np.ndarray] | None = None,
+    stop: threading.Event | None = None,
 ) -> RunOutcome:
     """Train `spec` (resuming from `checkpointer`) and evaluate its best epoch on validation and
     test with both protocols. `adapter_weights`: the calibration adapter's state dict, which a
-    `genair-warm` run starts from."""
+    `genair-warm` run starts from; `stop`: ends the training early (fit)."""
     variant = get_variant(spec.variant)
     data = inputs.data
     with _GLOBAL_RNG:  # initial weights come from the global RNG; runs may share a process
@@ -333,6 +334,7 @@ def train_and_evaluate(
         calibrated=variant.calibrated,
         device=device,
         label=spec.name,
+        stop=stop,
     )
     valid = evaluate(model, data, inputs.negatives, "valid", device=device)
     test = evaluate(model, data, inputs.negatives, "test", device=device)
@@ -357,17 +359,21 @@ def train_run(
     device: str,
     restart: bool = False,
     adapter_weights: Mapping[str, np.ndarray] | None = None,
+    stop: threading.Event | None = None,
 ) -> TrainedRun:
     """train_and_evaluate on `tables` (those `spec.tables` names), and the rows the run adds to
     the tables (`columns` on each). The run resumes after the last epoch `checkpointer` holds;
     `restart` trains a finished run again from scratch (resume_from). `device`: a
-    `recommenders.device` setting; `adapter_weights`: the calibration adapter (`genair-warm`)."""
+    `recommenders.device` setting; `adapter_weights`: the calibration adapter (`genair-warm`);
+    `stop`: ends the training early (fit)."""
     if spec.warm_start and adapter_weights is None:
         raise ValueError(f"{spec.name} starts from the calibration adapter: pass its weights")
     resumed = resume_from(checkpointer, spec.training, restart)
     inputs = RunInputs.from_tables(tables)
     where = resolve_device(device)
-    outcome = train_and_evaluate(spec, inputs, checkpointer, input_dims, where, adapter_weights)
+    outcome = train_and_evaluate(
+        spec, inputs, checkpointer, input_dims, where, adapter_weights, stop
+    )
     return TrainedRun(
         rows={
             "eval_ranks": rank_rows(outcome, inputs.data, columns),

@@ -18,6 +18,7 @@ still changes every epoch.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -39,6 +40,11 @@ from genair_core.sequences import Split, UserSequences
 SELECTION_METRIC = "ndcg@10"  # validation metric for early stopping and model selection
 LENGTH_JITTER = 0.5  # noise on log(length) when grouping users into batches
 EVAL_BATCH_SIZE = 256
+
+
+class TrainingStopped(Exception):
+    """`fit` ended between two batches because its `stop` event was set; the last epoch's
+    checkpoint stands, and a later fit resumes from it."""
 
 
 @dataclass
@@ -103,6 +109,7 @@ def fit(
     on_epoch: Callable[[TrainerState], None] | None = None,
     pad_to_max_len: bool = False,
     label: str | None = None,
+    stop: threading.Event | None = None,
 ) -> TrainerState:
     """Train with early stopping on validation NDCG@10, checkpointing every epoch; resume from the
     last checkpoint if there is one. Leaves the best epoch's weights in `model`.
@@ -110,7 +117,8 @@ def fit(
     `pad_to_max_len`: the reference's batches (random users, every window max_len), for
     bench/bench_training.py; the default groups users of similar length (`length_batches`).
     `label`: the run's name in the progress events (genair_core.progress), one per epoch, under
-    the stage "recommenders/<label>"."""
+    the stage "recommenders/<label>". `stop`: once set, from any thread, the fit raises
+    TrainingStopped before its next batch."""
     if calibrated and (lookup is None or not isinstance(model.encoder, AdapterEncoder)):
         raise ValueError("calibration needs the co-occurrence lookup and frozen item vectors")
     device = torch.device(device)
@@ -147,6 +155,7 @@ def fit(
             lookup,
             calibrated,
             device,
+            stop,
         )
         ranks = rank_users(model, data, valid_rows, "valid", EVAL_BATCH_SIZE, device)
         valid = {k: float(v.mean()) for k, v in rank_metrics(ranks).items()}
@@ -195,6 +204,7 @@ def _train_epoch(
     lookup: CooccurrenceLookup | None,
     calibrated: bool,
     device: torch.device,
+    stop: threading.Event | None,
 ) -> dict[str, float]:
     generator = torch.Generator().manual_seed(_epoch_seed(seed, epoch))
     dropout = torch.Generator(device=device).manual_seed(_epoch_seed(seed, epoch))
@@ -209,6 +219,8 @@ def _train_epoch(
     else:
         batches = length_batches(lengths, config.batch_size, LENGTH_JITTER, generator)
     for batch in batches:
+        if stop is not None and stop.is_set():
+            raise TrainingStopped(f"stopped in epoch {epoch}, before it ended")
         batch_rows = rows[batch]
         width = window if pad_to_max_len else int(lengths[batch].max())
         items = torch.from_numpy(data.train_window(batch_rows, width)).to(device)

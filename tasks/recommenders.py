@@ -3,6 +3,8 @@ and the results table over all of them."""
 
 from __future__ import annotations
 
+import threading
+
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.logging import get_run_logger
@@ -33,6 +35,9 @@ from tasks.settings import Settings
 
 NEGATIVES_VERSION = 1
 RESULTS_REPORT = "recommenders"
+# Set when the flow is interrupted (Ctrl-C, SIGTERM): every run training in this process ends at
+# its next batch, its last epoch's checkpoint kept for the rerun.
+STOP_TRAINING = threading.Event()
 
 
 @task(name="eval-negatives", **TASK_DEFAULTS)
@@ -86,6 +91,7 @@ def train_recommender(
             cfg.device,
             restart=force,
             adapter_weights=adapter.weights if adapter is not None else None,
+            stop=STOP_TRAINING,
         )
         get_run_logger().info("%s: %s", run.name, trained.summary)
         outputs = write_trained_run(

@@ -1,11 +1,23 @@
 """Shared fixtures."""
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
 
 from storage.wheel_cache import ensure_wheel
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """SIGTERM (a CI timeout, a plain `kill`) ends the session as Ctrl-C does: fixtures tear
+    down, so the harness's Prefect server and the engines of module fixtures are stopped instead
+    of left running."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 @pytest.fixture(scope="session")

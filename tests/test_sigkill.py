@@ -55,6 +55,7 @@ max_epochs = {MAX_EPOCHS}
 retry_delay_s = 0
 """
 GRACE_S = 30  # for the killed run's processes to end
+STOP_S = 20  # from a SIGTERM during training to the end of the run
 # Columns that say when a row was written, not what it holds.
 WHEN = {"created_at", "updated_at", "seconds"}
 
@@ -98,9 +99,12 @@ def run_to_end(env: dict[str, str], config: Path, *args: str) -> str:
     return output
 
 
-def kill_when(proc: subprocess.Popen, landed: Callable[[], bool], what: str) -> dict:
-    """SIGKILL `proc` (the genair process itself, nothing else) as soon as `landed()`; return
-    {psutil.Process: name} of every process it had started, listed just before the kill."""
+def kill_when(
+    proc: subprocess.Popen, landed: Callable[[], bool], what: str, sig: int = signal.SIGKILL
+) -> dict:
+    """Send `sig` to `proc` (the genair process itself, nothing else) as soon as `landed()`, and
+    wait for it to end (`proc.stopped_s` after the signal); return {psutil.Process: name} of
+    every process it had started, listed just before the signal."""
     deadline = time.monotonic() + 600
     while not landed():
         if proc.poll() is not None:
@@ -112,8 +116,10 @@ def kill_when(proc: subprocess.Popen, landed: Callable[[], bool], what: str) -> 
     for child in psutil.Process(proc.pid).children(recursive=True):
         with contextlib.suppress(psutil.NoSuchProcess):
             tree[child] = child.name()
-    os.kill(proc.pid, signal.SIGKILL)
+    os.kill(proc.pid, sig)
+    signalled = time.monotonic()
     proc.wait()
+    proc.stopped_s = time.monotonic() - signalled
     return tree
 
 
@@ -278,3 +284,33 @@ def test_killed_after_the_first_checkpoint_resumes_from_it(
         f"uninterrupted training: {trained - started:.0f} s, killed: {killed - trained:.0f} s, "
         f"rerun: {time.monotonic() - killed:.0f} s"
     )
+
+
+def test_sigterm_during_training_ends_the_run_within_seconds(
+    environment, ml100k_config, uninterrupted
+):
+    """A plain `kill` ends the run at the next batch of every training run, not once the runs
+    have finished (the epoch cap is far beyond what the run gets to), and ends what it started:
+    the temporary Prefect server is stopped at exit, not orphaned."""
+    max_epochs = 1000
+    settings = SETTINGS.replace(
+        f"max_epochs = {MAX_EPOCHS}", f"max_epochs = {max_epochs}\npatience = {max_epochs}"
+    )
+    config = ml100k_config("terminated", settings)
+    shutil.copytree(uninterrupted.root, config.parent / "data")
+    store = Store(config.parent / "data")
+    run_name = RunSpec.of(load_settings(config).recommenders, "sasrec", "id", 44).name
+    run = start(environment, config, "--from", "negatives", "--until", "recommenders")
+
+    def checkpoints() -> list[Path]:
+        return list(store.recommender_dir(run_name).glob("checkpoints-*/state.json"))
+
+    try:
+        tree = kill_when(run, lambda: bool(checkpoints()), "training checkpoint", signal.SIGTERM)
+        assert run.returncode == 143, run.log.read_text()[-4000:]  # 128 + SIGTERM
+        assert run.stopped_s < STOP_S, run.log.read_text()[-4000:]
+        assert still_running(tree, GRACE_S) == []
+    finally:
+        end_session(run)
+    assert json.loads(checkpoints()[0].read_text())["state"]["epoch"] < max_epochs
+    print(f"SIGTERM to the end of the run: {run.stopped_s:.1f} s")

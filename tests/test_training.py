@@ -2,6 +2,7 @@
 batching and negative sampling."""
 
 import json
+import threading
 
 import numpy as np
 import pyarrow as pa
@@ -15,6 +16,7 @@ from genair_core.metrics import full_ranks, sample_negatives, sampled_ranks
 from genair_core.models import build_model
 from genair_core.sequences import UserSequences
 from genair_core.training import (
+    TrainingStopped,
     _sample_negatives,
     _user_item_keys,
     evaluate,
@@ -137,6 +139,32 @@ def test_resume_after_a_crash_gives_the_same_final_metrics(
     got = evaluate(resumed, data, negatives)
     np.testing.assert_array_equal(got.full, expected.full)
     np.testing.assert_array_equal(got.sampled, expected.sampled)
+
+
+def test_a_set_stop_event_ends_the_fit_at_the_next_batch_and_the_rerun_resumes(data, tmp_path):
+    stop = threading.Event()
+    checkpoints = RunCheckpoints(tmp_path / "run")
+    with pytest.raises(TrainingStopped, match="epoch 3"):
+        fit(
+            new_model(),
+            data,
+            CONFIG,
+            checkpoints,
+            seed=SEED,
+            stop=stop,
+            on_epoch=lambda state: state.epoch == 2 and stop.set(),
+        )
+    assert checkpoints.load()[0]["epoch"] == 2  # the stopped epoch left nothing behind
+    epochs_seen = []
+    fit(
+        new_model(),
+        data,
+        CONFIG,
+        checkpoints,
+        seed=SEED,
+        on_epoch=lambda s: epochs_seen.append(s.epoch),
+    )
+    assert epochs_seen == [3, 4]
 
 
 def test_checkpoints_are_safetensors_and_json_only(data, tmp_path):
