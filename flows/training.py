@@ -32,9 +32,7 @@ def _train_runs(settings: Settings, force: bool) -> dict[str, object]:
     runs = cfg.runs()
     threads = share_cpu(cfg.workers)
     train = train_recommender.with_options(
-        retries=settings.prefect.task_retries,
-        retry_delay_seconds=settings.prefect.retry_delay_s,
-        retry_condition_fn=lambda *_: not STOP_TRAINING.is_set(),
+        retries=settings.prefect.task_retries, retry_delay_seconds=settings.prefect.retry_delay_s
     )
     logger.info(
         "recommenders: %d runs, %d at a time, %d threads each", len(runs), cfg.workers, threads
