@@ -519,16 +519,20 @@ def recommender_results(
     dataset: str,
     tables: RunTables,
     test_ranks: dict[str, dict[str, np.ndarray]],
-    group_rows: list[dict],
 ) -> tuple[list[dict], str]:
     """The popularity baseline's METRICS rows and reports/recommenders.md (results_report).
 
     `tables`: the sequences and eval_negatives; `test_ranks`: {run name: {"full": ranks,
-    "sampled": ranks}} of the grid's runs that finished; `group_rows`: their full-ranking test
-    METRICS rows."""
+    "sampled": ranks}} of the grid's runs that finished, over the test users by user_idx."""
     inputs = RunInputs.from_tables(tables)
-    rows, popularity = popularity_baseline(inputs, config.evaluation.tail_share, dataset)
+    tail_share = config.evaluation.tail_share
+    rows, popularity = popularity_baseline(inputs, tail_share, dataset)
     grid = {run.name: (run.backbone, run.variant, run.seed) for run in RunSpec.grid(config)}
     by_run = {grid[name]: ranks for name, ranks in test_ranks.items()}
     baseline = {"full": popularity.full, "sampled": popularity.sampled}
-    return rows, results_report(dataset, config, by_run, baseline, group_rows)
+    by_user_idx = np.argsort(inputs.data.user_idx[popularity.users], kind="stable")
+    groups = {
+        group: mask[by_user_idx]
+        for group, mask in user_groups(inputs.data, popularity, tail_share).items()
+    }
+    return rows, results_report(dataset, config, by_run, baseline, groups)

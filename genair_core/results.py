@@ -184,17 +184,17 @@ def render_results_markdown(
     lines.append("|" + "|".join([" --- "] * 3 + [" ---: "] * len(metrics)) + "|")
     for row in _ordered(rows):
         cells = [_escape(row["backbone"]), _escape(row["variant"]), str(row["seeds"])]
-        cells += [_format_cell(row[m], row["seeds"]) for m in metrics]
+        cells += [_format_cell(row[m], spread=row["seeds"] > 1) for m in metrics]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", _legend(rows), ""]
     return "\n".join(lines)
 
 
-def _format_cell(cell: dict, seeds: int) -> str:
+def _format_cell(cell: dict, spread: bool) -> str:
     if math.isnan(cell["mean"]):
         return "n/a"
     text = f"{cell['mean']:.4f}"
-    if seeds > 1:  # one seed has no spread to show
+    if spread:
         text += f" ± {cell['std']:.4f}"
     if cell["mark"]:
         text += f" {cell['mark']}"
@@ -229,36 +229,36 @@ def _escape(text: str) -> str:
 
 
 def render_group_table(
-    rows: list[dict], metric: str = "ndcg@10", groups: tuple[str, ...] = GROUPS
+    runs: list[RunResult],
+    masks: dict[str, np.ndarray],
+    metric: str = "ndcg@10",
+    baseline: str = "id",
+    alpha: float = 0.05,
 ) -> str:
-    """Mean over seeds of `metric` per user group, one line per backbone × variant.
-
-    `rows` are METRICS rows of one protocol and split (backbone, variant, seed, group, metric,
-    value, users); the header gives each group's number of users."""
-    cells: dict[tuple[str, str], dict[str, list[float]]] = {}
-    users: dict[str, int] = {}
-    for row in rows:
-        if row["metric"] != metric or row["group"] not in groups:
-            continue
-        cell = cells.setdefault((row["backbone"], row["variant"]), {})
-        cell.setdefault(row["group"], []).append(row["value"])
-        users[row["group"]] = row["users"]
-    if not cells:
+    """`metric` within each user group, one line per backbone × variant. `masks`: {group: boolean
+    mask over the runs' users}. A cell is the mean over seeds within the group, with the paired
+    test against `baseline` and the relative change computed on the group's users alone (as in
+    summarize): whether a variant helps the tail more than it helps everyone."""
+    if not runs:
         return "_No runs._\n"
-    header = [f"{group} ({users.get(group, 0):,} users)" for group in groups]
+    cells = {}
+    for group, mask in masks.items():
+        in_group = [
+            RunResult(run.backbone, run.variant, run.seed, {metric: run.per_user[metric][mask]})
+            for run in runs
+        ]
+        rows = summarize(in_group, (metric,), baseline, alpha)
+        cells[group] = {(row["backbone"], row["variant"]): row[metric] for row in rows}
+    header = [f"{group} ({int(np.sum(mask)):,} users)" for group, mask in masks.items()]
     lines = [
         "| Backbone | Variant | " + " | ".join(header) + " |",
-        "|" + "|".join([" --- "] * 2 + [" ---: "] * len(groups)) + "|",
+        "|" + "|".join([" --- "] * 2 + [" ---: "] * len(masks)) + "|",
     ]
-    keyed = [{"backbone": b, "variant": v} for b, v in cells]
-    for row in _ordered(keyed):
-        cell = cells[(row["backbone"], row["variant"])]
-        values = [f"{np.mean(cell[g]):.4f}" if g in cell else "n/a" for g in groups]
-        lines.append(
-            f"| {_escape(row['backbone'])} | {_escape(row['variant'])} | "
-            + " | ".join(values)
-            + " |"
-        )
+    keyed = [{"backbone": run.backbone, "variant": run.variant} for run in runs]
+    for row in _ordered(list({(r["backbone"], r["variant"]): r for r in keyed}.values())):
+        key = (row["backbone"], row["variant"])
+        values = [_format_cell(cells[group][key], spread=False) for group in masks]
+        lines.append(f"| {_escape(key[0])} | {_escape(key[1])} | " + " | ".join(values) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -267,14 +267,14 @@ def results_report(
     config: RecommenderConfig,
     test_ranks: dict[tuple[str, str, int], dict[str, np.ndarray]],
     popularity: dict[str, np.ndarray],
-    group_rows: list[dict],
+    groups: dict[str, np.ndarray],
 ) -> str:
     """reports/recommenders.md: the results table of both protocols, each with the popularity
     baseline, then test NDCG@10 by user group.
 
     `test_ranks`: {(backbone, variant, seed): {"full": ranks, "sampled": ranks}} of the runs that
     finished, every array over the same test users in the same order; `popularity`: the baseline's
-    test ranks by protocol; `group_rows`: those runs' full-ranking test METRICS rows."""
+    test ranks by protocol; `groups`: {group: boolean mask over those users}."""
     if not test_ranks:
         raise ValueError("no recommender run has written results yet")
     titles = {
@@ -302,13 +302,15 @@ def results_report(
             f"NDCG@10 {baseline['ndcg@10'].mean():.4f}.",
             "",
         ]
+    full = [RunResult(*run, rank_metrics(ranks["full"])) for run, ranks in test_ranks.items()]
     sections += [
         "## Test NDCG@10 by user group (full ranking, mean over seeds)",
         "",
-        render_group_table(group_rows),
+        render_group_table(full, groups),
         f"tail: the held-out item is among the least popular items that together hold "
         f"{config.evaluation.tail_share:.0%} of the training interactions; short: the "
-        "user's training history is at most the median length.",
+        "user's training history is at most the median length. ▲ / ▼ and % as above, on the "
+        "group's users alone.",
         "",
     ]
     return "\n".join(sections)

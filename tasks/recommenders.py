@@ -122,7 +122,7 @@ def publish_results(settings: Settings) -> dict[str, object]:
     ranks, group_rows = read_test_results(store, runs)
     tables = read_run_tables(store, ["sequences", "eval_negatives"])
     popularity, markdown = recommender_results(
-        settings.recommenders, settings.dataset.name, tables, ranks, group_rows
+        settings.recommenders, settings.dataset.name, tables, ranks
     )
     store.write_part("metrics", "popularity", FINAL, popularity)
     if settings.smoke_run:

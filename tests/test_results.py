@@ -172,34 +172,27 @@ def test_render_is_deterministic_and_handles_no_rows():
     assert "No runs" in render_results_markdown([])
 
 
-def test_group_table_averages_each_group_over_seeds():
+def test_group_table_tests_each_group_on_its_own_users():
     from genair_core.results import render_group_table
 
-    rows = [
-        {
-            "backbone": "sasrec",
-            "variant": v,
-            "seed": s,
-            "group": g,
-            "metric": "ndcg@10",
-            "value": value,
-            "users": 10 if g in ("tail", "short") else 90,
-        }
-        for v, base in (("genair", 0.2), ("id", 0.1))
-        for s, shift in ((44, 0.0), (45, 0.02))
-        for g, value in (
-            ("tail", base + shift),
-            ("head", base * 2),
-            ("short", base),
-            ("long", base),
-        )
-    ]
-    rows.append({**rows[0], "metric": "hr@10", "value": 9.0})  # another metric: ignored
-    table = render_group_table(rows).splitlines()
-    assert table[0] == (
-        "| Backbone | Variant | tail (10 users) | head (90 users) "
-        "| short (10 users) | long (90 users) |"
-    )
-    assert table[2] == "| sasrec | id | 0.1100 | 0.2000 | 0.1000 | 0.1000 |"
-    assert table[3] == "| sasrec | genair | 0.2100 | 0.4000 | 0.2000 | 0.2000 |"
-    assert render_group_table([]) == "_No runs._\n"
+    # Users 0-99 are the tail: genair hits all of them on both seeds, id only the first 20 and
+    # 40. On the head (100-299) both hit the same 50 users.
+    tail = np.arange(N_USERS) < 100
+    masks = {"tail": tail, "head": ~tail}
+
+    def runs_of(variant: str, tail_hits: tuple[int, int]) -> list[RunResult]:
+        out = []
+        for seed, n in zip((44, 45), tail_hits, strict=True):
+            hr = (np.arange(N_USERS) < n) | (
+                (np.arange(N_USERS) >= 100) & (np.arange(N_USERS) < 150)
+            )
+            out.append(RunResult("sasrec", variant, seed, {"ndcg@10": hr.astype(np.float64) / 2}))
+        return out
+
+    runs = runs_of("genair", (100, 100)) + runs_of("id", (20, 40))
+    table = render_group_table(runs, masks).splitlines()
+    assert table[0] == "| Backbone | Variant | tail (100 users) | head (200 users) |"
+    assert table[2] == "| sasrec | id | 0.1500 | 0.1250 |"
+    # Tail: 0.5 against 0.15, significant; head: the same users hit, no test to pass.
+    assert table[3] == f"| sasrec | genair | 0.5000 {BETTER} +233.3% | 0.1250 +0.0% |"
+    assert render_group_table([], masks) == "_No runs._\n"
