@@ -7,6 +7,8 @@ On Dask workers each worker process has a pool of its own (tasks/runners.py).
 
 from __future__ import annotations
 
+import time
+
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.context import get_run_context
@@ -95,12 +97,14 @@ def generate_archetype_batch(
     engines: EnginePool | WorkerEngines,
 ) -> dict[str, int]:
     """Generate, embed, validate and write one batch (its part files replace earlier attempts)."""
+    started = time.perf_counter()
     store = store_for(settings)
     items = batch_items(batch, read_batch_items(store, batch.item_ids))
     model_dir = resolve_model(settings.llm.model, settings.storage.cache_dir)
     progress.note("archetypes", f"batch of {len(items)} in the engine")
     with progress.counting("archetypes", len(items)):
         with engines.using(settings.llm, model_dir) as engine:
+            in_engine = time.perf_counter()
             rows, failures = make_archetypes(
                 engine,
                 items,
@@ -109,6 +113,7 @@ def generate_archetype_batch(
                 context.max_prompt_tokens,
                 _run_id(),
             )
+            out_of_engine = time.perf_counter()
         write_archetype_batch(
             store,
             context.recipe.model_id,
@@ -116,6 +121,16 @@ def generate_archetype_batch(
             keyed_by_item(context.recipe, rows),
             keyed_by_item(context.recipe, failures),
         )
+    ended = time.perf_counter()
+    get_run_logger().info(
+        "archetypes: batch of %d in %.1f s: %.1f s to read the items and get the engine, %.1f s "
+        "generating and embedding, %.1f s writing",
+        len(items),
+        ended - started,
+        in_engine - started,
+        out_of_engine - in_engine,
+        ended - out_of_engine,
+    )
     return {
         "generated": len(rows),
         "failed": len(failures),
