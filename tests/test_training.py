@@ -144,26 +144,15 @@ def test_resume_after_a_crash_gives_the_same_final_metrics(
 def test_a_set_stop_event_ends_the_fit_at_the_next_batch_and_the_rerun_resumes(data, tmp_path):
     stop = threading.Event()
     checkpoints = RunCheckpoints(tmp_path / "run")
+
+    def fit_run(**kwargs):
+        return fit(new_model(), data, CONFIG, checkpoints, seed=SEED, **kwargs)
+
     with pytest.raises(TrainingStopped, match="epoch 3"):
-        fit(
-            new_model(),
-            data,
-            CONFIG,
-            checkpoints,
-            seed=SEED,
-            stop=stop,
-            on_epoch=lambda state: state.epoch == 2 and stop.set(),
-        )
+        fit_run(stop=stop, on_epoch=lambda state: state.epoch == 2 and stop.set())
     assert checkpoints.load()[0]["epoch"] == 2  # the stopped epoch left nothing behind
     epochs_seen = []
-    fit(
-        new_model(),
-        data,
-        CONFIG,
-        checkpoints,
-        seed=SEED,
-        on_epoch=lambda s: epochs_seen.append(s.epoch),
-    )
+    fit_run(on_epoch=lambda state: epochs_seen.append(state.epoch))
     assert epochs_seen == [3, 4]
 
 
