@@ -530,9 +530,16 @@ def recommender_results(
     grid = {run.name: (run.backbone, run.variant, run.seed) for run in RunSpec.grid(config)}
     by_run = {grid[name]: ranks for name, ranks in test_ranks.items()}
     baseline = {"full": popularity.full, "sampled": popularity.sampled}
-    by_user_idx = np.argsort(inputs.data.user_idx[popularity.users], kind="stable")
-    groups = {
-        group: mask[by_user_idx]
-        for group, mask in user_groups(inputs.data, popularity, tail_share).items()
-    }
+    groups = test_user_groups(inputs.data, tail_share)
     return rows, results_report(dataset, config, by_run, baseline, groups)
+
+
+def test_user_groups(data: UserSequences, tail_share: float) -> dict[str, np.ndarray]:
+    """user_groups of the test users, in user_idx order (that of read_test_results' ranks)."""
+    test_users = np.flatnonzero(data.held_out)
+    evaluation = Evaluation(test_users, data.targets(test_users, "test"), np.zeros(0), None)
+    by_user_idx = np.argsort(data.user_idx[test_users], kind="stable")
+    return {
+        group: mask[by_user_idx]
+        for group, mask in user_groups(data, evaluation, tail_share).items()
+    }

@@ -20,13 +20,24 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
+from genair_core.experiment import test_user_groups
+from genair_core.metrics import rank_metrics
+from genair_core.results import RunResult, summarize
+from genair_core.sequences import UserSequences
+from storage.recommenders import read_run_tables, read_test_results
 from storage.sql import connect
 from storage.store import Store
+from tasks.settings import load_settings
 
 BIN = Path(sys.executable).parent
 ALPHAS = ("0.0001", "0.001", "0.01", "0.1", "1")
 TAUS = ("1", "4")
 SWEEP_BACKBONES = ("sasrec", "gru4rec")
+TABLE_VARIANTS = ("id", "llm", "genair", "genair-warm", "genair-id")
+GENAIR_FAMILY = ("genair", "genair-warm", "genair-id")
+BACKBONE_ORDER = ("sasrec", "gru4rec", "bert4rec")
 
 
 def alpha_steps() -> list[tuple[str, dict[str, str]]]:
@@ -48,13 +59,12 @@ def alpha_steps() -> list[tuple[str, dict[str, str]]]:
 
 def table_steps() -> list[tuple[str, dict[str, str]]]:
     """One grid, seed by seed: a study stopped part-way has every run of its first seeds."""
-    variants = ["id", "llm", "genair", "genair-warm", "genair-id"]
     return [
         (
             "",
             {
-                "GENAIR_RECOMMENDERS__BACKBONES": '["sasrec", "gru4rec", "bert4rec"]',
-                "GENAIR_RECOMMENDERS__VARIANTS": json.dumps(variants),
+                "GENAIR_RECOMMENDERS__BACKBONES": json.dumps(BACKBONE_ORDER),
+                "GENAIR_RECOMMENDERS__VARIANTS": json.dumps(TABLE_VARIANTS),
                 "GENAIR_RECOMMENDERS__SEEDS": "[44, 45, 46]",
             },
         )
@@ -120,6 +130,75 @@ def alpha_summary(root: Path) -> str:
     return "\n".join(lines)
 
 
+def table_verdict(root: Path, metric: str = "ndcg@10") -> str:
+    """Issue 13's target on the table's runs: for each backbone the GenAIR-family variant with the
+    best validation `metric` (mean over seeds; test is never looked at to choose), and its test
+    `metric` against `id`: change and paired test over all test users, then over the tail
+    users alone."""
+    con = connect(Store(root))
+    valid = con.sql(
+        f"""
+        SELECT backbone, variant, run, value FROM metrics
+        WHERE protocol = 'full' AND split = 'valid' AND "group" = 'all' AND metric = '{metric}'
+          AND regexp_matches(run, '^[a-z0-9]+-({"|".join(TABLE_VARIANTS)})-ce-s[0-9]+$')
+        """
+    ).fetchall()
+    runs: dict[tuple[str, str], list[str]] = {}
+    scores: dict[tuple[str, str], list[float]] = {}
+    for backbone, variant, run, value in valid:
+        runs.setdefault((backbone, variant), []).append(run)
+        scores.setdefault((backbone, variant), []).append(value)
+    store = Store(root)
+    tables = read_run_tables(store, ["sequences"])
+    data = UserSequences.from_table(tables.sequences, tables.n_items)
+    tail_share = load_settings().recommenders.evaluation.tail_share
+    tail = test_user_groups(data, tail_share)["tail"]
+    ranks, _ = read_test_results(store, [run for names in runs.values() for run in names])
+    lines = [
+        f"| backbone | chosen on validation ({metric}, seeds) | test {metric}: id → chosen "
+        "| change, p | tail: id → chosen | tail change, p | target met |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for backbone in sorted({b for b, _ in runs}, key=BACKBONE_ORDER.index):
+        family = [(b, v) for b, v in scores if b == backbone and v in GENAIR_FAMILY]
+        if (backbone, "id") not in runs or not family:
+            continue
+        chosen = max(family, key=lambda key: float(np.mean(scores[key])))
+        cells = {}
+        for group, mask in (("all", slice(None)), ("tail", tail)):
+            results = [
+                RunResult(b, v, int(run.rsplit("-s", 1)[1]), {metric: per_user[mask]})
+                for b, v in ((backbone, "id"), chosen)
+                for run in runs[(b, v)]
+                for per_user in [rank_metrics(ranks[run]["full"])[metric]]
+            ]
+            base, ours = summarize(results, (metric,))
+            cells[group] = (base[metric]["mean"], ours[metric])
+        (base_all, all_), (base_tail, tail_) = cells["all"], cells["tail"]
+        # The tail gains more in relative terms: tail / base_tail > all / base_all.
+        tail_gains_more = tail_["mean"] * base_all > base_tail * all_["mean"]
+        met = all_["p"] < 0.05 and all_["mean"] > base_all and tail_gains_more
+        lines.append(
+            f"| {backbone} | {chosen[1]} ({np.mean(scores[chosen]):.4f}, "
+            f"{len(scores[chosen])}) | {base_all:.4f} → {all_['mean']:.4f} "
+            f"| {_change(all_)} | {base_tail:.4f} → {tail_['mean']:.4f} | {_change(tail_)} "
+            f"| {'yes' if met else 'no'} |"
+        )
+    lines += [
+        "",
+        f"Target: p < 0.05 and a gain over all test users, and a larger relative gain on the "
+        f"{int(tail.sum())} tail users (the held-out item among the least popular items holding "
+        f"{tail_share:.0%} of training interactions). p: two-sided Wilcoxon signed-rank test on "
+        "per-user values averaged over the seeds both variants have.",
+    ]
+    return "\n".join(lines)
+
+
+def _change(cell: dict) -> str:
+    change = "n/a" if cell["rel_pct"] is None else f"{cell['rel_pct']:+.1f}%"
+    return f"{change}, p = {cell['p']:.2g}"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("study", choices=sorted(STUDIES))
@@ -133,6 +212,7 @@ def main(argv: list[str] | None = None) -> None:
         print(alpha_summary(args.root))
     else:
         print((args.root / "reports" / "recommenders.md").read_text())
+        print(table_verdict(args.root))
 
 
 if __name__ == "__main__":
