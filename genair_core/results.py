@@ -241,8 +241,11 @@ def render_group_table(
     summarize): whether a variant helps the tail more than it helps everyone."""
     if not runs:
         return "_No runs._\n"
-    cells = {}
+    cells: dict[str, dict] = {}
     for group, mask in masks.items():
+        if not mask.any():  # nobody in the group: every cell "n/a"
+            cells[group] = {}
+            continue
         in_group = [
             RunResult(run.backbone, run.variant, run.seed, {metric: run.per_user[metric][mask]})
             for run in runs
@@ -257,7 +260,10 @@ def render_group_table(
     keyed = [{"backbone": run.backbone, "variant": run.variant} for run in runs]
     for row in _ordered(list({(r["backbone"], r["variant"]): r for r in keyed}.values())):
         key = (row["backbone"], row["variant"])
-        values = [_format_cell(cells[group][key], spread=False) for group in masks]
+        values = [
+            _format_cell(cells[group][key], spread=False) if cells[group] else "n/a"
+            for group in masks
+        ]
         lines.append(f"| {_escape(key[0])} | {_escape(key[1])} | " + " | ".join(values) + " |")
     return "\n".join(lines) + "\n"
 

@@ -40,7 +40,7 @@ from storage.archetype_tables import (
     write_failures,
 )
 from storage.model_cache import context_length, model_id, resolve_model
-from tasks.common import TASK_DEFAULTS, store_for
+from tasks.common import TASK_DEFAULTS, run_logger, store_for
 from tasks.runners import WorkerEngines
 from tasks.settings import Settings
 
@@ -122,7 +122,7 @@ def generate_archetype_batch(
             keyed_by_item(context.recipe, failures),
         )
     ended = time.perf_counter()
-    get_run_logger().info(
+    run_logger().info(
         "archetypes: batch of %d in %.1f s: %.1f s to read the items and get the engine, %.1f s "
         "generating and embedding, %.1f s writing",
         len(items),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -196,3 +198,8 @@ def test_group_table_tests_each_group_on_its_own_users():
     # Tail: 0.5 against 0.15, significant; head: the same users hit, no test to pass.
     assert table[3] == f"| sasrec | genair | 0.5000 {BETTER} +233.3% | 0.1250 +0.0% |"
     assert render_group_table([], masks) == "_No runs._\n"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no mean of an empty group
+        empty = render_group_table(runs, {**masks, "none": np.zeros(N_USERS, bool)})
+    assert empty.splitlines()[3].endswith("| n/a |")
+    assert "none (0 users)" in empty
