@@ -31,6 +31,9 @@ from genair_core.progress import Event
 STEPS_SHOWN_AS_STAGES = ("generate-archetypes", "train-", "record-archetype-failure")
 _TASK_RUN_SUFFIX = re.compile(r"-[0-9a-f]{3}$")  # Prefect's task run names: "<task>-3fa"
 RATE_WINDOW_S = 60.0  # rates and times left are over the last minute
+# No rate before this share of the work is done: the first item out of a batch says how long the
+# engine took to start, not how fast it goes ("1/1,682 items, 34 s/item, 15 h left").
+RATE_MIN_SHARE = 0.02
 
 
 @dataclass
@@ -56,9 +59,12 @@ class StageState:
 
     def rate(self, now: float) -> float | None:
         """Units per second over the last RATE_WINDOW_S seconds, or since the stage began while it
-        is younger or once it ended; None before any unit is done. The window drops what came
-        before the work (an engine's start-up) and follows a rate that changes."""
-        if self.completed <= self.began_with:
+        is younger or once it ended; None before any unit is done, and while less than
+        RATE_MIN_SHARE of a planned total is. The window drops what came before the work (an
+        engine's start-up) and follows a rate that changes."""
+        done = self.completed - self.began_with
+        planned = (self.total or 0) - self.began_with
+        if done <= 0 or (not self.ended and done < RATE_MIN_SHARE * planned):
             return None
         since, done_then = self.began_at, self.began_with
         if not self.ended:

@@ -272,19 +272,35 @@ def test_the_rate_and_time_left_follow_the_last_minute_not_the_start_up():
     )
 
 
+def test_no_rate_or_time_left_before_a_share_of_the_work_is_done():
+    out, clock = io.StringIO(), Clock()
+    view = ProgressView(out, live=False, interval_s=1, clock=clock)
+    with view, progress.listening(view):
+        progress.begin("archetypes", total=1682, unit="items")
+        clock.now += 34  # the engine's start-up, then the first request of the first batch
+        progress.advance("archetypes", 1)
+        clock.now += 2  # the rest of the batch
+        progress.advance("archetypes", 63)
+        progress.end("archetypes")
+    first, second, done = out.getvalue().splitlines()
+    assert first == "archetypes: 1/1,682 items (0%)"  # not "34 s/item, 15 h 53 min left"
+    assert second == "archetypes: 64/1,682 items (4%), 1.78 items/s, 15 min 10 s left"
+    assert done == "archetypes: done: 64/1,682 items in 36 s (1.78 items/s)"
+
+
 def test_the_plain_view_shows_a_part_under_its_stage_then_forgets_it():
     out, clock = io.StringIO(), Clock()
     view = ProgressView(out, live=False, interval_s=10, clock=clock)
     with view, progress.listening(view):
         progress.begin("recommenders", total=2, unit="runs")
-        progress.begin("recommenders/sasrec-id-ce-s0", total=200, unit="epochs")
+        progress.begin("recommenders/sasrec-id-ce-s0", total=40, unit="epochs")
         clock.now += 8
         progress.advance("recommenders/sasrec-id-ce-s0", detail="epoch 1: valid NDCG@10 0.0100")
         progress.end("recommenders/sasrec-id-ce-s0", "stopped early")
         progress.advance("recommenders", detail="sasrec-id-ce-s0 trained")
     text = out.getvalue()
-    assert "recommenders/sasrec-id-ce-s0: 1/200 epochs (0%), 8.0 s/epoch" in text
-    assert "recommenders/sasrec-id-ce-s0: done: 1/200 epochs in 8 s" in text
+    assert "recommenders/sasrec-id-ce-s0: 1/40 epochs (2%), 8.0 s/epoch" in text
+    assert "recommenders/sasrec-id-ce-s0: done: 1/40 epochs in 8 s" in text
     assert "recommenders/sasrec-id-ce-s0" not in view.stages
 
 
