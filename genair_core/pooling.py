@@ -14,8 +14,8 @@ dims with random_state 42, concatenated input half first → 768 dims. Unlike th
 calls `fit_transform` once per run, a basis here is a value that is stored and reused: items added
 later are projected with the stored basis (`PcaBasis.project`), so their vectors live in the same
 space as the old ones; refitting moves every vector and is left to an explicit request (or to a
-catalog that outgrew bases capped on a tiny first run, see `pool_archetypes`). Bases travel to and
-from storage as plain arrays and ints (`PcaBasis.to_dict` / `from_dict`).
+catalog that outgrew bases capped on a tiny first run, see `pool_archetypes`). A basis is stored
+and read back as plain arrays and ints (`PcaBasis.to_dict` / `from_dict`).
 
 Decisions:
 - sklearn's PCA with its default ("auto") solver and random_state=seed, as the reference does;
