@@ -135,7 +135,8 @@ def table_verdict(root: Path, metric: str = "ndcg@10") -> str:
     best validation `metric` (mean over seeds; test is never looked at to choose), and its test
     `metric` against `id`: change and paired test over all test users, then over the tail
     users alone."""
-    con = connect(Store(root))
+    store = Store(root)
+    con = connect(store)
     valid = con.sql(
         f"""
         SELECT backbone, variant, run, value FROM metrics
@@ -148,12 +149,12 @@ def table_verdict(root: Path, metric: str = "ndcg@10") -> str:
     for backbone, variant, run, value in valid:
         runs.setdefault((backbone, variant), []).append(run)
         scores.setdefault((backbone, variant), []).append(value)
-    store = Store(root)
     tables = read_run_tables(store, ["sequences"])
     data = UserSequences.from_table(tables.sequences, tables.n_items)
     tail_share = load_settings().recommenders.evaluation.tail_share
     tail = test_user_groups(data, tail_share)["tail"]
     ranks, _ = read_test_results(store, [run for names in runs.values() for run in names])
+    per_user = {run: rank_metrics(ranks[run]["full"])[metric] for run in ranks}
     lines = [
         f"| backbone | chosen on validation ({metric}, seeds) | test {metric}: id → chosen "
         "| change, p | tail: id → chosen | tail change, p | target met |",
@@ -167,10 +168,9 @@ def table_verdict(root: Path, metric: str = "ndcg@10") -> str:
         cells = {}
         for group, mask in (("all", slice(None)), ("tail", tail)):
             results = [
-                RunResult(b, v, int(run.rsplit("-s", 1)[1]), {metric: per_user[mask]})
+                RunResult(b, v, int(run.rsplit("-s", 1)[1]), {metric: per_user[run][mask]})
                 for b, v in ((backbone, "id"), chosen)
                 for run in runs[(b, v)]
-                for per_user in [rank_metrics(ranks[run]["full"])[metric]]
             ]
             base, ours = summarize(results, (metric,))
             cells[group] = (base[metric]["mean"], ours[metric])
