@@ -169,12 +169,22 @@ def assert_same_tables(expected: Store, got: Store, names: list[str]) -> None:
 
 @pytest.fixture(scope="module")
 def uninterrupted(environment, ml100k_config) -> Store:
-    """A run that was never killed, up to the archetypes."""
+    """A run that was never killed, up to the archetypes, with a temp folder of its own."""
     config = ml100k_config("uninterrupted", SETTINGS)
+    temp = config.parent / "tmp"
+    temp.mkdir()
     started = time.monotonic()
-    run_to_end(environment, config, "--until", "archetypes")
+    run_to_end({**environment, "TMPDIR": str(temp)}, config, "--until", "archetypes")
     print(f"uninterrupted run to the archetypes: {time.monotonic() - started:.0f} s")
     return Store(config.parent / "data")
+
+
+def test_a_finished_run_leaves_no_sockets_in_the_temp_folder(uninterrupted) -> None:
+    # vLLM's ZeroMQ socket files stayed in /tmp after every run, 8 a run (engines/vllm_engine.py).
+    # What may stay is a cache meant to (torch's torchinductor_<user>).
+    temp = uninterrupted.root.parent / "tmp"
+    left = [p for p in temp.rglob("*") if p.is_socket() or p.name.startswith("genair-vllm-")]
+    assert left == []
 
 
 def test_killed_after_the_first_archetype_part_then_rerun(

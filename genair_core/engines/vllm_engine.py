@@ -35,10 +35,13 @@ is prefilled whole (max_num_batched_tokens then equals the context length).
 
 from __future__ import annotations
 
+import atexit
 import gc
 import glob
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -344,6 +347,16 @@ def _prepare_environment() -> None:
     # batches 53.8 / 56.9 s against 59.3 / 54.7 s, start-up of both engines 34-38 s against
     # 51-53 s, identical texts.
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    # vLLM binds its ZeroMQ sockets as files in the temp folder and never removes them (8 a
+    # run, one nightly run after another); a folder of this process's own, removed at its exit.
+    if "VLLM_RPC_BASE_PATH" not in os.environ:
+        os.environ["VLLM_RPC_BASE_PATH"] = _socket_folder()
+
+
+def _socket_folder() -> str:
+    folder = tempfile.mkdtemp(prefix="genair-vllm-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def _raise_request_error(out: Any) -> None:
