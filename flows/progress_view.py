@@ -30,7 +30,8 @@ from genair_core.progress import Event
 # Steps whose progress the stages already show, one task run per batch or per recommender run.
 STEPS_SHOWN_AS_STAGES = ("generate-archetypes", "train-", "record-archetype-failure")
 _TASK_RUN_SUFFIX = re.compile(r"-[0-9a-f]{3}$")  # Prefect's task run names: "<task>-3fa"
-RATE_WINDOW_S = 60.0  # rates and times left are over the last minute
+RATE_WINDOW_S = 60.0  # rates and times left are over the last minute ...
+RATE_WINDOW_UNITS = 4  # ... and the last 4 units at least, for units that take minutes (runs)
 # No rate before this share of the work is done: the first item out of a batch says how long the
 # engine took to start, not how fast it goes ("1/1,682 items, 34 s/item, 15 h left").
 RATE_MIN_SHARE = 0.02
@@ -58,34 +59,66 @@ class StageState:
     marks: list[tuple[float, float]] = field(default_factory=list)  # (time, completed)
 
     def rate(self, now: float) -> float | None:
-        """Units per second over the last RATE_WINDOW_S seconds, or since the stage began while it
-        is younger or once it ended; None before any unit is done, and while less than
-        RATE_MIN_SHARE of a planned total is. The window drops what came before the work (an
-        engine's start-up) and follows a rate that changes."""
+        """Units per second over the last RATE_WINDOW_S seconds and RATE_WINDOW_UNITS units up to
+        the latest unit, or since the stage began while it is younger or once it ended; None
+        before any unit is done, and while less than RATE_MIN_SHARE of a planned total is.
+
+        The window drops what came before the work (an engine's start-up) and follows a rate
+        that changes. Ending it at the latest advance rather than now keeps the rate of units
+        that end minutes apart (recommender runs) from sagging between them; once the next
+        advance is overdue, it counts as coming now, so a stalled stage slows down smoothly."""
+        done = self.completed - self.began_with
+        if self.ended and done > 0:
+            elapsed = now - self.began_at
+            return done / elapsed if elapsed > 0 else None
+        pace = self._pace(now)
+        return pace[0] if pace else None
+
+    def eta_s(self, now: float) -> float | None:
+        """Seconds until the planned total at the current rate, less the time already spent on
+        the next advance."""
+        pace = self._pace(now)
+        if pace is None or self.total is None:
+            return None
+        rate, step, since_latest = pace
+        left = max(self.total - self.completed, 0.0)
+        if since_latest * rate > step:  # overdue: the next advance counts as coming now
+            return max(left - step, 0.0) / rate
+        return max(left / rate - since_latest, 0.0)
+
+    def _pace(self, now: float) -> tuple[float, float, float] | None:
+        """(units per second, units per advance, seconds since the latest advance)."""
         done = self.completed - self.began_with
         planned = (self.total or 0) - self.began_with
-        if done <= 0 or (not self.ended and done < RATE_MIN_SHARE * planned):
+        if done <= 0 or done < RATE_MIN_SHARE * planned:
             return None
-        since, done_then = self.began_at, self.began_with
-        if not self.ended:
-            for when, done in self.marks:
-                if when > now - RATE_WINDOW_S:
-                    break
-                since, done_then = when, done
-        elapsed = now - since
-        return (self.completed - done_then) / elapsed if elapsed > 0 else None
+        latest_at = now
+        for when, count in reversed(self.marks):  # when the count became what it is
+            if count != self.completed:
+                break
+            latest_at = when
+        since, done_then, first = self.began_at, self.began_with, 0
+        for i, (when, count) in enumerate(self.marks):
+            if not self._window_may_start_at(when, count, latest_at):
+                break
+            since, done_then, first = when, count, i + 1
+        units = self.completed - done_then
+        if latest_at <= since or units <= 0:  # or a failed batch took back what it reported
+            return None
+        step = units / len({count for _, count in self.marks[first:] if count > done_then})
+        rate = units / (latest_at - since)
+        if (now - latest_at) * rate > step:
+            rate = (units + step) / (now - since)
+        return rate, step, now - latest_at
 
     def mark(self, now: float) -> None:
         """Record the count at `now`, keeping one mark from before the window."""
         self.marks.append((now, self.completed))
-        while len(self.marks) > 1 and self.marks[1][0] <= now - RATE_WINDOW_S:
+        while len(self.marks) > 1 and self._window_may_start_at(*self.marks[1], now):
             del self.marks[0]
 
-    def eta_s(self, now: float) -> float | None:
-        rate = self.rate(now)
-        if rate is None or self.total is None:
-            return None
-        return max(self.total - self.completed, 0) / rate
+    def _window_may_start_at(self, when: float, count: float, end: float) -> bool:
+        return when <= end - RATE_WINDOW_S and self.completed - count >= RATE_WINDOW_UNITS
 
 
 class ProgressView:

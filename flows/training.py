@@ -34,16 +34,15 @@ def _train_runs(settings: Settings, force: bool) -> dict[str, object]:
     train = train_recommender.with_options(
         retries=settings.prefect.task_retries, retry_delay_seconds=settings.prefect.retry_delay_s
     )
-    logger.info(
-        "recommenders: %d runs, %d at a time, %d threads each", len(runs), cfg.workers, threads
-    )
+    side_by_side = f"{cfg.workers} at a time, {threads} torch thread{'s' * (threads != 1)} each"
+    logger.info("recommenders: %d runs, %s", len(runs), side_by_side)
     artifact = create_progress_artifact(
         progress=0.0 if runs else 100.0,
         key="genair-training",
         description=f"recommenders: {len(runs)} runs planned",
     )
     progress.begin("recommenders", total=len(runs), unit="runs")
-    progress.note("recommenders", f"{cfg.workers} at a time, {threads} threads each")
+    progress.note("recommenders", side_by_side)
     backbones, variants, seeds = ([run[i] for run in runs] for i in range(3))
     STOP_TRAINING.clear()
     futures = train.map(unmapped(settings), backbones, variants, seeds, force=unmapped(force))

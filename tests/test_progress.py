@@ -272,6 +272,48 @@ def test_the_rate_and_time_left_follow_the_last_minute_not_the_start_up():
     )
 
 
+def _runs_ending_minutes_apart(clock: Clock) -> None:
+    """Two workers: 8 of 45 runs end in pairs 20 s apart, a pair every 5 minutes."""
+    progress.begin("recommenders", total=45, unit="runs")
+    start = clock.now
+    for pair in range(1, 5):
+        for at in (pair * 300 - 20, pair * 300):
+            clock.now = start + at
+            progress.advance("recommenders")
+
+
+def test_the_rate_of_runs_ending_minutes_apart_holds_between_them_then_slows_when_one_is_late():
+    out, clock = io.StringIO(), Clock()
+    view = ProgressView(out, live=False, interval_s=1000, clock=clock)
+    with view, progress.listening(view):
+        _runs_ending_minutes_apart(clock)
+        stage = view.stages["recommenders"]
+        # The last 4 runs ended over the 600 s after the 4th: 150 s a run, 37 runs left.
+        assert stage.rate(clock.now) == pytest.approx(1 / 150)
+        assert stage.eta_s(clock.now) == pytest.approx(37 * 150)
+        clock.now += 100  # the next run is under way: the rate holds, the time left counts down
+        assert stage.rate(clock.now) == pytest.approx(1 / 150)
+        assert stage.eta_s(clock.now) == pytest.approx(37 * 150 - 100)
+        clock.now += 50  # the next run is due ...
+        at_due = stage.eta_s(clock.now)
+        assert at_due == pytest.approx(36 * 150)
+        clock.now += 1e-6  # ... and from now on counts as ending now: no jump
+        assert stage.eta_s(clock.now) == pytest.approx(at_due)
+        clock.now += 850  # 1,000 s since the last run: (4 + 1) runs in 1,600 s
+        assert stage.rate(clock.now) == pytest.approx(5 / 1600)
+        assert stage.eta_s(clock.now) == pytest.approx(36 * 1600 / 5)
+
+
+def test_the_live_view_draws_a_rate_minutes_after_the_last_run():
+    out, clock = io.StringIO(), Clock()
+    view = ProgressView(out, live=True, clock=clock)
+    with view, progress.listening(view):
+        _runs_ending_minutes_apart(clock)
+        clock.now += 120  # once raised ZeroDivisionError: no run in the last minute, rate 0
+        view._bars.refresh()
+    assert "150 s/run" in out.getvalue()
+
+
 def test_no_rate_or_time_left_before_a_share_of_the_work_is_done():
     out, clock = io.StringIO(), Clock()
     view = ProgressView(out, live=False, interval_s=1, clock=clock)
