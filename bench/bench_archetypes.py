@@ -46,7 +46,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_machine import cpu_model, decode_flop_per_token, vllm_matmul_rate
+from bench_machine import decode_flop_per_token, vllm_matmul_rate
+from machine_info import cpu_description
 
 from genair_core.config import DatasetConfig, LlmConfig
 from genair_core.datasets.movielens import MovieLens100K
@@ -480,7 +481,7 @@ def run_sampler_study(args, model_dir: Path, prompts: list[str]) -> None:
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     print(f"\n## vLLM sampler study, {when}\n")
     print(
-        f"machine: {cpu_model()}; vllm generator start-up {startup.seconds:.1f} s; model "
+        f"machine: {cpu_description()}; vllm generator start-up {startup.seconds:.1f} s; model "
         f"{model_dir.name}, {args.dtype}; batch {len(prompts)}, every row generates "
         f"{args.max_new_tokens} tokens; LD_PRELOAD {os.environ.get('LD_PRELOAD', '')!r}; "
         f"{'torch.compile' if args.compile else 'eager'}; best of {args.repeats}"
@@ -571,6 +572,7 @@ def run_sampler_micro(args, model_dir: Path, prompts: list[str]) -> None:
     nucleus = (~torch.isinf(top_k_top_p_exact(scaled))).sum(1)
     print(f"\n## Sampler pieces, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC\n")
     print(
+        f"machine: {cpu_description()}; "
         f"{n} rows × {vocab:,} logits (SmolLM2 at the end of each prompt, temperature 0.6); best "
         f"of {repeats}; load {os.getloadavg()[0]:.2f}; top_p 0.9 nucleus without top-k: median "
         f"{int(nucleus.median())}, max {int(nucleus.max())} tokens"
@@ -633,7 +635,7 @@ def main(argv=None) -> None:
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     print(f"\n## Archetype + embeddings, {when}\n")
     print(
-        f"machine: {cpu_model()}, {os.cpu_count()} logical CPUs ({threads} usable), "
+        f"machine: {cpu_description()}, {os.cpu_count()} logical CPUs ({threads} usable), "
         f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM; "
         f"python {platform.python_version()}, torch {torch.__version__} ({threads} threads), "
         f"transformers {transformers.__version__}, vllm {vllm.__version__}"

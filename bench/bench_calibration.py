@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 from bench_machine import best_of
+from machine_info import cpu_description
 
 from genair_core.losses import CooccurrenceLookup, calibration_loss, calibration_loss_reference
 
@@ -108,9 +109,9 @@ def main(argv=None) -> None:
     synthetic = None
 
     print(
-        f"python {platform.python_version()}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, CPU; h = {args.dim}, τ = {args.tau}; "
-        f"fast path best of {args.repeats} (after a warm-up), reference best of "
+        f"machine: {cpu_description()}; python {platform.python_version()}, torch "
+        f"{torch.__version__}, {torch.get_num_threads()} threads, CPU; h = {args.dim}, "
+        f"τ = {args.tau}; fast path best of {args.repeats} (after a warm-up), reference best of "
         f"{args.ref_repeats}\n"
     )
     rows = []

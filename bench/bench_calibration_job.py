@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from machine_info import cpu_description
 
 from genair_core.calibration import calibration_inputs, resolve_device, train_adapter
 from genair_core.config import CalibrationConfig
@@ -52,7 +52,7 @@ def main(args: argparse.Namespace) -> None:
     device = resolve_device(cfg.device)
     print(
         f"{len(data.item_ids)} items ({source}), {len(data.a)} pairs, device {device}, torch "
-        f"{torch.__version__}, {platform.processor() or platform.machine()}, load "
+        f"{torch.__version__}, CPU {cpu_description()}, load "
         f"{os.getloadavg()[0]:.1f}; defaults: {cfg.pairs_per_epoch} pairs an epoch, batch "
         f"{cfg.batch_size}"
     )

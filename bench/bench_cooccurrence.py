@@ -15,6 +15,7 @@ import platform
 import numpy as np
 import pyarrow as pa
 from bench_machine import best_of
+from machine_info import cpu_description
 
 from genair_core.cooccurrence import cooccurrence, cooccurrence_reference
 from genair_core.preprocess import split_sequences
@@ -82,7 +83,10 @@ def main(argv=None) -> None:
         f"max count {int(fast['count'].to_numpy().max(initial=0))}; "
         f"agree: yes (max |Δs| = {s_diff:g})"
     )
-    print(f"python {platform.python_version()}, best of {args.repeats}\n")
+    print(
+        f"machine: {cpu_description()}; python {platform.python_version()}, "
+        f"best of {args.repeats}\n"
+    )
     print("| implementation | time (s) | speed-up |")
     print("|---|---:|---:|")
     print(f"| reference (dict, nested loop) | {t_ref:.3f} | 1.0× |")

@@ -26,13 +26,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import faiss
 import numpy as np
+from machine_info import cpu_description
 
 from genair_core.config import IndexConfig
 from genair_core.index import new_index, normalized
@@ -211,7 +211,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     faiss.omp_set_num_threads(args.threads)
     print(
-        f"faiss {faiss.__version__}, {args.threads} threads, {platform.processor() or 'cpu'}, "
+        f"faiss {faiss.__version__}, {args.threads} threads, {cpu_description()}, "
         f"load {os.getloadavg()}",
         flush=True,
     )

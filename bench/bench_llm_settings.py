@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 from bench_archetypes import load_items
+from machine_info import cpu_description
 
 from genair_core.config import LlmConfig
 from genair_core.engines import VllmEngine, engine_options, generation_settings
@@ -90,6 +91,7 @@ def main(argv: list[str] | None = None) -> None:
         for item in load_items(args.cache_dir, args.items)
     ]
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    print(f"machine: {cpu_description()}")
     print(f"{len(prompts)} ml-100k items, <= {args.max_new_tokens} new tokens, {when}")
     print("| dtype | batch | generate s | output tokens/s | embed s | items/s | vs first | load |")
     print("|---|---:|---:|---:|---:|---:|---:|---|")

@@ -27,6 +27,7 @@ import time
 
 import numpy as np
 import torch
+from machine_info import cpu_description, cpu_flags
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -38,35 +39,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads"
     )
     return parser.parse_args(argv)
-
-
-def cpu_model() -> str:
-    """`model name (family F, model M)` of the first CPU (AMD family 26 = Zen 5)."""
-    fields: dict[str, str] = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if not line.strip():
-                    break
-                key, _, value = line.partition(":")
-                fields[key.strip()] = value.strip()
-    except OSError:
-        pass
-    name = fields.get("model name") or platform.processor() or "unknown"
-    if "cpu family" in fields:
-        name += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
-    return name
-
-
-def cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 def load() -> str:
@@ -187,9 +159,10 @@ def main(argv=None) -> None:
         f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16") if f in flags
     )
     print(
-        f"machine: {cpu_model()}, {os.cpu_count()} logical CPUs ({len(os.sched_getaffinity(0))} "
-        f"usable), ISA: {isa}; python {platform.python_version()}, torch {torch.__version__} "
-        f"({args.threads} threads), numpy {np.__version__}"
+        f"machine: {cpu_description()}, {os.cpu_count()} logical CPUs "
+        f"({len(os.sched_getaffinity(0))} usable), ISA: {isa}; python "
+        f"{platform.python_version()}, torch {torch.__version__} ({args.threads} threads), "
+        f"numpy {np.__version__}"
     )
     load_start = load()
     n = args.size

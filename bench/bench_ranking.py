@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine_info import cpu_description
 
 from genair_core.config import ModelConfig, PoolingConfig
 from genair_core.metrics import full_ranks
@@ -70,7 +71,8 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"data: {rows.size} validation users, {data.n_items} items, max_len "
         f"{ModelConfig().max_len}; torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"python {platform.python_version()}; median of {args.repeats}, alternating"
+        f"python {platform.python_version()}; median of {args.repeats}, alternating; "
+        f"machine: {cpu_description()}"
     )
     print("| backbone | padded to max_len (s) | by history length (s) | speed-up | same ranks |")
     print("|---|---:|---:|---:|---|")

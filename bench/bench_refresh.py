@@ -37,6 +37,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pyarrow.parquet as pq
+from machine_info import cpu_description, cpu_info
 
 from storage.runs import read_runs, read_steps
 from storage.store import Store
@@ -147,7 +148,7 @@ def step_times(root: Path) -> dict[str, object]:
 def main(args: argparse.Namespace) -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="genair-bench-refresh-"))
     work.mkdir(parents=True, exist_ok=True)
-    print(f"work folder: {work}; {platform.node()}, {os.cpu_count()} cores")
+    print(f"work folder: {work}; {platform.node()}, {os.cpu_count()} cores, {cpu_description()}")
     print(f"load before: {os.getloadavg()}")
     catalog, events = export_catalog(work, args.max_items)
     site = work / "site"
@@ -179,6 +180,7 @@ def main(args: argparse.Namespace) -> None:
     peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     result = {
         "date": datetime.now().isoformat(timespec="seconds"),
+        **cpu_info(),
         "catalog": label,
         "changed": changed,
         "added": added,

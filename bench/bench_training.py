@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from machine_info import cpu_description
 
 from genair_core.config import ModelConfig, PoolingConfig, TrainingConfig
 from genair_core.models import build_model
@@ -72,7 +73,8 @@ def main(argv=None) -> None:
     print(
         f"data: {data.n_users} users, {data.n_items} items, {int(data.n_train.sum()):,} training "
         f"interactions; torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"python {platform.python_version()}; median of {args.epochs} epochs (incl. validation)"
+        f"python {platform.python_version()}; median of {args.epochs} epochs (incl. validation); "
+        f"machine: {cpu_description()}"
     )
     print("| backbone | reference (s/epoch) | genair (s/epoch) | speed-up |")
     print("|---|---:|---:|---:|")
