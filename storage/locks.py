@@ -15,7 +15,9 @@ descendant processes every GUARD_POLL_S, and if the holder dies without releasin
 ends them (SIGTERM, then SIGKILL after GUARD_GRACE_S). A SIGKILLed run otherwise leaves its
 children running, reparented to init: Prefect's temporary API server, engine or Dask worker
 processes, still holding their memory and possibly writing under the storage root. On a clean
-release the watchdog exits and ends nothing.
+release the watchdog exits and ends nothing. With GENAIR_LOCK_GUARD_TRACE naming a file, the
+watchdog appends the pid of each process it starts watching to it: what a test waits for before
+it kills the holder, and a way to see what a guard would end.
 
 This file runs as that watchdog (`python -I locks.py`), so it imports the standard library only.
 """
@@ -41,6 +43,7 @@ from pathlib import Path
 
 GUARD_POLL_S = 1.0  # how often the watchdog lists the holder's descendants
 GUARD_GRACE_S = 5.0  # SIGTERM to SIGKILL
+GUARD_TRACE_ENV = "GENAIR_LOCK_GUARD_TRACE"
 _RELEASED = b"r"  # the holder's word to its watchdog that it released the lock cleanly
 
 logger = logging.getLogger(__name__)
@@ -202,8 +205,13 @@ def _guard(holder: int, pipe: int) -> None:
     """Wait for the holder's word or death; on death end every process it left behind."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the holder's to handle
     seen: dict[int, int] = {}  # pid -> start ticks, to never signal a reused pid
+    trace = os.environ.get(GUARD_TRACE_ENV)
     while True:
-        seen.update(_descendants([holder], exclude=os.getpid()))
+        found = _descendants([holder], exclude=os.getpid())
+        if trace and found.keys() - seen.keys():
+            with open(trace, "a") as handle:
+                handle.writelines(f"{pid}\n" for pid in found.keys() - seen.keys())
+        seen.update(found)
         ready, _, _ = select.select([pipe], [], [], GUARD_POLL_S)
         if ready:
             if os.read(pipe, 1) == _RELEASED:

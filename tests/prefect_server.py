@@ -3,6 +3,13 @@ it (a worker, which starts flow-run processes), all ended when the test ends, fa
 
     with prefect_server(tmp_path) as server:
         server.processes.start("worker", [BIN / "prefect", "worker", "start", ...], server.env)
+        runs = server.post("/flow_runs/filter")
+
+A busy machine makes the server answer 503 (its SQLite database timed out) now and then. The
+test's own API calls go through Prefect's HTTP client, which retries 429, 502 and 503 with
+exponential backoff (PREFECT_CLIENT_MAX_RETRIES times: 2, 4, 8, 16, 32 s); a call that creates
+a flow run carries an idempotency key, so a retried one cannot create a second run. The CLI
+commands and workers a test starts use the same client.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +29,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from prefect.client.base import PrefectHttpxSyncClient
 
 BIN = Path(sys.executable).parent
 
@@ -86,16 +95,18 @@ class Server:
     api: str  # http://127.0.0.1:<port>/api
     env: dict[str, str]  # for processes that talk to it: PREFECT_API_URL, its own PREFECT_HOME
     processes: Processes
+    client: PrefectHttpxSyncClient  # retries on 429, 502, 503; raises on other errors
 
     def post(self, path: str, body: dict | None = None) -> object:
-        response = httpx.post(f"{self.api}{path}", json=body or {}, timeout=30)
-        response.raise_for_status()
-        return response.json()
+        return self.client.post(f"{self.api}{path}", json=body or {}).json()
 
     def get(self, path: str) -> object:
-        response = httpx.get(f"{self.api}{path}", timeout=30)
-        response.raise_for_status()
-        return response.json()
+        return self.client.get(f"{self.api}{path}").json()
+
+    def create_flow_run(self, deployment_id: str, **parameters: object) -> dict:
+        """A run of the deployment, created once however often the request is retried."""
+        body = {"parameters": parameters, "idempotency_key": f"test-{uuid.uuid4()}"}
+        return self.post(f"/deployments/{deployment_id}/create_flow_run", body)
 
 
 @contextlib.contextmanager
@@ -129,7 +140,8 @@ def prefect_server(folder: Path, startup_timeout_s: float = 180) -> Iterator[Ser
             if proc.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"prefect server did not start: {processes.log('server')}")
             time.sleep(1)
-        yield Server(api, {**env, "PREFECT_API_URL": api}, processes)
+        with PrefectHttpxSyncClient(timeout=30) as client:
+            yield Server(api, {**env, "PREFECT_API_URL": api}, processes, client)
     finally:
         survivors = processes.stop()
     assert not survivors, f"processes left running: {survivors}"

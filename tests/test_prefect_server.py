@@ -3,7 +3,6 @@
 import subprocess
 from pathlib import Path
 
-import httpx
 import pytest
 from prefect_server import BIN, prefect_server
 from small_dataset import write_small_dataset
@@ -14,11 +13,11 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def server(tmp_path):
     with prefect_server(tmp_path) as running:
-        yield running.api, running.env
+        yield running
 
 
 def test_genair_run_reports_to_a_prefect_server(server, tmp_path, test_cache_dir):
-    api, env = server
+    api, env = server.api, server.env
     config = write_small_dataset(tmp_path)
     # The pipeline up to the item vectors on 4 items, archetypes by the real default model
     # (transformers engine: the vLLM engine's own end-to-end test is in
@@ -37,11 +36,11 @@ def test_genair_run_reports_to_a_prefect_server(server, tmp_path, test_cache_dir
     [log] = [line[len("log: ") :] for line in done.stdout.splitlines() if line.startswith("log: ")]
     assert "interactions/unknown_item" in Path(log).read_text()
 
-    runs = httpx.post(f"{api}/flow_runs/filter", json={}, timeout=30).json()
+    runs = server.post("/flow_runs/filter")
     assert [run["state_type"] for run in runs] == ["COMPLETED"]
-    flows = httpx.post(f"{api}/flows/filter", json={}, timeout=30).json()
+    flows = server.post("/flows/filter")
     assert [flow["name"] for flow in flows] == ["genair-full"]
-    task_runs = httpx.post(f"{api}/task_runs/filter", json={}, timeout=30).json()
+    task_runs = server.post("/task_runs/filter")
     assert {run["name"].rsplit("-", 1)[0] for run in task_runs} >= {
         "ingest-dataset",
         "split-sequences",
@@ -51,7 +50,7 @@ def test_genair_run_reports_to_a_prefect_server(server, tmp_path, test_cache_dir
         "pool-embeddings",
         "publish-summary",
     }
-    artifacts = httpx.post(f"{api}/artifacts/filter", json={}, timeout=30).json()
+    artifacts = server.post("/artifacts/filter")
     keys = {a["key"] for a in artifacts}
     assert {"genair-run-summary", "genair-archetypes"} <= keys
     progress = [a for a in artifacts if a["key"] == "genair-archetypes"]

@@ -3,13 +3,13 @@ the flow's runs `workers` at a time."""
 
 import json
 import threading
-import time
 from pathlib import Path
 
 import pytest
 from prefect.logging import disable_run_logger
 from small_dataset import write_small_dataset
 
+import flows.training
 import tasks.recommenders
 from flows.pipeline import genair_full
 from genair_core.experiment import score_run
@@ -123,23 +123,36 @@ def test_a_changed_training_setting_retrains_from_scratch(config):
 
 
 def test_the_flow_trains_every_run_workers_at_a_time_and_reports(config, monkeypatch):
-    real, lock, active, most = tasks.recommenders.train_run, threading.Lock(), [0], [0]
+    """Two runs train side by side: each run waits until two have been in at once (so a pool
+    of one would fail here). No third: the runs are tasks of a thread pool whose size is
+    checked, which is what bounds them; `most` would also catch a third that got in."""
+    real_train, real_runner = tasks.recommenders.train_run, flows.training.ThreadPoolTaskRunner
+    changed, active, most, pools = threading.Condition(), [0], [0], []
 
     def counting(*args, **kwargs):
-        with lock:
+        with changed:
             active[0] += 1
             most[0] = max(most[0], active[0])
+            changed.notify_all()
+            two_in = changed.wait_for(lambda: most[0] >= 2, timeout=600)
         try:
-            time.sleep(0.2)  # long enough for a third run to start if the pool allowed it
-            return real(*args, **kwargs)
+            if not two_in:
+                raise AssertionError("the pool never ran two runs at once")
+            return real_train(*args, **kwargs)
         finally:
-            with lock:
+            with changed:
                 active[0] -= 1
 
+    def runner(max_workers: int):
+        pools.append(max_workers)
+        return real_runner(max_workers=max_workers)
+
     monkeypatch.setattr(tasks.recommenders, "train_run", counting)
+    monkeypatch.setattr(flows.training, "ThreadPoolTaskRunner", runner)
     summary = genair_full(config_path=str(config), start="recommenders", force=True)
     runs = summary["recommenders"]
     assert (runs["runs"], runs["trained"], runs["workers"]) == (4, 4, 2)
+    assert pools == [2]
     assert most[0] == 2
     assert set(runs["test_ndcg@10 (full ranking)"]) == {
         f"{b}-id-bce-s{s}" for b in ("sasrec", "gru4rec") for s in (3, 4)

@@ -55,9 +55,7 @@ def wait_for(server: Server, flow_run_id: str, timeout_s: float = 600) -> dict:
 
 
 def trigger(server: Server, deployment: dict, **parameters: object) -> dict:
-    flow_run = server.post(
-        f"/deployments/{deployment['id']}/create_flow_run", {"parameters": parameters}
-    )
+    flow_run = server.create_flow_run(deployment["id"], **parameters)
     done = wait_for(server, flow_run["id"])
     worker_log = server.processes.log("worker")[-4000:]
     assert done["state_type"] == "COMPLETED", f"{done['state']}\n{worker_log}"
