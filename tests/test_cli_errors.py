@@ -160,7 +160,7 @@ def noisy_cli(config: Path, *flags: str) -> subprocess.CompletedProcess:
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr
     return done
@@ -213,7 +213,7 @@ def test_output_cut_short_by_its_reader_is_not_an_error(config):
         stdout=reader.stdin,
         stderr=subprocess.PIPE,
         text=True,
-        timeout=120,
+        timeout=600,
     )
     reader.stdin.close()
     assert done.returncode == 141, done.stderr

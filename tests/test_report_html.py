@@ -87,7 +87,7 @@ def chromium_binary() -> str:
     pytest.skip(message)
 
 
-def load_page(binary: str, url: str, timeout: float = 60.0) -> PageLoad:
+def load_page(binary: str, url: str, timeout: float = 300.0) -> PageLoad:
     """Open `url` in a fresh headless Chromium and record what happens until its load event."""
     with _Browser(binary, timeout) as browser:
         target = browser.call("Target.createTarget", {"url": "about:blank"})["targetId"]

@@ -54,8 +54,12 @@ max_epochs = {MAX_EPOCHS}
 [prefect]
 retry_delay_s = 0
 """
-GRACE_S = 30  # for the killed run's processes to end
-STOP_S = 20  # from a SIGTERM during training to the end of the run
+# A deadline for the killed run's processes to end, which only a process that is never ended
+# reaches: the lock's watchdog signals them at once (SIGKILL after GUARD_GRACE_S), seconds in all.
+GRACE_S = 120
+# Each kill below comes within one poll (0.1 s) of what it waits for, and the assertions that it
+# came mid-run leave the run one or two whole batches or epochs to go: a loaded machine slows the
+# run as much as the test, and wakes a sleeping test process within milliseconds.
 # Columns that say when a row was written, not what it holds.
 WHEN = {"created_at", "updated_at", "seconds"}
 
@@ -296,12 +300,13 @@ def test_killed_after_the_first_checkpoint_resumes_from_it(
     )
 
 
-def test_sigterm_during_training_ends_the_run_within_seconds(
+def test_sigterm_during_training_ends_the_run_at_the_next_batch(
     environment, ml100k_config, uninterrupted
 ):
     """A plain `kill` ends the run at the next batch of every training run, not once the runs
     have finished (the epoch cap is far beyond what the run gets to), and ends what it started:
-    the temporary Prefect server is stopped at exit, not orphaned."""
+    the temporary Prefect server is stopped at exit, not orphaned. Said in epochs, not seconds:
+    the last checkpoint is at most one epoch past the one there at the signal."""
     max_epochs = 1000
     settings = SETTINGS.replace(
         f"max_epochs = {MAX_EPOCHS}", f"max_epochs = {max_epochs}\npatience = {max_epochs}"
@@ -312,15 +317,21 @@ def test_sigterm_during_training_ends_the_run_within_seconds(
     run_name = RunSpec.of(load_settings(config).recommenders, "sasrec", "id", 44).name
     run = start(environment, config, "--from", "negatives", "--until", "recommenders")
 
-    def checkpoints() -> list[Path]:
-        return list(store.recommender_dir(run_name).glob("checkpoints-*/state.json"))
+    def checkpointed_epoch() -> int | None:
+        states = list(store.recommender_dir(run_name).glob("checkpoints-*/state.json"))
+        return json.loads(states[0].read_text())["state"]["epoch"] if states else None
 
+    seen = []  # the epoch of the last checkpoint at each poll: the last one just before the signal
     try:
-        tree = kill_when(run, lambda: bool(checkpoints()), "training checkpoint", signal.SIGTERM)
+        tree = kill_when(
+            run,
+            lambda: seen.append(checkpointed_epoch()) or seen[-1] is not None,
+            "training checkpoint",
+            signal.SIGTERM,
+        )
         assert run.returncode == 143, run.log.read_text()[-4000:]  # 128 + SIGTERM
-        assert run.stopped_s < STOP_S, run.log.read_text()[-4000:]
         assert still_running(tree, GRACE_S) == []
     finally:
         end_session(run)
-    assert json.loads(checkpoints()[0].read_text())["state"]["epoch"] < max_epochs
+    assert checkpointed_epoch() <= seen[-1] + 1 < max_epochs
     print(f"SIGTERM to the end of the run: {run.stopped_s:.1f} s")

@@ -37,7 +37,7 @@ def run(args: list, server: Server, **kwargs) -> str:
         env=server.env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
         **kwargs,
     )
     assert done.returncode == 0, f"{args}: {done.stdout[-2000:]}{done.stderr[-3000:]}"
