@@ -7,7 +7,11 @@ import cannot hide a dependency.
 from __future__ import annotations
 
 import ast
+import re
+import sys
+import tomllib
 from collections.abc import Callable
+from importlib.metadata import packages_distributions
 from pathlib import Path
 
 import pytest
@@ -121,3 +125,31 @@ def test_storage_imports_only_the_shared_declarations_of_genair_core():
 @pytest.mark.parametrize("layer", ["tasks", "flows"])
 def test_tasks_and_flows_import_no_array_table_or_model_library(layer):
     assert _violations(layer, lambda m: _within(m, ORCHESTRATION_FORBIDDEN)) == []
+
+
+def _declared_distributions() -> set[str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = [*project["dependencies"]]
+    for extra in project.get("optional-dependencies", {}).values():
+        requirements.extend(extra)
+    return {_normalized(re.match(r"[A-Za-z0-9._-]+", r).group()) for r in requirements}
+
+
+def _normalized(distribution: str) -> str:
+    return re.sub(r"[-_.]+", "-", distribution).lower()
+
+
+def test_pyproject_declares_every_distribution_the_code_imports():
+    """Every third-party import of the four layers comes from a distribution pyproject.toml
+    names (the lock pins versions; pyproject says what the code needs)."""
+    providers = packages_distributions()
+    missing = sorted(
+        f"{distribution} ({path.relative_to(ROOT)}:{line} imports {module})"
+        for layer in LAYERS
+        for path in _modules(layer)
+        for line, module in _imports(path)
+        if (top := module.split(".")[0]) and top not in {*sys.stdlib_module_names, *LAYERS}
+        for distribution in map(_normalized, providers.get(top, [top]))
+        if distribution not in _declared_distributions()
+    )
+    assert missing == []
