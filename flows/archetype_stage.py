@@ -5,6 +5,7 @@ the UI."""
 from __future__ import annotations
 
 from collections import deque
+from typing import TYPE_CHECKING
 
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import PrefectFuture
@@ -12,13 +13,33 @@ from prefect.logging import get_run_logger
 
 from genair_core.archetypes import ArchetypeBatch, ArchetypePlan
 from genair_core.engines import EnginePool
-from tasks.archetypes import generate_archetype_batch, record_engine_failure
+from tasks.archetypes import drop_replaced, generate_archetype_batch, record_engine_failure
+from tasks.common import with_retries
+from tasks.pooling import pool_item_embeddings
 from tasks.runners import batch_runner
 from tasks.settings import Settings
+
+if TYPE_CHECKING:
+    from flows.pipeline import StageRun
 
 # Batches submitted ahead of the ones running, per slot: enough to keep every worker busy, few
 # enough that a 10M-item catalog (156k batches) is never submitted at once.
 QUEUED_PER_SLOT = 2
+
+
+def run_archetype_stage(run: StageRun) -> dict[str, dict]:
+    """The `archetypes` stage: the planned batches on engines of the stage's own (closed before
+    the next stage), then the rows that new ones replaced dropped."""
+    plan = run.archetype_plan()
+    with EnginePool(run.engine_factory) as engines:
+        summary = generate_archetypes(run.settings, plan, engines)
+    return {"archetypes": summary | run.task(drop_replaced)(run.settings, plan.recipe)}
+
+
+def run_pooling_stage(run: StageRun) -> dict[str, dict]:
+    """The `pooling` stage: item vectors from the archetypes of the run's recipe."""
+    recipe = run.archetype_plan().recipe
+    return {"pooling": run.task(pool_item_embeddings)(run.settings, recipe, force=run.force)}
 
 
 def generate_archetypes(
@@ -40,7 +61,7 @@ def generate_archetypes(
     if not plan.batches:
         return {**totals, **counts, "skipped": True}
 
-    generate = generate_archetype_batch.with_options(retries=settings.llm.batch_retries)
+    generate = with_retries(generate_archetype_batch, settings.prefect, settings.llm.batch_retries)
     to_do = sum(len(batch.items) for batch in plan.batches)
     done = 0
     waiting = deque(plan.batches)

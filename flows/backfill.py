@@ -17,15 +17,15 @@ from datetime import date
 from prefect import flow
 
 from flows.params import BackfillParams
-from flows.pipeline import recommender_stages, run_stages
+from flows.pipeline import StageRun, run_stages
+from flows.stages import BACKFILL, stages_of
 from genair_core.archetypes import Backfill
 from genair_core.engines import EngineFactory, make_engine
 from tasks.archetypes import plan_archetypes, report_backfill_plan
 from tasks.common import exclusive_run
 from tasks.settings import RecommenderPolicy
 
-FLOW_NAME = "genair-backfill"
-BACKFILL_STAGES = ("archetypes", "pooling", "calibrate", "index", "retrieval")
+FLOW_NAME = BACKFILL
 
 
 @flow(name=FLOW_NAME)
@@ -71,17 +71,18 @@ def run_backfill(
     inside a flow, as tests do). A dry run returns {"dry_run": the report}."""
     settings = params.settings()
     policy = params.recommenders or settings.refresh.recommenders
-    wanted = BACKFILL_STAGES + recommender_stages(policy)
+    stages = stages_of(FLOW_NAME, policy)
     selection = Backfill(tuple(params.items), params.since, params.all_items)
     if params.dry_run:
         plan = plan_archetypes(settings, selection)
-        return {"dry_run": report_backfill_plan(plan, list(wanted[1:]))}
+        return {"dry_run": report_backfill_plan(plan, [stage.name for stage in stages[1:]])}
     parameters = {
         **params.model_dump(mode="json"),
         "recommenders": policy,
         "profile": settings.profile,
     }
     with exclusive_run(settings, FLOW_NAME, parameters) as run_settings:
-        return run_stages(
-            run_settings, wanted, retrain=policy, backfill=selection, engine_factory=engine_factory
+        run = StageRun(
+            run_settings, retrain=policy, backfill=selection, engine_factory=engine_factory
         )
+        return run_stages(stages, run)

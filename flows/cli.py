@@ -30,7 +30,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from flows.stages import STAGES
+from flows.stages import BACKFILL, FULL, REFRESH, STAGES, stages_of
 from tasks.settings import ConfigError, Settings, load_settings
 
 if TYPE_CHECKING:
@@ -171,10 +171,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     run = command(
         "run",
         "run the pipeline flow (genair-full)",
-        "Run the pipeline from --from to --until: ingest, split, co-occurrence, archetypes "
-        "(vLLM), pooling, calibration, FAISS indexes, retrieval, recommenders, results. Steps "
-        "whose inputs did not change are skipped. Shows each stage's progress and ends with the "
-        "results table and where the report and the log are.",
+        "Run the pipeline's stages from --from to --until. Steps whose inputs did not change are "
+        "skipped. Shows each stage's progress and ends with the results table and where the "
+        f"report and the log are.\n\n{_stage_list(FULL)}",
         [
             "genair run",
             "genair run --until pooling --profile quick",
@@ -195,7 +194,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         dest="start",
         default=STAGES[0],
         metavar="STAGE",
-        help="first stage to run; earlier stages' tables must exist (default: ingest)",
+        help=f"first stage to run; earlier stages' tables must exist (default: {STAGES[0]})",
     )
     run.set_defaults(command=_run)
 
@@ -210,7 +209,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "the nightly refresh (genair-nightly-refresh): only what changed",
         "Ingest the latest catalog and interactions, send only new or changed items through the "
         "LLM, project them with the stored PCA bases and calibration adapter, rebuild the "
-        "indexes whose vectors changed, and retrain as --recommenders says.",
+        "indexes whose vectors changed, and retrain as --recommenders says."
+        f"\n\n{_stage_list(REFRESH)}",
         ["genair refresh", "genair refresh --recommenders never"],
         profiled=True,
     )
@@ -222,7 +222,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "regenerate chosen items' archetypes and embeddings (genair-backfill)",
         "Regenerate the archetypes and embeddings of the chosen items even when their metadata "
         "is unchanged (after a prompt or model change), then the stages downstream. Give item "
-        "ids, --since or --all.",
+        f"ids, --since or --all.\n\n{_stage_list(BACKFILL)}",
         [
             "genair backfill 50 181 --dry-run",
             "genair backfill --since 2026-11-01",
@@ -329,6 +329,17 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     show.set_defaults(command=_config)
     return parser.parse_args(argv)
+
+
+def _stage_list(flow: str) -> str:
+    """The stages `flow` runs, one line each (recommender stages marked where a policy says)."""
+    stages = stages_of(flow)
+    width = max(len(stage.name) for stage in stages)
+    lines = [f"  {stage.name:<{width}}  {stage.does}" for stage in stages]
+    if flow != FULL:
+        marked = [stage.name for stage in stages if stage.recommenders]
+        lines.append(f"  ({', '.join(marked)}: as --recommenders says)")
+    return "stages:\n" + "\n".join(lines)
 
 
 def _examples(*lines: str) -> str:

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from flows.stages import STAGES
 from tasks.settings import RecommenderPolicy, Settings, load_settings
 
-Stage = Literal[STAGES]  # type: ignore[valid-type]  # the names in flows.stages, in order
+StageName = Literal[STAGES]  # type: ignore[valid-type]  # the names in flows.stages, in order
 
 
 class FlowParams(BaseModel):
@@ -48,8 +48,8 @@ class FullParams(FlowParams):
     change."""
 
     force: bool = False
-    start: Stage = STAGES[0]
-    until: Stage = STAGES[-1]
+    start: StageName = STAGES[0]
+    until: StageName = STAGES[-1]
 
     @model_validator(mode="after")
     def _in_order(self) -> FullParams:

@@ -3,34 +3,30 @@ co-occurrence → archetypes and hidden-state embeddings → pooled item vectors
 FAISS indexes → retrieval → recommenders trained and evaluated → results table.
 
 `run_stages` is what all three flows run (genair-full, genair-nightly-refresh in refresh.py,
-genair-backfill in backfill.py), each on its own list of stages."""
+genair-backfill in backfill.py), each on the stages flows/stages.py gives it."""
 
 from __future__ import annotations
 
-from prefect import flow
+import importlib
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from flows.archetype_stage import generate_archetypes
-from flows.params import FullParams, Stage
-from flows.stages import STAGES
-from flows.training import train_recommenders
-from genair_core.archetypes import Backfill
-from genair_core.engines import EngineFactory, EnginePool, make_engine
-from tasks.archetypes import drop_replaced, plan_archetypes
-from tasks.calibration import calibrate_items
-from tasks.common import exclusive_run
-from tasks.cooccurrence import build_cooccurrence
+from prefect import Task, flow
+
+from flows.params import FullParams, StageName
+from flows.stages import FULL, STAGES, Stage, between, stages_of
+from genair_core.archetypes import ArchetypePlan, Backfill
+from genair_core.engines import EngineFactory, make_engine
+from tasks.archetypes import plan_archetypes
+from tasks.common import exclusive_run, with_retries
 from tasks.index import build_index
-from tasks.ingest import ingest_dataset
-from tasks.pooling import pool_item_embeddings
-from tasks.preprocess import split_interactions
-from tasks.recommenders import publish_results, sample_eval_negatives
 from tasks.report import write_report_task
-from tasks.retrieval import evaluate_retrieval
 from tasks.run_summary import publish_summary
 from tasks.settings import RecommenderPolicy, Settings
 
-FLOW_NAME = "genair-full"
-RECOMMENDER_STAGES = ("negatives", "recommenders", "results")
+FLOW_NAME = FULL
+SPACES = ("calibrated", "raw")
 
 
 @flow(name=FLOW_NAME)
@@ -38,8 +34,8 @@ def genair_full(
     config_path: str | None = None,
     profile: str | None = None,
     force: bool = False,
-    start: Stage = STAGES[0],
-    until: Stage = STAGES[-1],
+    start: StageName = STAGES[0],
+    until: StageName = STAGES[-1],
 ) -> dict[str, dict]:
     """Every stage from `start` to `until` on the configured dataset. Steps whose inputs did not
     change are skipped; outputs are replaced, never appended to. A later `start` uses the tables
@@ -83,71 +79,64 @@ def run_pipeline(
         config_path=config_path, force=force, start=start, until=until, profile=profile
     )
     settings = params.settings()
-    wanted = STAGES[STAGES.index(params.start) : STAGES.index(params.until) + 1]
+    stages = between(params.start, params.until, stages_of(FLOW_NAME))
     parameters = {**params.model_dump(mode="json"), "profile": settings.profile}
     with exclusive_run(settings, FLOW_NAME, parameters) as run_settings:
-        return run_stages(run_settings, wanted, force=force, engine_factory=engine_factory)
+        run = StageRun(run_settings, force=params.force, engine_factory=engine_factory)
+        return run_stages(stages, run)
 
 
-def recommender_stages(policy: RecommenderPolicy) -> tuple[str, ...]:
-    """The stages after retrieval a refresh or a backfill runs under `policy`."""
-    return () if policy == "never" else RECOMMENDER_STAGES
+@dataclass
+class StageRun:
+    """What the stages of one flow run share: its settings, how it reruns, the archetype plan
+    (made once, by the first stage that needs it) and where engines come from."""
+
+    settings: Settings
+    force: bool = False
+    retrain: RecommenderPolicy = "if-inputs-changed"
+    backfill: Backfill | None = None
+    engine_factory: EngineFactory = make_engine
+    _plan: ArchetypePlan | None = None
+
+    @property
+    def force_training(self) -> bool:
+        """Whether the recommender stages redo their work: `force`, or the policy "always"."""
+        return self.force or self.retrain == "always"
+
+    def task(self, task: Task) -> Task:
+        """`task` with the configured retries."""
+        return with_retries(task, self.settings.prefect)
+
+    def archetype_plan(self) -> ArchetypePlan:
+        if self._plan is None:
+            self._plan = self.task(plan_archetypes)(self.settings, self.backfill)
+        return self._plan
 
 
-def run_stages(
-    settings: Settings,
-    wanted: tuple[str, ...],
-    *,
-    force: bool = False,
-    retrain: RecommenderPolicy = "if-inputs-changed",
-    backfill: Backfill | None = None,
-    engine_factory: EngineFactory = make_engine,
-) -> dict[str, dict]:
-    """The `wanted` stages, in pipeline order. `force` reruns steps whose inputs did not change;
-    `retrain` "always" recomputes the negatives and retrains every recommender run from epoch 0
-    ("if-inputs-changed": only runs whose inputs changed; "never" is the caller's: it leaves
-    those stages out of `wanted`); `backfill` regenerates the archetypes of the items it picks
-    instead of those that have none."""
-    retry = {
-        "retries": settings.prefect.task_retries,
-        "retry_delay_seconds": settings.prefect.retry_delay_s,
-    }
-    retrain_all = retrain == "always"
-
+def run_stages(stages: tuple[Stage, ...], run: StageRun) -> dict[str, dict]:
+    """Each of `stages`, in order, then the run's summary and report. A stage's task is called
+    with the settings and `force` (the recommender stages' `force` also under the policy
+    "always"); a stage run by a function gets the StageRun and returns its steps' summaries."""
     summary: dict[str, dict] = {}
-    if "ingest" in wanted:
-        summary["ingest"] = ingest_dataset.with_options(**retry)(settings, force=force)
-    if "split" in wanted:
-        summary["split"] = split_interactions.with_options(**retry)(settings, force=force)
-    if "cooccurrence" in wanted:
-        summary["cooccurrence"] = build_cooccurrence.with_options(**retry)(settings, force=force)
-    if "archetypes" in wanted or "pooling" in wanted:
-        with EnginePool(engine_factory) as engines:
-            plan = plan_archetypes.with_options(**retry)(settings, backfill)
-            if "archetypes" in wanted:
-                summary["archetypes"] = generate_archetypes(settings, plan, engines)
-                summary["archetypes"] |= drop_replaced.with_options(**retry)(settings, plan.recipe)
-            if "pooling" in wanted:
-                summary["pooling"] = pool_item_embeddings.with_options(**retry)(
-                    settings, plan.recipe, force=force
-                )
-    if "calibrate" in wanted:
-        summary["calibrate"] = calibrate_items.with_options(**retry)(settings, force=force)
-    if "index" in wanted:
-        for space in ("calibrated", "raw"):
-            summary[f"index-{space}"] = build_index.with_options(**retry)(
-                settings, space, force=force
-            )
-    if "retrieval" in wanted:
-        summary["retrieval"] = evaluate_retrieval.with_options(**retry)(settings, force=force)
-    if "negatives" in wanted:
-        summary["negatives"] = sample_eval_negatives.with_options(**retry)(
-            settings, force=force or retrain_all
-        )
-    if "recommenders" in wanted:
-        summary["recommenders"] = train_recommenders(settings, force or retrain_all)
-    if "results" in wanted:
-        summary["results"] = publish_results.with_options(**retry)(settings)
-    publish_summary.with_options(**retry)(summary, settings)
-    write_report_task.with_options(**retry)(settings)
+    for stage in stages:
+        runs = _resolve(stage.runs)
+        if not isinstance(runs, Task):
+            summary.update(runs(run))
+            continue
+        force = run.force_training if stage.recommenders else run.force
+        options = {"force": force} if "force" in inspect.signature(runs.fn).parameters else {}
+        summary[stage.name] = run.task(runs)(run.settings, **options)
+    run.task(publish_summary)(summary, run.settings)
+    run.task(write_report_task)(run.settings)
     return summary
+
+
+def run_index_stage(run: StageRun) -> dict[str, dict]:
+    """One FAISS index a vector space."""
+    build = run.task(build_index)
+    return {f"index-{space}": build(run.settings, space, force=run.force) for space in SPACES}
+
+
+def _resolve(target: str) -> Callable | Task:
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)

@@ -18,14 +18,13 @@ from prefect import flow
 from prefect.logging import get_run_logger
 
 from flows.params import RefreshParams
-from flows.pipeline import RECOMMENDER_STAGES, recommender_stages, run_stages
-from flows.stages import STAGES
+from flows.pipeline import StageRun, run_stages
+from flows.stages import REFRESH, stages_of
 from genair_core.engines import EngineFactory, make_engine
 from tasks.common import exclusive_run
 from tasks.settings import RecommenderPolicy
 
-FLOW_NAME = "genair-nightly-refresh"
-REFRESH_STAGES = tuple(stage for stage in STAGES if stage not in RECOMMENDER_STAGES)
+FLOW_NAME = REFRESH
 
 
 @flow(name=FLOW_NAME)
@@ -57,7 +56,6 @@ def run_refresh(
     (call it inside a flow, as tests do)."""
     settings = params.settings()
     policy = params.recommenders or settings.refresh.recommenders
-    wanted = REFRESH_STAGES + recommender_stages(policy)
     get_run_logger().info("refresh: recommenders policy %r", policy)
     parameters = {
         **params.model_dump(mode="json"),
@@ -65,4 +63,5 @@ def run_refresh(
         "profile": settings.profile,
     }
     with exclusive_run(settings, FLOW_NAME, parameters) as run_settings:
-        return run_stages(run_settings, wanted, retrain=policy, engine_factory=engine_factory)
+        run = StageRun(run_settings, retrain=policy, engine_factory=engine_factory)
+        return run_stages(stages_of(FLOW_NAME, policy), run)

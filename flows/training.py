@@ -4,6 +4,7 @@ sub-flow, with a progress artifact in the UI."""
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from prefect import flow, unmapped
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -13,15 +14,21 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from genair_core import progress
 from genair_core.experiment import share_cpu
+from tasks.common import with_retries
 from tasks.recommenders import STOP_TRAINING, train_recommender
 from tasks.settings import Settings
 
+if TYPE_CHECKING:
+    from flows.pipeline import StageRun
 
-def train_recommenders(settings: Settings, force: bool) -> dict[str, object]:
-    """Every configured (backbone, variant, seed) as its own task, at most `workers` training at
-    once: a sub-flow whose thread pool has `workers` threads takes the runs in order."""
-    runner = ThreadPoolTaskRunner(max_workers=settings.recommenders.workers)
-    return _train_runs.with_options(task_runner=runner)(settings, force)
+
+def train_recommenders(run: StageRun) -> dict[str, dict]:
+    """The `recommenders` stage: every configured (backbone, variant, seed) as its own task, at
+    most `workers` training at once: a sub-flow whose thread pool has `workers` threads takes the
+    runs in order."""
+    runner = ThreadPoolTaskRunner(max_workers=run.settings.recommenders.workers)
+    train_runs = _train_runs.with_options(task_runner=runner)
+    return {"recommenders": train_runs(run.settings, run.force_training)}
 
 
 @flow(name="train-recommenders", persist_result=False, validate_parameters=False)
@@ -31,9 +38,7 @@ def _train_runs(settings: Settings, force: bool) -> dict[str, object]:
     cfg = settings.recommenders
     runs = cfg.runs()
     threads = share_cpu(cfg.workers)
-    train = train_recommender.with_options(
-        retries=settings.prefect.task_retries, retry_delay_seconds=settings.prefect.retry_delay_s
-    )
+    train = with_retries(train_recommender, settings.prefect)
     side_by_side = f"{cfg.workers} at a time, {threads} torch thread{'s' * (threads != 1)} each"
     logger.info("recommenders: %d runs, %s", len(runs), side_by_side)
     artifact = create_progress_artifact(

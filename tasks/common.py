@@ -62,16 +62,21 @@ def retry_if_transient(task: Task, task_run: TaskRun, state: State) -> bool:
     return False
 
 
-# What every task is declared with: the [prefect] section's default retries (the flow applies the
-# configured ones). Results stay in the tables, never in Prefect's result store (which would
-# pickle them).
-_PREFECT = PrefectConfig()
+# What every task is declared with. Results stay in the tables, never in Prefect's result store
+# (which would pickle them). Retries come from the settings, through `with_retries`.
 TASK_DEFAULTS: dict[str, object] = {
-    "retries": _PREFECT.task_retries,
-    "retry_delay_seconds": _PREFECT.retry_delay_s,
     "retry_condition_fn": retry_if_transient,
     "persist_result": False,
 }
+
+
+def with_retries(task: Task, prefect: PrefectConfig, retries: int | None = None) -> Task:
+    """`task` retried as the [prefect] section says: `task_retries` times (or `retries`), after
+    `retry_delay_s`. The one place a task's retries are set."""
+    return task.with_options(
+        retries=prefect.task_retries if retries is None else retries,
+        retry_delay_seconds=prefect.retry_delay_s,
+    )
 
 
 def run_logger() -> logging.Logger | logging.LoggerAdapter:
