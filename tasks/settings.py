@@ -52,8 +52,8 @@ class ConfigError(ValueError):
 class PrefectConfig(Section):
     task_retries: int = Field(2, ge=0)  # for transient failures (I/O) only
     retry_delay_s: float = Field(5.0, ge=0)
-    # The temporary server's first start on a 2-core machine runs migrations for ~22 s; the
-    # Prefect default (20 s) is too short there.
+    # The temporary server's first start runs its database migrations, which on a 2-core machine
+    # can outlast Prefect's default of 20 s.
     ephemeral_startup_timeout_s: int = Field(120, ge=10)
     # Where the archetype batches run (tasks/runners.py, docs/scale.md): "threads" in the flow's
     # process, one batch at a time on the flow's engine; "dask" on Dask workers through

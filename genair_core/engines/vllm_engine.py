@@ -337,15 +337,13 @@ def _prepare_environment() -> None:
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     # The default binding reserves one core for the frontend: on 2 cores that halves the
-    # throughput (environment.md: 27 s instead of 46-50 s for 64 items). Bind all of them.
+    # throughput (measured: docs/engines.md). Bind all of them.
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_bind_list())
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
     # The engine core in this process, not in a process of its own: vLLM 0.32's EngineCore
     # process outlives a parent killed by SIGKILL (and keeps its worker and memory), while the
-    # workers it starts watch a pipe from their parent and exit when it closes. Measured on the
-    # 2-core CPU, ABAB in fresh processes (3 batches of 16 ml-100k items, 128 new tokens):
-    # batches 53.8 / 56.9 s against 59.3 / 54.7 s, start-up of both engines 34-38 s against
-    # 51-53 s, identical texts.
+    # workers it starts watch a pipe from their parent and exit when it closes. It costs no
+    # speed and starts faster (measured: docs/engines.md).
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     # vLLM binds its ZeroMQ sockets as files in the temp folder and never removes them (8 a
     # run, one nightly run after another); a folder of this process's own, removed at its exit.
