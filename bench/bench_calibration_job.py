@@ -20,8 +20,9 @@ import pyarrow.parquet as pq
 import torch
 from machine_info import cpu_description
 
-from genair_core.calibration import calibration_inputs, resolve_device, train_adapter
+from genair_core.calibration import calibration_inputs, train_adapter
 from genair_core.config import CalibrationConfig
+from genair_core.devices import resolve_device
 from genair_core.tables import to_fixed_list
 
 
@@ -49,7 +50,7 @@ def main(args: argparse.Namespace) -> None:
         source = "random 768-d"
     data = calibration_inputs(embeddings, index, pairs)
     cfg = CalibrationConfig(epochs=args.epochs, device=args.device)
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, "calibration.device")
     print(
         f"{len(data.item_ids)} items ({source}), {len(data.a)} pairs, device {device}, torch "
         f"{torch.__version__}, CPU {cpu_description()}, load "

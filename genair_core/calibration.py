@@ -54,7 +54,9 @@ import torch.nn.functional as F
 
 from genair_core import progress
 from genair_core.config import CalibrationConfig
+from genair_core.devices import resolve_device
 from genair_core.losses import CooccurrenceLookup, calibration_loss
+from genair_core.metrics import effective_rank, mean_pairwise_cosine
 from genair_core.models.item_encoders import AdapterEncoder
 from genair_core.tables import to_fixed_list, to_matrix
 
@@ -359,23 +361,13 @@ class Spread:
 
 
 def spread(vectors: np.ndarray) -> Spread:
-    """Mean pairwise cosine and effective rank of (N, d) vectors, rows L2-normalised first.
-
-    Both come from d-sized sums, never an N × N matrix: Σ_{i≠j} u_i·u_j = ‖Σ u‖² − N, and the
-    singular values are the square roots of the eigenvalues of the (d, d) Gram matrix UᵀU.
-    The rows are not centred: a space that collapsed towards one direction has one dominant
-    singular value, which centring would hide."""
+    """Mean pairwise cosine and effective rank of (N, d) vectors, rows L2-normalised first; both
+    from d-sized sums, never an N × N matrix (genair_core.metrics)."""
     u = np.asarray(vectors, dtype=np.float64)
-    n = len(u)
-    if n < 2:
-        raise ValueError(f"spread needs at least 2 vectors, got {n}")
+    if len(u) < 2:
+        raise ValueError(f"spread needs at least 2 vectors, got {len(u)}")
     u = u / np.maximum(np.linalg.norm(u, axis=1, keepdims=True), 1e-12)
-    total = u.sum(axis=0)
-    mean_cosine = (float(total @ total) - n) / (n * (n - 1))
-    sigma = np.sqrt(np.clip(np.linalg.eigvalsh(u.T @ u), 0, None))
-    p = sigma / sigma.sum()
-    p = p[p > 0]
-    return Spread(mean_cosine=mean_cosine, effective_rank=float(np.exp(-(p * np.log(p)).sum())))
+    return Spread(mean_cosine=mean_pairwise_cosine(u), effective_rank=effective_rank(u))
 
 
 def check_spread(raw: Spread, calibrated: Spread, cfg: CalibrationConfig) -> None:
@@ -449,7 +441,7 @@ def calibrate(
 
     `inputs` names the input tables' hashes; with the settings they make a trained adapter's
     version. Raises CollapsedSpaceError instead of returning a collapsed space."""
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, "calibration.device")
     action, why, drift = decide(data, cfg, stored, retrain or cfg.retrain)
     start = time.perf_counter()
     with _cpu_threads(cfg.cpu_threads if device.type == "cpu" else 0):
@@ -522,15 +514,6 @@ def calibrate(
             },
         )
     return Calibration(table, adapter, summary)
-
-
-def resolve_device(name: str) -> torch.device:
-    """The torch device of a `calibration.device` setting ("auto": CUDA when available)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("calibration.device is 'cuda' but torch sees no CUDA device")
-    return torch.device(name)
 
 
 def _adapter_module(dim: int, hidden: int, weights: Mapping[str, np.ndarray]) -> torch.nn.Module:

@@ -27,6 +27,7 @@ import torch
 
 from genair_core.calibration import Adapter
 from genair_core.config import ModelConfig, RecommenderConfig, TrainingConfig
+from genair_core.devices import resolve_device
 from genair_core.losses import CooccurrenceLookup
 from genair_core.metrics import (
     group_metrics,
@@ -268,15 +269,6 @@ class RunOutcome:
     best_weights: dict[str, torch.Tensor]
 
 
-def resolve_device(name: str) -> torch.device:
-    """The torch device of a `recommenders.device` setting ("auto": CUDA when available)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("recommenders.device is 'cuda' but torch sees no CUDA device")
-    return torch.device(name)
-
-
 def share_cpu(workers: int) -> int:
     """Split the CPU cores between `workers` runs training side by side; returns the threads each
     gets."""
@@ -370,7 +362,7 @@ def train_run(
         raise ValueError(f"{spec.name} starts from the calibration adapter: pass its weights")
     resumed = resume_from(checkpointer, spec.training, restart)
     inputs = RunInputs.from_tables(tables)
-    where = resolve_device(device)
+    where = resolve_device(device, "recommenders.device")
     outcome = train_and_evaluate(
         spec, inputs, checkpointer, input_dims, where, adapter_weights, stop
     )

@@ -246,14 +246,18 @@ def effective_rank(x: np.ndarray) -> float:
 
     Roy & Vetterli (2007): p_k = s_k / sum(s), erank = exp(-sum p_k log p_k), between 1 (all rows on
     one line, e.g. identical vectors) and min(n, d) (all singular values equal, e.g. orthonormal
-    rows). The rows are taken as given, not centred, so identical rows give 1 rather than 0/0.
+    rows). The rows are taken as given, not centred: a space that collapsed towards one direction
+    has one dominant singular value, which centring would hide, and identical rows give 1 rather
+    than 0/0. The singular values are the square roots of the eigenvalues of the smaller Gram
+    matrix, (d, d) for a tall x: memory and time grow with n only through one product.
     """
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 2 or x.size == 0:
         raise ValueError(f"need a non-empty matrix, got shape {x.shape}")
     if not np.isfinite(x).all():
         raise ValueError("matrix holds NaN or inf values")
-    s = np.linalg.svd(x, compute_uv=False)
+    gram = x.T @ x if x.shape[0] >= x.shape[1] else x @ x.T
+    s = np.sqrt(np.clip(np.linalg.eigvalsh(gram), 0, None))
     if s.sum() <= 0:
         raise ValueError("all-zero matrix: the effective rank is undefined")
     p = s / s.sum()
