@@ -33,12 +33,16 @@ ORCHESTRATION_FORBIDDEN = (
     "numpy",
     "pyarrow",
     "duckdb",
+    "faiss",
     "scipy",
     "sklearn",
     "safetensors",
     "transformers",
     "vllm",
 )
+# Dask is one way to run the archetype batches, chosen in one module: nothing else knows of it.
+DASK = ("dask", "distributed", "prefect_dask")
+DASK_MODULE = "tasks/runners.py"
 
 
 def _modules(layer: str) -> list[Path]:
@@ -125,6 +129,16 @@ def test_storage_imports_only_the_shared_declarations_of_genair_core():
 @pytest.mark.parametrize("layer", ["tasks", "flows"])
 def test_tasks_and_flows_import_no_array_table_or_model_library(layer):
     assert _violations(layer, lambda m: _within(m, ORCHESTRATION_FORBIDDEN)) == []
+
+
+def test_tasks_import_no_flows():
+    assert _violations("tasks", lambda m: _within(m, ("flows",))) == []
+
+
+def test_only_the_task_runner_module_knows_dask():
+    found = [v for layer in LAYERS for v in _violations(layer, lambda m: _within(m, DASK))]
+    assert found
+    assert all(v.startswith(f"{DASK_MODULE}:") for v in found), found
 
 
 def _declared_distributions() -> set[str]:
