@@ -3,6 +3,7 @@ sub-flow, with a progress artifact in the UI."""
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -15,7 +16,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from genair_core import progress
 from genair_core.experiment import share_cpu
 from tasks.common import with_retries
-from tasks.recommenders import STOP_TRAINING, train_recommender
+from tasks.recommenders import train_recommender
 from tasks.settings import Settings
 
 if TYPE_CHECKING:
@@ -49,8 +50,11 @@ def _train_runs(settings: Settings, force: bool) -> dict[str, object]:
     progress.begin("recommenders", total=len(runs), unit="runs")
     progress.note("recommenders", side_by_side)
     backbones, variants, seeds = ([run[i] for run in runs] for i in range(3))
-    STOP_TRAINING.clear()
-    futures = train.map(unmapped(settings), backbones, variants, seeds, force=unmapped(force))
+    # Set when the flow is interrupted (Ctrl-C, SIGTERM): every run ends at its next batch.
+    stop = threading.Event()
+    futures = train.map(
+        unmapped(settings), backbones, variants, seeds, force=unmapped(force), stop=unmapped(stop)
+    )
     try:
         for done, future in enumerate(as_completed(list(futures)), start=1):
             future.wait()
@@ -58,7 +62,7 @@ def _train_runs(settings: Settings, force: bool) -> dict[str, object]:
             logger.info("recommenders: %d of %d runs done", done, len(runs))
             progress.advance("recommenders", detail=_run_outcome(future))
     except BaseException:  # Ctrl-C, or SIGTERM (Prefect's TerminationSignal): stop, don't finish
-        STOP_TRAINING.set()
+        stop.set()
         raise
     progress.end("recommenders")
     summaries = futures.result()

@@ -7,6 +7,7 @@ import threading
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from genair_core.calibration import settings_id
@@ -35,9 +36,6 @@ from tasks.settings import Settings
 
 NEGATIVES_VERSION = 1
 RESULTS_REPORT = "recommenders"
-# Set when the flow is interrupted (Ctrl-C, SIGTERM): every run training in this process ends at
-# its next batch, its last epoch's checkpoint kept for the rerun.
-STOP_TRAINING = threading.Event()
 
 
 @task(name="eval-negatives", **TASK_DEFAULTS)
@@ -57,14 +55,26 @@ def sample_eval_negatives(settings: Settings, force: bool = False) -> dict[str, 
     return run_step(store, "negatives", inputs, produce, force=force)
 
 
-@task(name="train-recommender", task_run_name="train-{backbone}-{variant}-s{seed}", **TASK_DEFAULTS)
+# The stop event is no input of the result; nothing is cached (results live in the tables).
+@task(
+    name="train-recommender",
+    task_run_name="train-{backbone}-{variant}-s{seed}",
+    cache_policy=NO_CACHE,
+    **TASK_DEFAULTS,
+)
 def train_recommender(
-    settings: Settings, backbone: str, variant: str, seed: int, force: bool = False
+    settings: Settings,
+    backbone: str,
+    variant: str,
+    seed: int,
+    force: bool = False,
+    stop: threading.Event | None = None,
 ) -> dict[str, object]:
     """Train and evaluate one run, then score it. A retry or a rerun resumes from the run's last
     epoch checkpoint; a run whose inputs and settings are unchanged since it finished is skipped,
     and only rescored when the user groups of its metrics changed. A `genair-warm` run starts
-    from the calibration adapter stored for the current calibration settings."""
+    from the calibration adapter stored for the current calibration settings. Once `stop` is set
+    (the flow was interrupted) the run ends at its next batch, its last checkpoint kept."""
     store = store_for(settings)
     cfg, input_dims = settings.recommenders, settings.pooling.input_dims
     tail_share = cfg.evaluation.tail_share
@@ -91,7 +101,7 @@ def train_recommender(
             cfg.device,
             restart=force,
             adapter_weights=adapter.weights if adapter is not None else None,
-            stop=STOP_TRAINING,
+            stop=stop,
         )
         get_run_logger().info("%s: %s", run.name, trained.summary)
         outputs = write_trained_run(
