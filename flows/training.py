@@ -14,7 +14,7 @@ from prefect.logging import get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from genair_core import progress
-from genair_core.experiment import share_cpu
+from genair_core.devices import cpu_shared_by
 from tasks.common import with_retries
 from tasks.recommenders import train_recommender
 from tasks.settings import Settings
@@ -35,10 +35,25 @@ def train_recommenders(run: StageRun) -> dict[str, dict]:
 @flow(name="train-recommenders", persist_result=False, validate_parameters=False)
 def _train_runs(settings: Settings, force: bool) -> dict[str, object]:
     started = time.perf_counter()
+    cfg = settings.recommenders
+    with cpu_shared_by(cfg.workers) as threads:
+        summaries = _train_side_by_side(settings, force, threads)
+    return {
+        "runs": len(summaries),
+        "trained": sum(not s["skipped"] for s in summaries),
+        "workers": cfg.workers,
+        "threads_per_run": threads,
+        "seconds": round(time.perf_counter() - started, 3),
+        "test_ndcg@10 (full ranking)": {s["run"]: s["test_ndcg@10"] for s in summaries},
+    }
+
+
+def _train_side_by_side(settings: Settings, force: bool, threads: int) -> list[dict]:
+    """Every run's summary, `workers` runs training at a time with `threads` torch threads each,
+    a progress artifact and the live view advanced as each one ends."""
     logger = get_run_logger()
     cfg = settings.recommenders
     runs = cfg.runs()
-    threads = share_cpu(cfg.workers)
     train = with_retries(train_recommender, settings.prefect)
     side_by_side = f"{cfg.workers} at a time, {threads} torch thread{'s' * (threads != 1)} each"
     logger.info("recommenders: %d runs, %s", len(runs), side_by_side)
@@ -65,15 +80,7 @@ def _train_runs(settings: Settings, force: bool) -> dict[str, object]:
         stop.set()
         raise
     progress.end("recommenders")
-    summaries = futures.result()
-    return {
-        "runs": len(runs),
-        "trained": sum(not s["skipped"] for s in summaries),
-        "workers": cfg.workers,
-        "threads_per_run": threads,
-        "seconds": round(time.perf_counter() - started, 3),
-        "test_ndcg@10 (full ranking)": {s["run"]: s["test_ndcg@10"] for s in summaries},
-    }
+    return futures.result()
 
 
 def _run_outcome(future: PrefectFuture) -> str:

@@ -39,12 +39,11 @@ product (what the FAISS index uses).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,7 +53,7 @@ import torch.nn.functional as F
 
 from genair_core import progress
 from genair_core.config import CalibrationConfig
-from genair_core.devices import resolve_device
+from genair_core.devices import resolve_device, seeded, torch_threads
 from genair_core.losses import CooccurrenceLookup, calibration_loss
 from genair_core.metrics import effective_rank, mean_pairwise_cosine
 from genair_core.models.item_encoders import AdapterEncoder
@@ -283,8 +282,7 @@ def train_adapter(
     n, _ = data.vectors.shape
     table = torch.zeros(n + 1, data.vectors.shape[1])
     table[1:] = torch.from_numpy(data.vectors)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
+    with seeded(cfg.seed):
         encoder = AdapterEncoder(table, cfg.hidden).to(device)
     lookup = CooccurrenceLookup.from_pairs(data.a, data.b, data.s, n).to(device)
     optimizer = torch.optim.Adam(encoder.adapter.parameters(), lr=cfg.lr)
@@ -444,7 +442,7 @@ def calibrate(
     device = resolve_device(cfg.device, "calibration.device")
     action, why, drift = decide(data, cfg, stored, retrain or cfg.retrain)
     start = time.perf_counter()
-    with _cpu_threads(cfg.cpu_threads if device.type == "cpu" else 0):
+    with torch_threads(cfg.cpu_threads if device.type == "cpu" else 0):
         if action == "train":
             encoder, log = train_adapter(data, cfg, device=device, alignment=alignment)
             weights = {k: v.detach().cpu().numpy() for k, v in encoder.adapter.state_dict().items()}
@@ -527,18 +525,6 @@ def _adapter_module(dim: int, hidden: int, weights: Mapping[str, np.ndarray]) ->
         ) from None
     module.eval()
     return module
-
-
-@contextlib.contextmanager
-def _cpu_threads(threads: int) -> Iterator[None]:
-    """torch's intra-op threads set to `threads` (0: unchanged) while the block runs."""
-    before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _mix(x: np.ndarray) -> np.ndarray:

@@ -15,7 +15,6 @@ here: `tasks.recommenders` passes in what storage read and writes what comes bac
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ import torch
 
 from genair_core.calibration import Adapter
 from genair_core.config import ModelConfig, RecommenderConfig, TrainingConfig
-from genair_core.devices import resolve_device
+from genair_core.devices import resolve_device, seeded
 from genair_core.losses import CooccurrenceLookup
 from genair_core.metrics import (
     group_metrics,
@@ -64,7 +63,6 @@ LOG_COLUMNS = (
 )
 BERT4REC_ONLY = {"mask_prob", "mask_last_prob"}
 CALIBRATION_ONLY = {"tau", "alpha"}
-_GLOBAL_RNG = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -269,14 +267,6 @@ class RunOutcome:
     best_weights: dict[str, torch.Tensor]
 
 
-def share_cpu(workers: int) -> int:
-    """Split the CPU cores between `workers` runs training side by side; returns the threads each
-    gets."""
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    torch.set_num_threads(threads)
-    return threads
-
-
 def resume_from(checkpointer: Checkpointer, training: TrainingConfig, restart: bool) -> int:
     """The epoch a run resumes after (0: from scratch). `restart` clears the checkpoints of a
     finished run, so that it trains again; an unfinished one (a retry) resumes even then."""
@@ -304,8 +294,7 @@ def train_and_evaluate(
     `genair-warm` run starts from; `stop`: ends the training early (fit)."""
     variant = get_variant(spec.variant)
     data = inputs.data
-    with _GLOBAL_RNG:  # initial weights come from the global RNG; runs may share a process
-        torch.manual_seed(spec.seed)
+    with seeded(spec.seed):  # initial weights come from the global generator
         model = build_model(
             spec.backbone,
             spec.variant,

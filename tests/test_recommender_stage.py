@@ -6,6 +6,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import torch
 from prefect.logging import disable_run_logger
 from small_dataset import write_small_dataset
 
@@ -149,7 +150,9 @@ def test_the_flow_trains_every_run_workers_at_a_time_and_reports(config, monkeyp
 
     monkeypatch.setattr(tasks.recommenders, "train_run", counting)
     monkeypatch.setattr(flows.training, "ThreadPoolTaskRunner", runner)
+    threads = torch.get_num_threads()
     summary = genair_full(config_path=str(config), start="recommenders", force=True)
+    assert torch.get_num_threads() == threads  # each run's share of the cores, then restored
     runs = summary["recommenders"]
     assert (runs["runs"], runs["trained"], runs["workers"]) == (4, 4, 2)
     assert pools == [2]
