@@ -1,4 +1,13 @@
-"""Behavioural calibration loss: pull the item space towards what users actually do together.
+"""The training losses: the recommendation loss of a sequential recommender (full-softmax cross-
+entropy or BCE with sampled negatives), and the behavioural calibration loss, which pulls the item
+space towards what users actually do together.
+
+The recommendation loss scores the model's hidden state at each target position h against item
+vectors: `softmax_cross_entropy` against every item (the padding row 0 never a candidate), as
+SASRec is trained in RecBole; `sampled_bce` against the positive and one sampled negative, as
+SASRec's authors train it.
+
+The calibration loss:
 
 Over the n distinct positive target items of a batch, with ẽ the L2-normalised adapter outputs
 and s the co-occurrence weight of `genair_core.cooccurrence` (0 for pairs never seen together):
@@ -132,6 +141,26 @@ class CooccurrenceLookup:
             dense[rows, self.indices.long()] = self.values
             self._dense = dense
         return self._dense
+
+
+def softmax_cross_entropy(
+    hidden: torch.Tensor, item_vectors: torch.Tensor, positives: torch.Tensor
+) -> torch.Tensor:
+    """Mean cross-entropy of hidden states (P, h) over every item of `item_vectors`
+    (n_items + 1, h; row 0 is padding and never a candidate), the target items `positives` (P,)."""
+    logits = hidden @ item_vectors.T  # (P, n_items + 1)
+    logits[:, 0] = -torch.inf
+    return F.cross_entropy(logits, positives)
+
+
+def sampled_bce(
+    hidden: torch.Tensor, positive_vectors: torch.Tensor, negative_vectors: torch.Tensor
+) -> torch.Tensor:
+    """Binary cross-entropy of hidden states (P, h) against their positive and one sampled
+    negative item vector each (P, h): log σ of the positive's logit and of minus the negative's."""
+    positive_logit = (hidden * positive_vectors).sum(-1)
+    negative_logit = (hidden * negative_vectors).sum(-1)
+    return F.softplus(-positive_logit).mean() + F.softplus(negative_logit).mean()
 
 
 def calibration_loss(vectors: torch.Tensor, scores: torch.Tensor, tau: float = 4.0) -> torch.Tensor:

@@ -26,11 +26,15 @@ from typing import Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from genair_core import progress
 from genair_core.config import TrainingConfig
-from genair_core.losses import CooccurrenceLookup, calibration_loss
+from genair_core.losses import (
+    CooccurrenceLookup,
+    calibration_loss,
+    sampled_bce,
+    softmax_cross_entropy,
+)
 from genair_core.metrics import full_ranks, rank_metrics, sampled_ranks
 from genair_core.models import SequentialRecommender
 from genair_core.models.item_encoders import AdapterEncoder
@@ -229,15 +233,11 @@ def _train_epoch(
         hidden = model(inputs)[positions]  # (P, h)
         positives = targets[positions]  # (P,)
         if config.loss == "ce":
-            logits = hidden @ model.encoder.all_items().T  # (P, n_items + 1)
-            logits[:, 0] = -torch.inf
-            rec_loss = F.cross_entropy(logits, positives)
+            rec_loss = softmax_cross_entropy(hidden, model.encoder.all_items(), positives)
         else:
             user_of = torch.from_numpy(batch_rows).to(device).unsqueeze(1).expand_as(targets)
             negatives = _sample_negatives(user_of[positions], data.n_items, exclude, generator)
-            pos_logit = (hidden * model.encoder(positives)).sum(-1)
-            neg_logit = (hidden * model.encoder(negatives)).sum(-1)
-            rec_loss = F.softplus(-pos_logit).mean() + F.softplus(neg_logit).mean()
+            rec_loss = sampled_bce(hidden, model.encoder(positives), model.encoder(negatives))
         loss = rec_loss
         cal_loss = torch.zeros((), device=device)
         if calibrated:
