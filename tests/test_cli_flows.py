@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from small_dataset import write_small_dataset
 
 from flows.cli import main
+from storage.sql import connect
+from storage.store import Store
 
 
 @pytest.fixture
@@ -86,3 +89,56 @@ def test_a_run_ends_with_the_results_table_and_the_report(tmp_path, prefect_harn
     assert rows[1].startswith("| popularity | - | 1 | 0.")
     assert "report: " in out
     assert f"log: {tmp_path / 'data' / 'logs'}" in out
+
+
+# The real default model through the transformers engine, on the 4 items; an adapter small enough
+# for them.
+REAL_ENGINE = """
+[llm]
+engine = "transformers"
+max_new_tokens = 16
+[calibration]
+pairs_per_epoch = 1024
+epochs = 2
+hidden = 8
+max_mean_cosine = 0.95
+"""
+
+
+def archetype_times(data: Path) -> dict[str, object]:
+    """{item_id: created_at} of the current archetypes."""
+    sql = "SELECT item_id, created_at FROM current_archetypes"
+    return dict(connect(Store(data)).sql(sql).fetchall())
+
+
+@pytest.mark.slow
+def test_a_refresh_then_backfills_since_a_day_and_of_all_items(
+    tmp_path, prefect_harness, monkeypatch, test_cache_dir, capsys
+):
+    config = write_small_dataset(tmp_path)
+    config.write_text(config.read_text() + REAL_ENGINE)
+    monkeypatch.setenv("GENAIR_STORAGE__CACHE_DIR", str(test_cache_dir))
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "data"
+    cli = ["--config", str(config)]
+
+    assert main([*cli, "refresh", "--recommenders", "never"]) == 0
+    first = archetype_times(data)
+    assert sorted(first) == ["A", "B", "C", "D"]
+    assert Store(data).read_table("calibrated_embeddings").num_rows == 4
+    assert "metrics" not in Store(data).existing_datasets()  # --recommenders never
+
+    assert main([*cli, "refresh", "--recommenders", "never"]) == 0  # nothing changed
+    assert archetype_times(data) == first
+
+    today = datetime.now(UTC).date().isoformat()  # every item was first ingested today
+    assert main([*cli, "backfill", "--since", today, "--recommenders", "never"]) == 0
+    since = archetype_times(data)
+    assert sorted(since) == sorted(first)
+    assert all(since[item] > first[item] for item in first)
+
+    assert main([*cli, "backfill", "--all", "--recommenders", "never"]) == 0
+    every = archetype_times(data)
+    assert all(every[item] > since[item] for item in since)
+    assert Store(data).read_table("item_embeddings").num_rows == 4
+    assert "Traceback" not in capsys.readouterr().err
