@@ -197,6 +197,9 @@ def test_killed_after_the_first_archetype_part_then_rerun(
     started = time.monotonic()
     config = ml100k_config("killed-archetypes", SETTINGS)
     store = Store(config.parent / "data")
+    temp = config.parent / "tmp"  # a temp folder of the runs' own
+    temp.mkdir()
+    environment = {**environment, "TMPDIR": str(temp)}
     run = start(environment, config, "--until", "archetypes")
     try:
         tree = kill_when(run, lambda: store.part_paths("archetypes"), "archetype part")
@@ -207,8 +210,11 @@ def test_killed_after_the_first_archetype_part_then_rerun(
     finally:
         end_session(run)
     killed = time.monotonic()
+    # No exit handler ran: the killed run's socket folder is left, until the next engine starts.
+    assert (temp / f"genair-vllm-{run.pid}").is_dir()
 
     output = run_to_end(environment, config, "--until", "archetypes")
+    assert list(temp.glob("genair-vllm-*")) == []
     [line] = takeover_lines(output)
     assert ".genair.lock: taking over the lock" in line
     assert f"died and never released it (pid {run.pid} " in line

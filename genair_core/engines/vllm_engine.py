@@ -351,10 +351,33 @@ def _prepare_environment() -> None:
         os.environ["VLLM_RPC_BASE_PATH"] = _socket_folder()
 
 
+SOCKET_FOLDER_PREFIX = "genair-vllm-"
+
+
 def _socket_folder() -> str:
-    folder = tempfile.mkdtemp(prefix="genair-vllm-")
+    """A temp folder named by this process's pid (short: a socket's path holds at most 107
+    bytes), removed at its exit. A process killed with SIGKILL runs no exit handler: the folders
+    of processes no longer running are removed here."""
+    temp = Path(tempfile.gettempdir())
+    for stale in temp.glob(f"{SOCKET_FOLDER_PREFIX}*"):
+        pid = stale.name[len(SOCKET_FOLDER_PREFIX) :]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    folder = temp / f"{SOCKET_FOLDER_PREFIX}{os.getpid()}"
+    shutil.rmtree(folder, ignore_errors=True)  # left by a dead process that had this pid
+    folder.mkdir(mode=0o700)
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    return folder
+    return str(folder)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _raise_request_error(out: Any) -> None:
