@@ -34,7 +34,6 @@ class Stage:
     recommenders: bool = False
 
 
-_EVERY_FLOW = (FULL, REFRESH, BACKFILL)
 _NOT_BACKFILL = (FULL, REFRESH)
 
 STAGE_TABLE: tuple[Stage, ...] = (
@@ -68,7 +67,7 @@ STAGE_TABLE: tuple[Stage, ...] = (
         "archetype and hidden-state embeddings of each new or changed item (vLLM)",
         ("items", "archetypes"),
         ("archetypes", "archetype_failures"),
-        _EVERY_FLOW,
+        FLOWS,
     ),
     Stage(
         "pooling",
@@ -76,7 +75,7 @@ STAGE_TABLE: tuple[Stage, ...] = (
         "item vectors from the archetypes' embeddings (PCA bases, stored and reused)",
         ("archetypes",),
         ("item_embeddings", "PCA bases"),
-        _EVERY_FLOW,
+        FLOWS,
     ),
     Stage(
         "calibrate",
@@ -84,7 +83,7 @@ STAGE_TABLE: tuple[Stage, ...] = (
         "the behavioural calibration adapter, and every item vector through it",
         ("item_embeddings", "item_index", "cooccurrence"),
         ("calibrated_embeddings", "calibration adapter"),
-        _EVERY_FLOW,
+        FLOWS,
     ),
     Stage(
         "index",
@@ -92,7 +91,7 @@ STAGE_TABLE: tuple[Stage, ...] = (
         "FAISS indexes over the calibrated and the raw item vectors",
         ("calibrated_embeddings", "item_embeddings", "item_index"),
         ("indexes/calibrated", "indexes/raw"),
-        _EVERY_FLOW,
+        FLOWS,
     ),
     Stage(
         "retrieval",
@@ -100,7 +99,7 @@ STAGE_TABLE: tuple[Stage, ...] = (
         "next-item retrieval in item space: raw, calibrated and behavioural baselines",
         ("sequences", "item_index", "item_embeddings", "calibrated_embeddings", "cooccurrence"),
         ("retrieval_metrics", "reports/retrieval.md"),
-        _EVERY_FLOW,
+        FLOWS,
     ),
     Stage(
         "negatives",
@@ -108,7 +107,7 @@ STAGE_TABLE: tuple[Stage, ...] = (
         "the sampled protocol's fixed negatives per user",
         ("sequences", "item_index"),
         ("eval_negatives",),
-        _EVERY_FLOW,
+        FLOWS,
         recommenders=True,
     ),
     Stage(
@@ -117,7 +116,7 @@ STAGE_TABLE: tuple[Stage, ...] = (
         "every backbone × variant × seed trained and evaluated, `workers` at a time",
         ("sequences", "item_embeddings", "cooccurrence", "eval_negatives"),
         ("eval_ranks", "training_log", "metrics", "checkpoints"),
-        _EVERY_FLOW,
+        FLOWS,
         recommenders=True,
     ),
     Stage(
@@ -126,7 +125,7 @@ STAGE_TABLE: tuple[Stage, ...] = (
         "the results table over every configured run that has finished",
         ("eval_ranks", "sequences", "eval_negatives"),
         ("metrics (popularity)", "reports/recommenders.md"),
-        _EVERY_FLOW,
+        FLOWS,
         recommenders=True,
     ),
 )
