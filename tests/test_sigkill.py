@@ -67,13 +67,17 @@ WHEN = {"created_at", "updated_at", "seconds"}
 @pytest.fixture(scope="module")
 def environment(tmp_path_factory) -> dict[str, str]:
     """The runs' environment: no Prefect server configured, so each run starts its own
-    temporary one, with one Prefect home for all (its database is migrated once)."""
+    temporary one, with one Prefect home for all (its database is migrated once); no vLLM socket
+    folder, so each run makes its own."""
     env = {
         **os.environ,
         "PREFECT_HOME": str(tmp_path_factory.mktemp("prefect-home")),
         "DO_NOT_TRACK": "1",
     }
     env.pop("PREFECT_API_URL", None)
+    # An engine an earlier test ran in this process pointed vLLM's sockets at a folder of this
+    # process's: each run makes its own.
+    env.pop("VLLM_RPC_BASE_PATH", None)
     return env
 
 
