@@ -143,10 +143,13 @@ def write_catalog_dataset(folder: Path, items: int = 24, users: int = 40) -> Pat
             backbones = ["sasrec"]
             variants = ["id"]
             seeds = [1]
+            workers = 1
             [recommenders.model]
             hidden = 8
             max_len = 8
             [recommenders.training]
+            loss = "bce"
+            batch_size = 128
             max_epochs = 1
             [recommenders.evaluation]
             negatives = 5

@@ -84,9 +84,17 @@ def test_missing_file(tmp_path):
         load_settings(tmp_path / "nope.toml")
 
 
-def test_repository_default_config_is_valid():
-    settings = load_settings(Path(__file__).parents[1] / "genair.toml")
-    assert settings.dataset.name == "movielens-100k"
+def test_the_code_defaults_are_the_repository_default_run(tmp_path, monkeypatch):
+    """genair.toml outside its profiles only shows the defaults: a run without it (a notebook,
+    another folder) is the same run, not, say, the paper's 45-run grid."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("GENAIR_PROFILE", raising=False)
+    repository = load_settings(Path(__file__).parents[1] / "genair.toml")
+    without_a_file = load_settings()
+    assert repository.dataset.name == "movielens-100k"
+    paths = {"storage"}  # resolved against the file's folder
+    assert repository.model_dump(exclude=paths) == without_a_file.model_dump(exclude=paths)
+    assert repository.storage.root.name == without_a_file.storage.root.name == "data"
 
 
 def test_empty_column_name_means_the_source_has_none(tmp_path):
@@ -101,7 +109,7 @@ def test_empty_column_name_means_the_source_has_none(tmp_path):
 def test_per_backbone_settings_override_only_that_backbone(tmp_path):
     path = write(
         tmp_path,
-        "[recommenders.training]\nmax_epochs = 40\n"
+        '[recommenders.training]\nloss = "bce"\nbatch_size = 128\nmax_epochs = 40\n'
         "[recommenders.per_backbone.bert4rec.training]\n"
         'loss = "ce"\nbatch_size = 32\n'
         "[recommenders.per_backbone.bert4rec.model]\nmask_last_prob = 0.5\n",

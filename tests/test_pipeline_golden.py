@@ -74,6 +74,8 @@ def write_dataset(folder: Path) -> Path:
             hidden = 8
             max_len = 12
             [recommenders.training]
+            loss = "bce"
+            batch_size = 128
             max_epochs = 3
             patience = 3
             alpha = 0.1

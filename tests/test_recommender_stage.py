@@ -33,6 +33,7 @@ workers = 2
 hidden = 8
 max_len = 6
 [recommenders.training]
+loss = "bce"
 max_epochs = 2
 batch_size = 4
 [recommenders.evaluation]

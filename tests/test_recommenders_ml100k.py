@@ -23,6 +23,9 @@ backbones = ["sasrec"]
 variants = ["id", "genair"]
 seeds = [44]
 [recommenders.training]
+loss = "bce"
+batch_size = 128
+patience = 20
 max_epochs = {EPOCHS}
 [recommenders.per_backbone.sasrec.training]
 loss = "ce"

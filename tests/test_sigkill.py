@@ -49,6 +49,7 @@ hidden = 32
 n_layers = 1
 max_len = 50
 [recommenders.training]
+loss = "bce"
 batch_size = 256
 max_epochs = {MAX_EPOCHS}
 [prefect]

@@ -212,8 +212,11 @@ max_mean_cosine = 1.0
 min_rank_share = 0.0
 [recommenders]
 backbones = ["sasrec"]
+variants = ["id", "llm", "genair", "input-only", "gen-only"]
 seeds = [3]
 device = "cpu"
+workers = 1
+per_backbone = {}
 [recommenders.model]
 hidden = 8
 max_len = 6
