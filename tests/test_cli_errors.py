@@ -13,6 +13,7 @@ from small_dataset import write_small_dataset
 
 from flows import cli
 from flows.cli import main
+from tasks import report
 
 REPO = Path(__file__).resolve().parent.parent
 COMMANDS = ("run", "refresh", "backfill", "similar", "sql", "report", "status", "config")
@@ -186,7 +187,6 @@ def test_verbose_shows_the_log_on_the_terminal(config):
 
 
 def test_report_prints_where_it_wrote_the_report(config, capsys, monkeypatch):
-    report = pytest.importorskip("tasks.report")
     written = []
 
     def write_report(settings, path=None):

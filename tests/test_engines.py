@@ -4,7 +4,6 @@ one run of the real default model through vLLM on the CPU, checked against trans
 from __future__ import annotations
 
 import itertools
-import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -211,11 +210,10 @@ MAX_REL_ERR = 1e-5
 
 
 @pytest.fixture(scope="module")
-def default_model_dir() -> Path:
+def default_model_dir(test_cache_dir: Path) -> Path:
     from storage.model_cache import ensure_default_model
 
-    cache_dir = Path(os.environ.get("GENAIR_TEST_CACHE", "~/.cache/genair")).expanduser()
-    return ensure_default_model(cache_dir)
+    return ensure_default_model(test_cache_dir)
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:

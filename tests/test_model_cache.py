@@ -116,6 +116,7 @@ def test_default_resolves_to_the_converted_model(
 
 
 @pytest.mark.slow
+@pytest.mark.downloads
 def test_real_conversion_loads_in_transformers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

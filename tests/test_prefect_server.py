@@ -7,7 +7,7 @@ import pytest
 from prefect_server import BIN, prefect_server
 from small_dataset import write_small_dataset
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.prefect_server]
 
 
 @pytest.fixture

@@ -115,7 +115,6 @@ def test_top_k_ties_at_kth_value_are_kept() -> None:
 def test_vllm_sampler_with_processors_draws_the_reference_distribution(k: int) -> None:
     """vLLM's own Sampler (temperature only) + the two processors, many seeded draws of one row,
     against the exact distribution the transformers chain gives (chi-square)."""
-    pytest.importorskip("vllm")
     from vllm import SamplingParams
     from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessors
     from vllm.v1.sample.metadata import SamplingMetadata
@@ -174,7 +173,6 @@ def test_vllm_sampler_with_processors_draws_the_reference_distribution(k: int) -
 
 def test_processors_follow_vllm_batch_moves_and_new_output_tokens() -> None:
     """Rows move as vLLM condenses its batch; each keeps its own seen tokens and settings."""
-    pytest.importorskip("vllm")
     from vllm import SamplingParams
     from vllm.v1.sample.logits_processor import BatchUpdate
     from vllm.v1.sample.logits_processor.interface import MoveDirectionality

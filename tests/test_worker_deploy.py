@@ -15,7 +15,7 @@ from small_dataset import write_small_dataset
 from storage.sql import connect
 from storage.store import Store
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.prefect_server]
 ROOT = Path(__file__).resolve().parents[1]
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 # Small enough for 4 items: an 8-wide adapter, and a collapse guard that lets 4 vectors be close.
