@@ -75,7 +75,9 @@ def run_backfill(
     selection = Backfill(tuple(params.items), params.since, params.all_items)
     if params.dry_run:
         plan = plan_archetypes(settings, selection)
-        return {"dry_run": report_backfill_plan(plan, [stage.name for stage in stages[1:]])}
+        names = [stage.name for stage in stages]
+        then = names[names.index("archetypes") + 1 :]
+        return {"dry_run": report_backfill_plan(plan, then)}
     parameters = {
         **params.model_dump(mode="json"),
         "recommenders": policy,

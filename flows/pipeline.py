@@ -21,6 +21,7 @@ from genair_core.engines import EngineFactory, make_engine
 from tasks.archetypes import plan_archetypes
 from tasks.common import exclusive_run, with_retries
 from tasks.index import build_index
+from tasks.preprocess import check_data_limits
 from tasks.report import write_report_task
 from tasks.run_summary import publish_summary
 from tasks.settings import RecommenderPolicy, Settings
@@ -96,6 +97,7 @@ class StageRun:
     retrain: RecommenderPolicy = "if-inputs-changed"
     backfill: Backfill | None = None
     engine_factory: EngineFactory = make_engine
+    stages: tuple[Stage, ...] = ()  # what this flow run runs, set by run_stages
     _plan: ArchetypePlan | None = None
 
     @property
@@ -118,6 +120,7 @@ def run_stages(stages: tuple[Stage, ...], run: StageRun) -> dict[str, dict]:
     with the settings and `force` (the recommender stages' `force` also under the policy
     "always"); a stage run by a function gets the StageRun and returns its steps' summaries."""
     summary: dict[str, dict] = {}
+    run.stages = stages
     for stage in stages:
         runs = _resolve(stage.runs)
         if not isinstance(runs, Task):
@@ -129,6 +132,12 @@ def run_stages(stages: tuple[Stage, ...], run: StageRun) -> dict[str, dict]:
     run.task(publish_summary)(summary, run.settings)
     run.task(write_report_task)(run.settings)
     return summary
+
+
+def run_check_stage(run: StageRun) -> dict[str, dict]:
+    """The data limits, the negatives among them only when this run evaluates recommenders."""
+    evaluates = any(stage.recommenders for stage in run.stages)
+    return {"check": run.task(check_data_limits)(run.settings, evaluates, force=run.force)}
 
 
 def run_index_stage(run: StageRun) -> dict[str, dict]:

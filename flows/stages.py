@@ -54,6 +54,15 @@ STAGE_TABLE: tuple[Stage, ...] = (
         _NOT_BACKFILL,
     ),
     Stage(
+        "check",
+        "flows.pipeline:run_check_stage",
+        "the settings the data can be too small for: stop, naming a value that works, or adapt "
+        "and warn",
+        ("items", "user_index", "sequences"),
+        (),
+        FLOWS,
+    ),
+    Stage(
         "cooccurrence",
         "tasks.cooccurrence:build_cooccurrence",
         "how many users' training prefixes hold each item pair",
@@ -159,7 +168,9 @@ def markdown_table(table: tuple[Stage, ...] = STAGE_TABLE) -> str:
         if stage.recommenders:
             policy = ", ".join(short[flow] for flow in stage.flows if flow != FULL)
             flows = "full; " * (FULL in stage.flows) + f"{policy} as `--recommenders` says"
-        reads, writes = (", ".join(map(_quoted, names)) for names in (stage.reads, stage.writes))
+        reads, writes = (
+            ", ".join(map(_quoted, names)) or "nothing" for names in (stage.reads, stage.writes)
+        )
         lines.append(f"| `{stage.name}` | {stage.does} | {reads} | {writes} | {flows} |")
     return "\n".join(lines) + "\n"
 

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from genair_core.sequences import UserSequences
 from genair_core.tables import to_matrix
 from storage.calibration import AdapterFiles
 from storage.checkpoints import save_weights
@@ -117,3 +118,12 @@ def read_test_results(
         )
         metrics += part.to_pylist() if part is not None else []
     return ranks, metrics
+
+
+def read_user_sequences(store: Store) -> tuple[UserSequences, list[str]]:
+    """The users' sequences, and the id of the user at each of their positions."""
+    tables = read_run_tables(store, ["sequences"])
+    data = UserSequences.from_table(tables.sequences, tables.n_items)
+    index = store.read_table("user_index", columns=["user_idx", "user_id"])
+    id_of = dict(zip(index["user_idx"].to_pylist(), index["user_id"].to_pylist(), strict=True))
+    return data, [id_of[int(u)] for u in data.user_idx]

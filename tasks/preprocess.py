@@ -1,14 +1,18 @@
-"""k-core filtering, chronological sequences and the leave-one-out split."""
+"""k-core filtering, chronological sequences and the leave-one-out split; then the settings the
+split data can be too small for."""
 
 from __future__ import annotations
 
 from prefect import task
+from prefect.logging import get_run_logger
 
+from genair_core.data_limits import check_negatives, check_pca_dims
 from genair_core.preprocess import PREPROCESS_VERSION, split_sequences
 from genair_core.tables import INTERACTION_FIELDS
+from storage.recommenders import read_user_sequences
 from storage.store import fingerprint
 from tasks.common import TASK_DEFAULTS, run_step, store_for
-from tasks.settings import Settings
+from tasks.settings import ConfigError, Settings
 
 
 @task(name="split-sequences", **TASK_DEFAULTS)
@@ -31,3 +35,41 @@ def split_interactions(settings: Settings, force: bool = False) -> dict[str, obj
         return outputs, split.summary
 
     return run_step(store, "split", inputs, produce, force=force)
+
+
+DATA_LIMITS_VERSION = 1
+
+
+@task(name="check-data-limits", **TASK_DEFAULTS)
+def check_data_limits(
+    settings: Settings, evaluates: bool, force: bool = False
+) -> dict[str, object]:
+    """Stop the run (a ConfigError: one line, exit 2) when a setting asks for more than the split
+    tables hold, and warn where the run adapts (genair_core.data_limits). The negatives are
+    checked only when this run `evaluates` the recommenders. The warnings are repeated when the
+    check is skipped on unchanged inputs."""
+    store = store_for(settings)
+    negatives = settings.recommenders.evaluation.negatives if evaluates else None
+    pca = (settings.pooling.input_dims, settings.pooling.gen_dims, settings.recommenders.variants)
+    llm = (settings.llm.items, settings.llm.max_items)
+    tables = store.table_hashes(["items", "user_index", "sequences"])
+    inputs = fingerprint(DATA_LIMITS_VERSION, negatives, pca, llm, *tables.values())
+
+    def produce() -> tuple[dict, dict]:
+        data, user_ids = read_user_sequences(store)
+        catalog = settings.llm.items == "catalog"
+        items = store.table_info("items").rows if catalog else data.n_items
+        if settings.llm.max_items:
+            items = min(items, settings.llm.max_items)
+        limits = check_pca_dims(settings.pooling, items, settings.recommenders.variants)
+        problems = list(limits.problems)
+        if negatives is not None:
+            problems += check_negatives(negatives, data, user_ids)
+        if problems:
+            raise ConfigError("\n".join(problems))
+        return {}, {"users": data.n_users, "items": items, "warnings": list(limits.warnings)}
+
+    summary = run_step(store, "check", inputs, produce, force=force)
+    for warning in summary["warnings"]:
+        get_run_logger().warning(warning)
+    return summary

@@ -11,8 +11,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from genair_core.calibration import settings_id
+from genair_core.data_limits import check_negatives
 from genair_core.experiment import (
-    RunInputs,
     RunSpec,
     WarmStart,
     eval_negatives,
@@ -28,11 +28,12 @@ from storage.recommenders import (
     read_run_ranks,
     read_run_tables,
     read_test_results,
+    read_user_sequences,
     write_trained_run,
 )
 from storage.store import fingerprint
 from tasks.common import TASK_DEFAULTS, run_step, store_for
-from tasks.settings import Settings
+from tasks.settings import ConfigError, Settings
 
 NEGATIVES_VERSION = 1
 RESULTS_REPORT = "recommenders"
@@ -47,7 +48,10 @@ def sample_eval_negatives(settings: Settings, force: bool = False) -> dict[str, 
     inputs = fingerprint(NEGATIVES_VERSION, cfg.negatives, cfg.negatives_seed, *hashes.values())
 
     def produce() -> tuple[dict, dict]:
-        data = RunInputs.from_tables(read_run_tables(store, ["sequences"])).data
+        data, user_ids = read_user_sequences(store)
+        problems = check_negatives(cfg.negatives, data, user_ids)
+        if problems:
+            raise ConfigError(problems[0])
         table = eval_negatives(data, cfg.negatives, cfg.negatives_seed)
         info = store.write_table("eval_negatives", table)
         return {"eval_negatives": info}, {"users": data.n_users, "per_user": cfg.negatives}

@@ -78,10 +78,18 @@ def test_the_flows_run_the_stages_the_table_gives_them():
     trained = ["negatives", "recommenders", "results"]
     assert names[REFRESH, "never"] == [s for s in STAGES if s not in trained]
     assert names[REFRESH, "always"] == list(STAGES)
-    assert names[BACKFILL, "never"] == ["archetypes", "pooling", "calibrate", "index", "retrieval"]
+    assert names[BACKFILL, "never"] == [
+        "check",
+        "archetypes",
+        "pooling",
+        "calibrate",
+        "index",
+        "retrieval",
+    ]
     assert names[BACKFILL, "always"] == names[BACKFILL, "never"] + trained
     assert [s.name for s in between("split", "index")] == [
         "split",
+        "check",
         "cooccurrence",
         "archetypes",
         "pooling",
