@@ -11,16 +11,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from genair_core.calibration import settings_id
-from genair_core.experiment import (
-    RunInputs,
-    RunSpec,
-    WarmStart,
-    eval_negatives,
-    recommender_results,
-    score_run,
-    train_run,
-)
+from genair_core.experiment import train_run
+from genair_core.run_inputs import RunInputs, eval_negatives
+from genair_core.run_spec import RunSpec, WarmStart
 from genair_core.run_summary import latest_metrics
+from genair_core.scoring import recommender_results, score_run
 from storage.checkpoints import RunCheckpoints
 from storage.recommenders import (
     FINAL,
