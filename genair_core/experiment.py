@@ -30,6 +30,7 @@ from genair_core.scoring import log_rows, rank_rows
 from genair_core.training import (
     Checkpointer,
     Evaluation,
+    FitSettings,
     TrainerState,
     evaluate,
     fit,
@@ -83,18 +84,11 @@ def train_and_evaluate(
             adapter_weights=adapter_weights if variant.warm else None,
             trained_items=torch.from_numpy(data.train_counts() > 0) if variant.ids else None,
         )
-    state = fit(
-        model,
-        data,
-        spec.training,
-        checkpointer,
-        seed=spec.seed,
-        lookup=inputs.lookup if variant.calibrated else None,
-        calibrated=variant.calibrated,
-        device=device,
-        label=spec.name,
-        stop=stop,
+    settings = FitSettings(
+        spec.training, spec.seed, calibrated=variant.calibrated, device=device, label=spec.name
     )
+    lookup = inputs.lookup if variant.calibrated else None
+    state = fit(model, data, settings, checkpointer, lookup=lookup, stop=stop)
     valid = evaluate(model, data, inputs.negatives, "valid", device=device)
     test = evaluate(model, data, inputs.negatives, "test", device=device)
     weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
