@@ -212,10 +212,11 @@ MAX_REL_ERR = 1e-5
 
 @pytest.fixture(scope="module")
 def default_model_dir() -> Path:
+    from genair_core.engines.gguf import GGUF_TO_SAFETENSORS
     from storage.model_cache import ensure_default_model
 
     cache_dir = Path(os.environ.get("GENAIR_TEST_CACHE", "~/.cache/genair")).expanduser()
-    return ensure_default_model(cache_dir)
+    return ensure_default_model(cache_dir, GGUF_TO_SAFETENSORS)
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:

