@@ -53,6 +53,7 @@ from genair_core.config import DatasetConfig, LlmConfig
 from genair_core.datasets.movielens import MovieLens100K
 from genair_core.engines import VllmEngine, engine_options, generation_settings
 from genair_core.engines.base import completion_span, load_eos_token_ids, request_seed
+from genair_core.engines.gguf import GGUF_TO_SAFETENSORS
 from genair_core.prompts import PROMPT_VERSION, build_prompt, render_chat
 from storage.datasets import open_dataset
 from storage.model_cache import resolve_model
@@ -597,7 +598,7 @@ def main(argv=None) -> None:
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # keep the results readable
     threads = len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
-    model_dir = resolve_model(args.model, args.cache_dir)
+    model_dir = resolve_model(args.model, args.cache_dir, GGUF_TO_SAFETENSORS)
     items = load_items(args.cache_dir, args.items)
 
     from transformers import AutoTokenizer

@@ -24,6 +24,7 @@ from machine_info import cpu_description
 
 from genair_core.config import LlmConfig
 from genair_core.engines import VllmEngine, engine_options, generation_settings
+from genair_core.engines.gguf import GGUF_TO_SAFETENSORS
 from genair_core.prompts import build_prompt, render_chat
 from storage.model_cache import resolve_model
 
@@ -82,7 +83,7 @@ def cosines(a: list[tuple[np.ndarray, np.ndarray]], b: list[tuple[np.ndarray, np
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-    model_dir = resolve_model("default", args.cache_dir)
+    model_dir = resolve_model("default", args.cache_dir, GGUF_TO_SAFETENSORS)
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)

@@ -14,20 +14,23 @@ median epoch time of each is reported. Needs the tables of a run (`make run`, or
 from __future__ import annotations
 
 import argparse
+import contextlib
 import platform
 import statistics
 import tempfile
 from pathlib import Path
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
 from machine_info import cpu_description
 
+from genair_core import training
 from genair_core.config import ModelConfig, PoolingConfig, TrainingConfig
 from genair_core.models import build_model
 from genair_core.models.transformer import Dropout
 from genair_core.sequences import UserSequences
-from genair_core.training import fit
+from genair_core.training import FitSettings, fit
 from storage.checkpoints import RunCheckpoints
 from storage.recommenders import read_run_tables
 from storage.store import Store
@@ -46,21 +49,31 @@ def bernoulli_dropout(self, x):
     return F.dropout(x, self.p, self.training)
 
 
+def reference_batches(window: int):
+    """The reference's batches in place of training.epoch_batches: users in random order, every
+    window padded to `window` (max_len + 1)."""
+
+    def batches(lengths, batch_size, generator):
+        order = torch.randperm(lengths.size, generator=generator).numpy()
+        return [(order[i : i + batch_size], window) for i in range(0, order.size, batch_size)]
+
+    return batches
+
+
 def epoch_seconds(backbone, data, epochs, reference: bool) -> list[float]:
     torch.manual_seed(0)
+    model_config = ModelConfig()
     model = build_model(
-        backbone, "id", ModelConfig(), data.n_items, input_dims=PoolingConfig().input_dims
+        backbone, "id", model_config, data.n_items, input_dims=PoolingConfig().input_dims
     )
-    config = TrainingConfig(max_epochs=epochs, patience=epochs)
-    original = Dropout.forward
-    if reference:
-        Dropout.forward = bernoulli_dropout
-    try:
-        with tempfile.TemporaryDirectory() as folder:
-            checkpoints = RunCheckpoints(Path(folder))
-            state = fit(model, data, config, checkpoints, seed=0, pad_to_max_len=reference)
-    finally:
-        Dropout.forward = original
+    paper = TrainingConfig(loss="bce", batch_size=128, max_epochs=epochs, patience=epochs)
+    settings = FitSettings(paper, seed=0)
+    with contextlib.ExitStack() as patches, tempfile.TemporaryDirectory() as folder:
+        if reference:
+            patches.enter_context(mock.patch.object(Dropout, "forward", bernoulli_dropout))
+            batches = reference_batches(model_config.max_len + 1)
+            patches.enter_context(mock.patch.object(training, "epoch_batches", batches))
+        state = fit(model, data, settings, RunCheckpoints(Path(folder)))
     return [epoch["seconds"] for epoch in state.history]
 
 

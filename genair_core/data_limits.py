@@ -16,7 +16,7 @@ or stops it with one line that names the setting and a value that works:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,14 +46,15 @@ def fewest_unseen_items(data: UserSequences) -> tuple[int, int]:
     return user, data.n_items - int(distinct[user])
 
 
-def check_negatives(negatives: int, data: UserSequences, user_ids: Sequence[str]) -> list[str]:
+def check_negatives(negatives: int, data: UserSequences, user_ids: Mapping[int, str]) -> list[str]:
     """The sampled protocol needs `negatives` items each user never interacted with; the problem,
-    if some user has fewer. `user_ids[u]` names the user at position u of `data`."""
-    user, unseen = fewest_unseen_items(data)
+    if some user has fewer. `user_ids` maps a user index (`data.user_idx`) to the user's id."""
+    position, unseen = fewest_unseen_items(data)
+    user = user_ids[int(data.user_idx[position])]
     if unseen >= negatives:
         return []
     return [
-        f"recommenders.evaluation.negatives is {negatives}, but user {user_ids[user]!r} has "
+        f"recommenders.evaluation.negatives is {negatives}, but user {user!r} has "
         f"interacted with {data.n_items - unseen} of the {data.n_items} items the k-core kept, "
         f"leaving {unseen} to sample from: set recommenders.evaluation.negatives to {unseen} "
         "or less (metrics of other sizes are not comparable)"

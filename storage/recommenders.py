@@ -1,5 +1,5 @@
 """What the recommender stages read and write besides whole tables: their inputs as Arrow tables
-and numpy arrays (genair_core.experiment builds its sequences, frozen item table and co-occurrence
+and numpy arrays (genair_core.run_inputs builds its sequences, frozen item table and co-occurrence
 lookup from them), the calibration adapter a `genair-warm` run starts from, a run's parts and best
 weights, and the finished runs' test results."""
 
@@ -12,7 +12,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from genair_core.sequences import UserSequences
 from genair_core.tables import to_matrix
 from storage.calibration import AdapterFiles
 from storage.checkpoints import save_weights
@@ -25,7 +24,7 @@ FINAL = "final"  # the part key of a run's rows: one part per run, replaced by a
 
 @dataclass
 class LoadedRunTables:
-    """A run's tables as read for it: the fields genair_core.experiment.RunTables names."""
+    """A run's tables as read for it: the fields genair_core.run_inputs.RunTables names."""
 
     n_items: int
     sequences: pa.Table  # user_idx, position, item_idx, split
@@ -65,7 +64,7 @@ def read_calibration_adapter(
 ) -> tuple[dict[str, np.ndarray], dict[str, object]]:
     """The tensors and manifest the calibration job stored for `settings_id`
     (genair_core.calibration.settings_id of the calibration settings), which a `genair-warm` run
-    starts from (genair_core.experiment.WarmStart.from_stored)."""
+    starts from (genair_core.run_spec.WarmStart.from_stored)."""
     files = AdapterFiles(store, settings_id)
     stored = files.read()
     if stored is None:
@@ -120,10 +119,7 @@ def read_test_results(
     return ranks, metrics
 
 
-def read_user_sequences(store: Store) -> tuple[UserSequences, list[str]]:
-    """The users' sequences, and the id of the user at each of their positions."""
-    tables = read_run_tables(store, ["sequences"])
-    data = UserSequences.from_table(tables.sequences, tables.n_items)
+def read_user_ids(store: Store) -> dict[int, str]:
+    """{user_idx: user_id} from user_index."""
     index = store.read_table("user_index", columns=["user_idx", "user_id"])
-    id_of = dict(zip(index["user_idx"].to_pylist(), index["user_id"].to_pylist(), strict=True))
-    return data, [id_of[int(u)] for u in data.user_idx]
+    return dict(zip(index["user_idx"].to_pylist(), index["user_id"].to_pylist(), strict=True))

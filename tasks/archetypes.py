@@ -32,6 +32,7 @@ from genair_core.archetypes import (
 )
 from genair_core.datasets import make_dataset
 from genair_core.engines import EnginePool
+from genair_core.engines.gguf import GGUF_TO_SAFETENSORS
 from storage.archetype_tables import (
     drop_replaced_archetypes,
     read_archetype_state,
@@ -50,7 +51,7 @@ def plan_archetypes(settings: Settings, backfill: Backfill | None = None) -> Arc
     """The batches to generate: items without an archetype of this recipe, or with `backfill`
     exactly the items it picks. Reads only; writes nothing."""
     llm = settings.llm
-    model_dir = resolve_model(llm.model, settings.storage.cache_dir)
+    model_dir = resolve_model(llm.model, settings.storage.cache_dir, GGUF_TO_SAFETENSORS)
     recipe = archetype_recipe(llm, model_id(model_dir))
     state = read_archetype_state(
         store_for(settings),
@@ -100,7 +101,7 @@ def generate_archetype_batch(
     started = time.perf_counter()
     store = store_for(settings)
     items = batch_items(batch, read_batch_items(store, batch.item_ids))
-    model_dir = resolve_model(settings.llm.model, settings.storage.cache_dir)
+    model_dir = resolve_model(settings.llm.model, settings.storage.cache_dir, GGUF_TO_SAFETENSORS)
     progress.note("archetypes", f"batch of {len(items)} in the engine")
     with progress.counting("archetypes", len(items)):
         with engines.using(settings.llm, model_dir) as engine:

@@ -8,8 +8,9 @@ from prefect.logging import get_run_logger
 
 from genair_core.data_limits import check_negatives, check_pca_dims
 from genair_core.preprocess import PREPROCESS_VERSION, split_sequences
+from genair_core.run_inputs import RunInputs
 from genair_core.tables import INTERACTION_FIELDS
-from storage.recommenders import read_user_sequences
+from storage.recommenders import read_run_tables, read_user_ids
 from storage.store import fingerprint
 from tasks.common import TASK_DEFAULTS, run_step, store_for
 from tasks.settings import ConfigError, Settings
@@ -56,7 +57,8 @@ def check_data_limits(
     inputs = fingerprint(DATA_LIMITS_VERSION, negatives, pca, llm, *tables.values())
 
     def produce() -> tuple[dict, dict]:
-        data, user_ids = read_user_sequences(store)
+        data = RunInputs.from_tables(read_run_tables(store, ["sequences"])).data
+        user_ids = read_user_ids(store)
         catalog = settings.llm.items == "catalog"
         items = store.table_info("items").rows if catalog else data.n_items
         if settings.llm.max_items:

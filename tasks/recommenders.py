@@ -12,15 +12,11 @@ from prefect.logging import get_run_logger
 
 from genair_core.calibration import settings_id
 from genair_core.data_limits import check_negatives
-from genair_core.experiment import (
-    RunSpec,
-    WarmStart,
-    eval_negatives,
-    recommender_results,
-    score_run,
-    train_run,
-)
+from genair_core.experiment import train_run
+from genair_core.run_inputs import RunInputs, eval_negatives
+from genair_core.run_spec import RunSpec, WarmStart
 from genair_core.run_summary import latest_metrics
+from genair_core.scoring import recommender_results, score_run
 from storage.checkpoints import RunCheckpoints
 from storage.recommenders import (
     FINAL,
@@ -28,7 +24,7 @@ from storage.recommenders import (
     read_run_ranks,
     read_run_tables,
     read_test_results,
-    read_user_sequences,
+    read_user_ids,
     write_trained_run,
 )
 from storage.store import fingerprint
@@ -48,7 +44,8 @@ def sample_eval_negatives(settings: Settings, force: bool = False) -> dict[str, 
     inputs = fingerprint(NEGATIVES_VERSION, cfg.negatives, cfg.negatives_seed, *hashes.values())
 
     def produce() -> tuple[dict, dict]:
-        data, user_ids = read_user_sequences(store)
+        data = RunInputs.from_tables(read_run_tables(store, ["sequences"])).data
+        user_ids = read_user_ids(store)
         problems = check_negatives(cfg.negatives, data, user_ids)
         if problems:
             raise ConfigError(problems[0])

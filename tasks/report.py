@@ -8,8 +8,8 @@ from pathlib import Path
 
 from prefect import task
 
-from genair_core.experiment import RunSpec
 from genair_core.report import build_report, render_report
+from genair_core.run_spec import RunSpec
 from storage.items import titles
 from storage.report import read_report_tables, write_report_html
 from tasks.common import TASK_DEFAULTS, run_logger, store_for

@@ -37,8 +37,9 @@ def test_the_fewest_unseen_items_count_each_item_once():
 
 def test_too_many_negatives_name_the_setting_the_user_and_a_value_that_works():
     data = sequences([[1, 2, 3, 2, 1], [4, 5, 6, 7, 8, 9]], n_items=10)
-    assert check_negatives(4, data, ["ann", "bob"]) == []
-    [problem] = check_negatives(5, data, ["ann", "bob"])
+    users = {0: "ann", 1: "bob"}
+    assert check_negatives(4, data, users) == []
+    [problem] = check_negatives(5, data, users)
     assert problem.startswith("recommenders.evaluation.negatives is 5, but user 'bob' ")
     assert "set recommenders.evaluation.negatives to 4 or less" in problem
 

@@ -211,9 +211,10 @@ MAX_REL_ERR = 1e-5
 
 @pytest.fixture(scope="module")
 def default_model_dir(test_cache_dir: Path) -> Path:
+    from genair_core.engines.gguf import GGUF_TO_SAFETENSORS
     from storage.model_cache import ensure_default_model
 
-    return ensure_default_model(test_cache_dir)
+    return ensure_default_model(test_cache_dir, GGUF_TO_SAFETENSORS)
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:

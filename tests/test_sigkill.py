@@ -22,7 +22,7 @@ import numpy as np
 import psutil
 import pytest
 
-from genair_core.experiment import RunSpec
+from genair_core.run_spec import RunSpec
 from genair_core.tables import to_matrix
 from storage.schemas import PART_DATASETS
 from storage.store import Store

@@ -16,6 +16,7 @@ from genair_core.metrics import full_ranks, sample_negatives, sampled_ranks
 from genair_core.models import build_model
 from genair_core.sequences import UserSequences
 from genair_core.training import (
+    FitSettings,
     TrainingStopped,
     _sample_negatives,
     _user_item_keys,
@@ -81,14 +82,28 @@ def lookup():
 
 CONFIG = TrainingConfig(batch_size=16, max_epochs=4, patience=10, alpha=0.1)
 SEED = 7
+SETTINGS = FitSettings(CONFIG, SEED)
+
+
+class AfterEachEpoch(RunCheckpoints):
+    """RunCheckpoints that call `after(epoch)` once an epoch's checkpoint is saved: where a run
+    goes on, or is killed, after the epoch."""
+
+    def __init__(self, folder, after):
+        super().__init__(folder)
+        self.after = after
+
+    def save(self, state, *tensors):
+        super().save(state, *tensors)
+        self.after(state["epoch"])
 
 
 def test_training_is_deterministic_for_a_seed(data, tmp_path):
-    a = fit(new_model(), data, CONFIG, RunCheckpoints(tmp_path / "a"), seed=SEED)
-    b = fit(new_model(), data, CONFIG, RunCheckpoints(tmp_path / "b"), seed=SEED)
+    a = fit(new_model(), data, SETTINGS, RunCheckpoints(tmp_path / "a"))
+    b = fit(new_model(), data, SETTINGS, RunCheckpoints(tmp_path / "b"))
     strip = [{k: v for k, v in e.items() if k != "seconds"} for e in a.history]
     assert strip == [{k: v for k, v in e.items() if k != "seconds"} for e in b.history]
-    c = fit(new_model(), data, CONFIG, RunCheckpoints(tmp_path / "c"), seed=8)
+    c = fit(new_model(), data, FitSettings(CONFIG, seed=8), RunCheckpoints(tmp_path / "c"))
     assert [e["train_loss"] for e in c.history] != [e["train_loss"] for e in a.history]
 
 
@@ -103,37 +118,23 @@ def test_resume_after_a_crash_gives_the_same_final_metrics(
     data, negatives, tmp_path, backbone, variant
 ):
     calibrated = variant == "genair"
-    kwargs = {"lookup": lookup(), "calibrated": True} if calibrated else {}
+    settings = FitSettings(CONFIG, SEED, calibrated=calibrated)
+    kwargs = {"lookup": lookup()} if calibrated else {}
     whole = new_model(backbone, variant)
-    fit(whole, data, CONFIG, RunCheckpoints(tmp_path / "whole"), seed=SEED, **kwargs)
+    fit(whole, data, settings, RunCheckpoints(tmp_path / "whole"), **kwargs)
     expected = evaluate(whole, data, negatives)
 
-    def crash_after_two(state):
-        if state.epoch == 2:
+    def crash_after_two(epoch):
+        if epoch == 2:
             raise Crash("killed")
 
-    checkpoints = RunCheckpoints(tmp_path / "crashed")
+    crashing = AfterEachEpoch(tmp_path / "crashed", crash_after_two)
     with pytest.raises(Crash):
-        fit(
-            new_model(backbone, variant),
-            data,
-            CONFIG,
-            checkpoints,
-            seed=SEED,
-            on_epoch=crash_after_two,
-            **kwargs,
-        )
+        fit(new_model(backbone, variant), data, settings, crashing, **kwargs)
     epochs_seen = []
     resumed = new_model(backbone, variant, seed=99)  # different init: the checkpoint must win
-    state = fit(
-        resumed,
-        data,
-        CONFIG,
-        checkpoints,
-        seed=SEED,
-        on_epoch=lambda s: epochs_seen.append(s.epoch),
-        **kwargs,
-    )
+    checkpoints = AfterEachEpoch(tmp_path / "crashed", epochs_seen.append)
+    state = fit(resumed, data, settings, checkpoints, **kwargs)
     assert epochs_seen == [3, 4]  # epochs 1-2 are not redone
     assert state.epoch == 4
     got = evaluate(resumed, data, negatives)
@@ -143,22 +144,18 @@ def test_resume_after_a_crash_gives_the_same_final_metrics(
 
 def test_a_set_stop_event_ends_the_fit_at_the_next_batch_and_the_rerun_resumes(data, tmp_path):
     stop = threading.Event()
-    checkpoints = RunCheckpoints(tmp_path / "run")
-
-    def fit_run(**kwargs):
-        return fit(new_model(), data, CONFIG, checkpoints, seed=SEED, **kwargs)
-
+    stopping = AfterEachEpoch(tmp_path / "run", lambda epoch: epoch == 2 and stop.set())
     with pytest.raises(TrainingStopped, match="epoch 3"):
-        fit_run(stop=stop, on_epoch=lambda state: state.epoch == 2 and stop.set())
-    assert checkpoints.load()[0]["epoch"] == 2  # the stopped epoch left nothing behind
+        fit(new_model(), data, SETTINGS, stopping, stop=stop)
+    assert stopping.load()[0]["epoch"] == 2  # the stopped epoch left nothing behind
     epochs_seen = []
-    fit_run(on_epoch=lambda state: epochs_seen.append(state.epoch))
+    fit(new_model(), data, SETTINGS, AfterEachEpoch(tmp_path / "run", epochs_seen.append))
     assert epochs_seen == [3, 4]
 
 
 def test_checkpoints_are_safetensors_and_json_only(data, tmp_path):
     checkpoints = RunCheckpoints(tmp_path / "run")
-    fit(new_model(), data, CONFIG, checkpoints, seed=SEED)
+    fit(new_model(), data, SETTINGS, checkpoints)
     names = sorted(p.name for p in (tmp_path / "run").iterdir())
     assert names == sorted(
         [
@@ -180,7 +177,7 @@ def test_checkpoints_are_safetensors_and_json_only(data, tmp_path):
 
 def test_a_forced_rerun_clears_a_finished_run_but_resumes_an_unfinished_one(data, tmp_path):
     finished = RunCheckpoints(tmp_path / "finished")
-    fit(new_model(), data, CONFIG, finished, seed=SEED)
+    fit(new_model(), data, SETTINGS, finished)
     assert resume_from(finished, CONFIG, restart=False) == 4
     with finished.exclusive():  # the task holds the run's lock while it clears the run
         assert resume_from(finished, CONFIG, restart=True) == 0
@@ -188,14 +185,15 @@ def test_a_forced_rerun_clears_a_finished_run_but_resumes_an_unfinished_one(data
     assert finished.load() is None
 
     unfinished = RunCheckpoints(tmp_path / "unfinished")
-    fit(new_model(), data, CONFIG.model_copy(update={"max_epochs": 2}), unfinished, seed=SEED)
+    two_epochs = FitSettings(CONFIG.model_copy(update={"max_epochs": 2}), SEED)
+    fit(new_model(), data, two_epochs, unfinished)
     assert resume_from(unfinished, CONFIG, restart=True) == 2
 
 
 def test_early_stopping_keeps_the_best_epoch(data, tmp_path):
     config = TrainingConfig(batch_size=16, max_epochs=30, patience=2, lr=0.05)
     model = new_model()
-    state = fit(model, data, config, RunCheckpoints(tmp_path / "run"), seed=1)
+    state = fit(model, data, FitSettings(config, seed=1), RunCheckpoints(tmp_path / "run"))
     assert state.stopped_early
     assert state.epoch == state.best_epoch + 2
     best = max(e["valid_ndcg@10"] for e in state.history)
@@ -208,10 +206,8 @@ def test_calibrated_variant_needs_the_cooccurrence_lookup(data, tmp_path):
         fit(
             new_model(variant="genair"),
             data,
-            CONFIG,
+            FitSettings(CONFIG, SEED, calibrated=True),
             RunCheckpoints(tmp_path),
-            seed=SEED,
-            calibrated=True,
         )
 
 
@@ -240,9 +236,8 @@ def test_training_beats_an_untrained_model_on_a_learnable_pattern(data, negative
     fit(
         model,
         data,
-        TrainingConfig(batch_size=16, max_epochs=30, lr=0.01),
+        FitSettings(TrainingConfig(batch_size=16, max_epochs=30, lr=0.01), seed=1),
         RunCheckpoints(tmp_path),
-        seed=1,
     )
     trained = evaluate(model, data, negatives)
     assert (trained.full < 10).mean() > (untrained.full < 10).mean() + 0.2
