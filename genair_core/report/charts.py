@@ -17,8 +17,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from genair_core.report.model import OTHER, ItemMap, TrainingCurve, table_order
-from genair_core.results import VARIANT_ORDER
+from genair_core.report.model import OTHER, ItemMap, TrainingCurve
+from genair_core.results import VARIANT_ORDER, table_order
 
 # One colour per variant in every chart (matplotlib's tab10), other variants after them.
 PALETTE = (
