@@ -20,7 +20,6 @@ from genair_core.archetypes import (
     ArchetypeBatch,
     ArchetypePlan,
     ArchetypeRecipe,
-    Backfill,
     BatchContext,
     archetype_recipe,
     backfill_report,
@@ -30,6 +29,7 @@ from genair_core.archetypes import (
     make_archetypes,
     make_plan,
 )
+from genair_core.backfill import Backfill
 from genair_core.datasets import make_dataset
 from genair_core.engines import EnginePool
 from storage.archetype_tables import (

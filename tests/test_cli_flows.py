@@ -72,7 +72,7 @@ def test_a_backfill_of_an_unknown_item_is_a_user_error(ingested, capsys):
     code = main(["--config", str(ingested), "backfill", "A", "NOPE", "--dry-run"])
     err = capsys.readouterr().err
     assert code == 2
-    assert err.strip() == "genair: unknown item id(s), not in the ingested catalog: NOPE"
+    assert err.strip() == "genair: unknown item id(s), not in the ingested catalog: 'NOPE'"
 
 
 def test_a_run_ends_with_the_results_table_and_the_report(tmp_path, prefect_harness, capsys):
