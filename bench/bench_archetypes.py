@@ -55,7 +55,7 @@ from genair_core.engines import VllmEngine, engine_options, generation_settings
 from genair_core.engines.base import completion_span, load_eos_token_ids, request_seed
 from genair_core.engines.gguf import GGUF_TO_SAFETENSORS
 from genair_core.prompts import PROMPT_VERSION, build_prompt, render_chat
-from storage.datasets import open_dataset
+from storage.datasets import open_movielens_100k
 from storage.model_cache import resolve_model
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -152,7 +152,7 @@ def load_items(cache_dir: Path, n: int) -> list[dict]:
     """The first n items of ml-100k.item, mapped as the pipeline maps them."""
     dataset = MovieLens100K()
     items = []
-    for record in open_dataset(DatasetConfig(name="movielens-100k"), cache_dir).item_records():
+    for record in open_movielens_100k(DatasetConfig(), cache_dir).item_records():
         if record.fields is None:
             continue
         items.append(dataset.map_item(record.fields))

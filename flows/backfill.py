@@ -19,7 +19,6 @@ from prefect import flow
 from flows.params import BackfillParams
 from flows.pipeline import StageRun, run_stages
 from flows.stages import BACKFILL, stages_of
-from genair_core.archetypes import Backfill
 from genair_core.engines import EngineFactory, make_engine
 from tasks.archetypes import plan_archetypes, report_backfill_plan
 from tasks.common import exclusive_run
@@ -72,7 +71,7 @@ def run_backfill(
     settings = params.settings()
     policy = params.recommenders or settings.refresh.recommenders
     stages = stages_of(FLOW_NAME, policy)
-    selection = Backfill(tuple(params.items), params.since, params.all_items)
+    selection = params.selection()
     if params.dry_run:
         plan = plan_archetypes(settings, selection)
         names = [stage.name for stage in stages]

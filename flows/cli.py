@@ -394,6 +394,7 @@ def _check_items_known(settings: Settings, item_ids: list[str]) -> None:
     """Item ids a backfill names that the ingested catalog does not hold: a user error."""
     if not item_ids:
         return
+    from genair_core.backfill import check_known_items
     from storage.sql import query
     from storage.store import Store
 
@@ -404,12 +405,10 @@ def _check_items_known(settings: Settings, item_ids: list[str]) -> None:
         store, "SELECT item_id FROM items WHERE list_contains($ids, item_id)", ids=item_ids
     )
     found = {row[0] for row in known.fetchall()} if known is not None else set()
-    unknown = [item_id for item_id in item_ids if item_id not in found]
-    if unknown:
-        shown = ", ".join(unknown[:10]) + (
-            f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
-        )
-        raise UserError(f"unknown item id(s), not in the ingested catalog: {shown}")
+    try:
+        check_known_items(item_ids, found)
+    except ValueError as err:
+        raise UserError(str(err)) from None
 
 
 def _day(text: str) -> date:

@@ -17,6 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from flows.stages import STAGES
+from genair_core.backfill import Backfill
 from tasks.settings import RecommenderPolicy, Settings, load_settings
 
 StageName = Literal[STAGES]  # type: ignore[valid-type]  # the names in flows.stages, in order
@@ -65,7 +66,8 @@ class RefreshParams(FlowParams):
 
 
 class BackfillParams(FlowParams):
-    """genair-backfill: exactly one of `items`, `since`, `all_items`."""
+    """genair-backfill: exactly one of `items`, `since`, `all_items` (genair_core.backfill
+    checks it)."""
 
     items: list[str] = []
     since: date | None = None
@@ -75,21 +77,13 @@ class BackfillParams(FlowParams):
 
     @model_validator(mode="after")
     def _one_selection(self) -> BackfillParams:
-        chosen = [
-            name
-            for name, given in (
-                ("items", bool(self.items)),
-                ("since", self.since is not None),
-                ("all_items", self.all_items),
-            )
-            if given
-        ]
-        if len(chosen) != 1:
-            got = f"got {' and '.join(chosen)}" if chosen else "got none"
-            raise ValueError(f"give exactly one of items, since or all_items ({got})")
-        if any(not item_id.strip() for item_id in self.items):
-            raise ValueError("items holds an empty item id")
+        self.selection()
         return self
+
+    def selection(self) -> Backfill:
+        """The items to regenerate; ValueError when the parameters do not choose exactly one
+        way."""
+        return Backfill(tuple(self.items), self.since, self.all_items)
 
 
 def _describe(err: ValidationError) -> str:

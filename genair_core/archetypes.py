@@ -12,9 +12,10 @@ with all five unchanged is never generated again.
 A batch's key is a hash of the recipe and of its items' (item_id, content_hash) pairs, so a
 retried batch writes the same part file again (replacing it) instead of adding a second copy.
 
-A backfill (`Backfill`) regenerates chosen items even though their archetype exists: the new
-rows land in new parts, and the older rows of the same key are then dropped from the parts that
-hold them (storage.archetype_tables.drop_replaced_archetypes), so every key keeps one row.
+A backfill (genair_core.backfill.Backfill) regenerates chosen items even though their archetype
+exists: the new rows land in new parts, and the older rows of the same key are then dropped from
+the parts that hold them (storage.archetype_tables.drop_replaced_archetypes), so every key keeps
+one row.
 
 Nothing that fails validation becomes an archetype row: an empty completion or a non-finite
 vector becomes a failure row with its reason. Metadata too long for the model's context is cut
@@ -27,10 +28,11 @@ import hashlib
 import json
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from datetime import UTC, date, datetime, time
+from datetime import UTC, datetime
 
 import numpy as np
 
+from genair_core.backfill import Backfill
 from genair_core.config import LlmConfig
 from genair_core.engines.base import (
     ArchetypeEngine,
@@ -80,49 +82,6 @@ class BatchContext:
     max_prompt_tokens: int
 
 
-@dataclass(frozen=True)
-class Backfill:
-    """The items a backfill regenerates, whether or not their archetype exists: the listed
-    `item_ids`, the items whose metadata was first ingested on or after the UTC day `since`
-    (items.updated_at: added, or content changed), or every item that gets an archetype."""
-
-    item_ids: tuple[str, ...] = ()
-    since: date | None = None
-    all_items: bool = False
-
-    def __post_init__(self) -> None:
-        chosen = bool(self.item_ids) + (self.since is not None) + self.all_items
-        if chosen != 1:
-            raise ValueError("a backfill takes exactly one of: item ids, a since date, all items")
-
-    def pick(
-        self,
-        catalog: Sequence[tuple[str, str]],
-        wanted: Sequence[tuple[str, str]],
-        updated_at: Mapping[str, datetime] | None,
-        why_not_wanted: str,
-    ) -> list[tuple[str, str]]:
-        """The (item_id, content_hash) pairs of `wanted` (the items that get an archetype) this
-        backfill regenerates. A listed id that is not in `catalog` or not wanted is an error
-        (`why_not_wanted` says which setting leaves items out)."""
-        if self.all_items:
-            return list(wanted)
-        if self.since is not None:
-            if updated_at is None:
-                raise ValueError("a backfill since a date needs the items' updated_at")
-            start = datetime.combine(self.since, time(), tzinfo=UTC)
-            return [pair for pair in wanted if updated_at[pair[0]] >= start]
-        known = {item_id for item_id, _ in catalog}
-        unknown = [item_id for item_id in self.item_ids if item_id not in known]
-        if unknown:
-            raise ValueError(f"unknown item id(s), not in the ingested catalog: {_ids(unknown)}")
-        by_id = dict(wanted)
-        left_out = [item_id for item_id in self.item_ids if item_id not in by_id]
-        if left_out:
-            raise ValueError(f"item(s) {_ids(left_out)} get no archetype: {why_not_wanted}")
-        return sorted({(item_id, by_id[item_id]) for item_id in self.item_ids})
-
-
 def backfill_report(
     plan: ArchetypePlan, then: Sequence[str], shown: int = 50
 ) -> tuple[dict[str, object], str]:
@@ -154,11 +113,6 @@ def backfill_report(
         ]
     )
     return summary, markdown
-
-
-def _ids(item_ids: Sequence[str], shown: int = 10) -> str:
-    more = f" and {len(item_ids) - shown} more" if len(item_ids) > shown else ""
-    return ", ".join(repr(i) for i in item_ids[:shown]) + more
 
 
 @dataclass(frozen=True)

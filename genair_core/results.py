@@ -1,5 +1,10 @@
 """Runs (backbone x variant x seed) aggregated into the results table an ML engineer reads.
 
+The table's rows (table_rows: one column order, RESULT_METRICS, and one row order, table_order)
+are what every rendering shows: reports/recommenders.md (summarize, with the paired test), the
+HTML report (genair_core.report) and the terminal at the end of a run
+(genair_core.run_summary.results_table, from the stored `metrics` rows).
+
 A cell is the mean ± std over seeds of each run's mean metric, so the spread shows how much a
 number moves with the training seed alone. Whether a variant beats the `id` baseline of the same
 backbone is a paired test on the per-user values (every run scores the same test users in the same
@@ -17,6 +22,7 @@ depend on how many users neither model reaches.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,39 +69,97 @@ class RunResult:
     per_user: dict[str, np.ndarray]
 
 
+# The results table's metric columns, in order, wherever it is shown: reports/recommenders.md, the
+# HTML report and the terminal at the end of a run.
+RESULT_METRICS = ("hr@10", "ndcg@10")
+
+
+def table_rows(
+    run_means: Mapping[tuple[str, str, int], Mapping[str, float]],
+    metrics: tuple[str, ...] = RESULT_METRICS,
+    baseline: str = "id",
+) -> list[dict]:
+    """The results table's rows from each run's mean metrics ({(backbone, variant, seed): {metric:
+    mean}}): one row per (backbone, variant), in table order (see table_order).
+
+    A row is {"backbone", "variant", "seeds": number of seeds, "baseline", metric: {"mean", "std",
+    "p", "rel_pct", "mark"}} for each metric: mean and std (ddof=1, 0 for one seed) over seeds of
+    the run means; for a variant other than `baseline`, rel_pct is 100 * (mean / baseline mean - 1),
+    None for the baseline itself, when the backbone has no baseline run, or when the baseline mean
+    is 0. p is None and mark "": only summarize, which has the per-user values, tests them.
+    """
+    grouped: dict[tuple[str, str], list[Mapping[str, float]]] = {}
+    for (backbone, variant, seed), means in run_means.items():
+        for metric in metrics:
+            if metric not in means:
+                raise ValueError(f"{backbone}/{variant} seed {seed} lacks {metric!r}")
+        grouped.setdefault((backbone, variant), []).append(means)
+    rows = []
+    for backbone, variant in table_order(list(grouped)):
+        by_seed = grouped[backbone, variant]
+        base = grouped.get((backbone, baseline)) if variant != baseline else None
+        row: dict = {"backbone": backbone, "variant": variant, "seeds": len(by_seed)}
+        row["baseline"] = baseline
+        for metric in metrics:
+            run_means_of_metric = np.array([means[metric] for means in by_seed])
+            mean = float(run_means_of_metric.mean())
+            std = float(run_means_of_metric.std(ddof=1)) if len(by_seed) >= 2 else 0.0
+            cell = {"mean": mean, "std": std, "p": None, "rel_pct": None, "mark": ""}
+            if base is not None:
+                base_mean = float(np.mean([means[metric] for means in base]))
+                if base_mean != 0.0:
+                    cell["rel_pct"] = 100.0 * (mean / base_mean - 1.0)
+            row[metric] = cell
+        rows.append(row)
+    return rows
+
+
+def metric_table_rows(
+    metric_rows: Sequence[Mapping[str, object]], metrics: tuple[str, ...] = RESULT_METRICS
+) -> list[dict]:
+    """The results table's rows (table_rows) from `metrics` rows: test split, full ranking, all
+    users, each run's mean. Other splits, protocols, groups and metrics are left out."""
+    run_means: dict[tuple[str, str, int], dict[str, float]] = {}
+    for row in metric_rows:
+        if (row["split"], row["protocol"], row["group"]) != ("test", "full", "all"):
+            continue
+        if row["metric"] not in metrics:
+            continue
+        run = (str(row["backbone"]), str(row["variant"]), int(row["seed"]))  # type: ignore[call-overload]
+        run_means.setdefault(run, {})[str(row["metric"])] = float(row["value"])  # type: ignore[arg-type]
+    return table_rows(run_means, metrics)
+
+
 def summarize(
     runs: list[RunResult],
-    metrics: tuple[str, ...] = ("hr@10", "ndcg@10"),
+    metrics: tuple[str, ...] = RESULT_METRICS,
     baseline: str = "id",
     alpha: float = 0.05,
 ) -> list[dict]:
-    """One row per (backbone, variant), in table order (see variant_sort_key).
+    """The results table's rows (table_rows) of runs' per-user values, with the paired test.
 
-    A row is {"backbone", "variant", "seeds": number of seeds, "users", "baseline", "alpha",
-    metric: {"mean", "std", "p", "rel_pct", "mark"}} for each metric: mean and std (ddof=1, 0 for
-    one seed) over seeds of the run means; for a variant other than `baseline`, p is the paired
-    test against the baseline of the same backbone on per-user values averaged over the seeds
-    both have, rel_pct is 100 * (mean / baseline mean - 1), and mark is BETTER or WORSE when
-    p < alpha (else ""). p and rel_pct are None for the baseline itself, when the backbone has no
-    baseline run or no seed in common with it (p), or when the baseline mean is 0 (rel_pct).
+    Each row also holds "users" and "alpha"; for a variant other than `baseline`, a cell's p is
+    the paired test against the baseline of the same backbone on per-user values averaged over
+    the seeds both have, and mark is BETTER or WORSE when p < alpha (else ""). p is None for the
+    baseline itself and when the backbone has no baseline run or no seed in common with it.
     """
     grouped = _group(runs, metrics)
     n_users = next(iter(runs[0].per_user.values())).size if runs else 0
-    rows = []
-    for (backbone, variant), by_seed in grouped.items():
-        base = grouped.get((backbone, baseline)) if variant != baseline else None
-        row: dict = {
-            "backbone": backbone,
-            "variant": variant,
-            "seeds": len(by_seed),
-            "users": n_users,
-            "baseline": baseline,
-            "alpha": alpha,
-        }
+    run_means = {
+        (backbone, variant, seed): {m: float(values[m].mean()) for m in metrics}
+        for (backbone, variant), by_seed in grouped.items()
+        for seed, values in by_seed.items()
+    }
+    rows = table_rows(run_means, metrics, baseline)
+    for row in rows:
+        row |= {"users": n_users, "alpha": alpha}
+        base = grouped.get((row["backbone"], baseline)) if row["variant"] != baseline else None
+        if base is None:
+            continue
+        by_seed = grouped[row["backbone"], row["variant"]]
         for metric in metrics:
-            row[metric] = _cell(by_seed, base, metric, alpha)
-        rows.append(row)
-    return _ordered(rows)
+            _test_against_baseline(row[metric], by_seed, base, metric, alpha)
+    return rows
 
 
 def _group(
@@ -122,24 +186,17 @@ def _group(
     return grouped
 
 
-def _cell(
+def _test_against_baseline(
+    cell: dict,
     by_seed: dict[int, dict[str, np.ndarray]],
-    base: dict[int, dict[str, np.ndarray]] | None,
+    base: dict[int, dict[str, np.ndarray]],
     metric: str,
     alpha: float,
-) -> dict:
-    run_means = np.array([values[metric].mean() for values in by_seed.values()])
-    mean = float(run_means.mean())
-    std = float(run_means.std(ddof=1)) if run_means.size >= 2 else 0.0
-    cell = {"mean": mean, "std": std, "p": None, "rel_pct": None, "mark": ""}
-    if base is None:
-        return cell
-    base_mean = float(np.mean([values[metric].mean() for values in base.values()]))
-    if base_mean != 0.0:
-        cell["rel_pct"] = 100.0 * (mean / base_mean - 1.0)
+) -> None:
+    """Set a table_rows cell's p and mark: the paired test on the seeds both rows have."""
     shared = sorted(by_seed.keys() & base.keys())
     if not shared:
-        return cell
+        return
     ours = np.mean([by_seed[s][metric] for s in shared], axis=0)
     theirs = np.mean([base[s][metric] for s in shared], axis=0)
     p = paired_test(ours, theirs)
@@ -147,7 +204,6 @@ def _cell(
     shift = ours.mean() - theirs.mean()
     if p < alpha and shift != 0.0:
         cell["mark"] = BETTER if shift > 0.0 else WORSE
-    return cell
 
 
 def variant_sort_key(variant: str) -> tuple[int, str]:
@@ -157,37 +213,50 @@ def variant_sort_key(variant: str) -> tuple[int, str]:
     return (len(VARIANT_ORDER), variant)
 
 
-def _ordered(rows: list[dict]) -> list[dict]:
-    """Backbones in order of first appearance, variants by variant_sort_key within each."""
-    backbones = list(dict.fromkeys(row["backbone"] for row in rows))
-    return sorted(
-        rows, key=lambda r: (backbones.index(r["backbone"]), variant_sort_key(r["variant"]))
-    )
+def table_order(keys: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """(backbone, variant) pairs in the results table's order: backbones as they first appear,
+    variants by variant_sort_key within each."""
+    backbones = list(dict.fromkeys(backbone for backbone, _ in keys))
+    return sorted(keys, key=lambda key: (backbones.index(key[0]), variant_sort_key(key[1])))
 
 
 def render_results_markdown(
     rows: list[dict],
-    metrics: tuple[str, ...] = ("hr@10", "ndcg@10"),
+    metrics: tuple[str, ...] = RESULT_METRICS,
     title: str | None = None,
 ) -> str:
-    """A Markdown table of summarize() rows, one line per backbone x variant, and its legend.
+    """A Markdown table of summarize() rows and its legend (markdown_table)."""
+    lines = [f"## {title}", ""] if title else []
+    if not rows:
+        return "\n".join([*lines, "_No runs._", ""])
+    lines += markdown_table(rows, metrics)
+    lines += ["", _legend(rows), ""]
+    return "\n".join(lines)
+
+
+def markdown_table(rows: list[dict], metrics: tuple[str, ...] = RESULT_METRICS) -> list[str]:
+    """The lines of a Markdown table of table_rows() rows, one per backbone × variant, in table
+    order (whatever order the rows come in).
 
     A cell reads "0.1234 ± 0.0056 ▲ +3.2%": mean ± std over seeds (no ± for a single seed), the
     mark when the paired test against the baseline is significant, and the change relative to the
     baseline mean.
     """
-    lines = [f"## {title}", ""] if title else []
-    if not rows:
-        return "\n".join([*lines, "_No runs._", ""])
     header = ["Backbone", "Variant", "Seeds", *(m.upper() for m in metrics)]
-    lines.append("| " + " | ".join(header) + " |")
+    lines = ["| " + " | ".join(header) + " |"]
     lines.append("|" + "|".join([" --- "] * 3 + [" ---: "] * len(metrics)) + "|")
-    for row in _ordered(rows):
+    by_key = {(row["backbone"], row["variant"]): row for row in rows}
+    for row in (by_key[key] for key in table_order(list(by_key))):
         cells = [_escape(row["backbone"]), _escape(row["variant"]), str(row["seeds"])]
         cells += [_format_cell(row[m], spread=row["seeds"] > 1) for m in metrics]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", _legend(rows), ""]
-    return "\n".join(lines)
+    return lines
+
+
+def popularity_line(means: Mapping[str, float], metrics: tuple[str, ...] = RESULT_METRICS) -> str:
+    """The popularity baseline under a results table: its mean of each metric ({metric: mean})."""
+    shown = ", ".join(f"{m.upper()} {means[m]:.4f}" for m in metrics if m in means)
+    return f"Popularity (training counts): {shown}."
 
 
 def _format_cell(cell: dict, spread: bool) -> str:
@@ -257,9 +326,7 @@ def render_group_table(
         "| Backbone | Variant | " + " | ".join(header) + " |",
         "|" + "|".join([" --- "] * 2 + [" ---: "] * len(masks)) + "|",
     ]
-    keyed = [{"backbone": run.backbone, "variant": run.variant} for run in runs]
-    for row in _ordered(list({(r["backbone"], r["variant"]): r for r in keyed}.values())):
-        key = (row["backbone"], row["variant"])
+    for key in table_order(list(dict.fromkeys((run.backbone, run.variant) for run in runs))):
         values = [
             _format_cell(cells[group][key], spread=False) if cells[group] else "n/a"
             for group in masks
@@ -301,11 +368,10 @@ def results_report(
         results = [
             RunResult(*run, rank_metrics(ranks[protocol])) for run, ranks in test_ranks.items()
         ]
-        baseline = rank_metrics(popularity[protocol])
+        baseline = {m: v.mean() for m, v in rank_metrics(popularity[protocol]).items()}
         sections += [
             render_results_markdown(summarize(results), title=title),
-            f"Popularity (training counts): HR@10 {baseline['hr@10'].mean():.4f}, "
-            f"NDCG@10 {baseline['ndcg@10'].mean():.4f}.",
+            popularity_line(baseline),
             "",
         ]
     full = [RunResult(*run, rank_metrics(ranks["full"])) for run, ranks in test_ranks.items()]

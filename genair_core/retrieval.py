@@ -46,13 +46,12 @@ from genair_core.metrics import (
 )
 from genair_core.results import paired_test
 from genair_core.sequences import TEST, VALID, Split, UserSequences
-from genair_core.tables import RETRIEVAL_METRICS
+from genair_core.tables import RETRIEVAL_METRICS, VECTOR_SPACES
 
 # Part of the stage's cache key: bump when the same inputs would give different numbers.
 # 2: p-values against popularity too.
 RETRIEVAL_VERSION = 2
-SPACES = ("raw", "calibrated", "cooccurrence", "popularity", "random")
-VECTOR_SPACES = {"raw": "item_embeddings", "calibrated": "calibrated_embeddings"}
+SPACES = (*VECTOR_SPACES, "cooccurrence", "popularity", "random")
 BASELINE, CEILING, POPULARITY = "raw", "cooccurrence", "popularity"
 SPLITS: tuple[Split, ...] = (VALID, TEST)
 REPORT_K = 10

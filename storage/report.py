@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from genair_core.tables import to_matrix
+from genair_core.tables import VECTOR_SPACES, to_matrix
 from storage.index import IndexFileError, IndexFiles
 from storage.items import archetype_texts
 from storage.recommenders import read_test_results
@@ -33,7 +33,6 @@ EXAMPLE_CANDIDATES = 40  # how many of the most-interacted items are looked at f
 DESCRIPTION_CHARS = 300  # an example's description is cut to this many characters
 TRAINING_LOG_COLUMNS = ["backbone", "variant", "seed", "epoch", "rec_loss", "cal_loss"]
 VALID_NDCG = "valid_ndcg@10"
-INDEX_SPACES = ("raw", "calibrated")  # storage.index.SPACES, in the order the report shows them
 METADATA_COLUMNS = ["item_id", "title", "categories", "release_year", "brand", "price"]
 
 
@@ -66,7 +65,7 @@ def read_report_tables(store: Store, runs: list[str], run_id: str | None = None)
         _read_vectors(store, tables)
         tables.examples = _examples(store)
         if tables.examples:
-            tables.indexes = {space: _load_index(store, space) for space in INDEX_SPACES}
+            tables.indexes = {space: _load_index(store, space) for space in VECTOR_SPACES}
     record = read_run(store, run_id) if run_id is not None else None
     if record is None:
         recorded = read_runs(store)
@@ -107,15 +106,16 @@ def _training_log(store: Store, runs: list[str]) -> list[dict]:
 def _read_vectors(store: Store, tables: ReportTables) -> None:
     """The raw and (if written) calibrated vectors of at most MAP_MAX_ITEMS items, and those
     items' categories."""
-    path = store.table_path("item_embeddings")  # ids only: the store reads vector tables whole
+    raw = VECTOR_SPACES["raw"]
+    path = store.table_path(raw)  # ids only: the store reads vector tables whole
     ids = pq.read_table(path, columns=["item_id"])["item_id"].to_pylist()
     tables.vector_items = len(ids)
     if len(ids) > MAP_MAX_ITEMS:
         ids = sorted(ids, key=lambda item: hashlib.sha256(item.encode()).digest())[:MAP_MAX_ITEMS]
-    for space, name in (("raw", "item_embeddings"), ("calibrated", "calibrated_embeddings")):
+    for space, name in VECTOR_SPACES.items():
         if not store.exists(name):
             continue
-        if len(ids) < tables.vector_items or name != "item_embeddings":
+        if len(ids) < tables.vector_items or name != raw:
             table = store.read_table_where(name, "item_id", ids, columns=["item_id", "vector"])
         else:
             table = store.read_table(name, columns=["item_id", "vector"])

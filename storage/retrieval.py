@@ -10,13 +10,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from genair_core.tables import to_matrix
+from genair_core.tables import VECTOR_SPACES, to_matrix
 from storage.schemas import TABLES
 from storage.store import Store
 
 SEQUENCE_COLUMNS = ["user_idx", "position", "item_idx", "split"]
-REQUIRED = ["sequences", "item_index", "item_embeddings", "cooccurrence"]
-CALIBRATED = "calibrated_embeddings"
+RAW, CALIBRATED = VECTOR_SPACES["raw"], VECTOR_SPACES["calibrated"]
+REQUIRED = ["sequences", "item_index", RAW, "cooccurrence"]
 
 
 def retrieval_input_tables(store: Store) -> list[str]:
@@ -36,18 +36,20 @@ class LoadedRetrievalTables:
 
 
 def read_retrieval_tables(store: Store, tables: list[str]) -> LoadedRetrievalTables:
-    """The sequences, item index, co-occurrence counts and the vectors of each space in `tables`
-    (item_embeddings → "raw", calibrated_embeddings → "calibrated")."""
+    """The sequences, item index, co-occurrence counts and the vectors of each space whose table
+    (genair_core.tables.VECTOR_SPACES) is in `tables`."""
     index = store.read_table("item_index", columns=["item_idx", "item_id"]).sort_by("item_idx")
     vectors: dict[str, tuple[list[str], np.ndarray]] = {}
-    raw = store.read_table("item_embeddings", columns=["item_id", "vector"])
-    vectors["raw"] = (raw["item_id"].to_pylist(), to_matrix(raw["vector"]))
     version = None
-    if CALIBRATED in tables:
-        calibrated = store.read_table(CALIBRATED, columns=["item_id", "vector", "version"])
-        vectors["calibrated"] = (calibrated["item_id"].to_pylist(), to_matrix(calibrated["vector"]))
-        versions = sorted(pc.unique(calibrated["version"]).to_pylist())
-        version = ", ".join(versions) if versions else None
+    for space, name in VECTOR_SPACES.items():
+        if name not in tables:
+            continue
+        columns = ["item_id", "vector"] + (["version"] if name == CALIBRATED else [])
+        table = store.read_table(name, columns=columns)
+        vectors[space] = (table["item_id"].to_pylist(), to_matrix(table["vector"]))
+        if name == CALIBRATED:  # which adapter made the vectors
+            versions = sorted(pc.unique(table["version"]).to_pylist())
+            version = ", ".join(versions) if versions else None
     return LoadedRetrievalTables(
         n_items=index.num_rows,
         sequences=store.read_table("sequences", columns=SEQUENCE_COLUMNS),

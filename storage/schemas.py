@@ -22,6 +22,7 @@ from genair_core.tables import (
     SEQUENCES,
     TRAINING_LOG,
     USER_INDEX,
+    VECTOR_SPACES,
     archetypes_schema,
     calibrated_embeddings_schema,
     item_embeddings_schema,
@@ -53,11 +54,8 @@ PART_DATASETS: dict[str, pa.Schema | Sized] = {
     "training_log": TRAINING_LOG,
 }
 
-VECTOR_COLUMN = {
-    "item_embeddings": "vector",
-    "calibrated_embeddings": "vector",
-    "archetypes": "input_emb",
-}
+# The column that sizes a sized schema: each vector space's `vector`, and the archetypes' input_emb.
+VECTOR_COLUMN = {**dict.fromkeys(VECTOR_SPACES.values(), "vector"), "archetypes": "input_emb"}
 
 
 # The run that wrote a row (the Prefect flow run id inside a flow run; null for rows written

@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 from genair_core.tables import RAW_MAX_CHARS, RawRecord
 
 _GZIP_MAGIC = b"\x1f\x8b"
+_UTF8_BOM = b"\xef\xbb\xbf"
 _PARQUET_BATCH_ROWS = 4096
 
 # Required columns: either bare names, or name -> the config key that named it (for the message).
@@ -142,23 +143,49 @@ def read_recbole_atomic(wheel_path: Path | str, member: str) -> Iterator[RawReco
     """Yield the rows of a RecBole atomic file read straight from inside a wheel (a zip).
 
     Atomic files are tab-separated with no quoting and a typed header (`item_id:token`); field
-    names drop the `:type` suffix and every value is a string.
+    names drop the `:type` suffix and every value is a string. With no quoting, each physical line
+    is one row, so the file is split by line and tab rather than parsed with csv, which took
+    three times as long for MovieLens-1M's million ratings.
+
+    As in read_delimited, a row with the wrong number of cells becomes a `malformed_row` record,
+    a line that is not UTF-8 an `invalid_utf8` record (naming the field that holds the bad byte)
+    and a blank line is not a row. A header that is not UTF-8, is empty or repeats a name raises
+    SourceFormatError.
     """
     source = f"{wheel_path}!{member}"
     with wheel_member(wheel_path, member) as stream:
-        for record in _delimited_records(
-            stream,
-            source,
-            delimiter="\t",
-            header=True,
-            fieldnames=None,
-            required=(),
-            quoting=csv.QUOTE_NONE,
-        ):
-            if record.fields is not None:
-                fields = {name.rsplit(":", 1)[0]: v for name, v in record.fields.items()}
-                record = RawRecord(record.source, record.line, fields, None, record.raw)
-            yield record
+        header = stream.readline().removeprefix(_UTF8_BOM)
+        try:
+            header_text = _cut(header.decode("utf-8"))
+        except UnicodeDecodeError as err:
+            problem = _utf8_problem(header, err)
+            raise SourceFormatError(
+                f"{source}: header line 1 is not UTF-8 text ({problem})"
+            ) from None
+        names = [column.strip().rsplit(":", 1)[0] for column in header_text.split("\t")]
+        if not header_text.strip() or len(set(names)) != len(names):
+            raise SourceFormatError(f"{source}: no atomic header (got {header_text[:200]!r})")
+        for number, data in enumerate(stream, 2):
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError as err:
+                text = data.decode("utf-8", errors="backslashreplace").rstrip("\r\n")
+                field = data[: err.start].count(b"\t")
+                detail = _utf8_problem(data, err)
+                if len(names) > field and text.count("\t") == len(names) - 1:
+                    detail = f"field {names[field]!r}: {detail}"
+                yield RawRecord(source, number, None, "invalid_utf8", _cut(text), detail)
+                continue
+            line = text.rstrip("\r\n")
+            cells = line.split("\t")
+            if len(cells) == 1 and not cells[0].strip():
+                continue  # a blank line is not a row
+            if len(cells) != len(names):
+                detail = f"expected {len(names)} cells, got {len(cells)}"
+                yield RawRecord(source, number, None, "malformed_row", line[:RAW_MAX_CHARS], detail)
+                continue
+            fields = dict(zip(names, cells, strict=True))
+            yield RawRecord(source, number, fields, None, line[:RAW_MAX_CHARS])
 
 
 @contextmanager
@@ -374,17 +401,21 @@ def _decoded_lines(stream: IO[bytes], source: str) -> Iterator[tuple[int, str, s
     number = 0
     try:
         for number, data in enumerate(stream, 1):
-            if number == 1 and data.startswith(b"\xef\xbb\xbf"):
-                data = data[3:]
+            if number == 1:
+                data = data.removeprefix(_UTF8_BOM)
             try:
                 yield number, data.decode("utf-8"), None
             except UnicodeDecodeError as err:
-                problem = f"byte 0x{data[err.start]:02x} at offset {err.start} is not UTF-8"
+                problem = _utf8_problem(data, err)
                 yield number, data.decode("utf-8", errors="backslashreplace"), problem
     except (gzip.BadGzipFile, EOFError, zlib.error) as err:
         raise SourceFormatError(
             f"{source}: broken gzip data after line {number} ({err or type(err).__name__})"
         ) from None
+
+
+def _utf8_problem(data: bytes, err: UnicodeDecodeError) -> str:
+    return f"byte 0x{data[err.start]:02x} at offset {err.start} is not UTF-8"
 
 
 def _check_required(source: str, columns: Sequence[str], required: RequiredColumns) -> None:

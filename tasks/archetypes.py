@@ -20,7 +20,6 @@ from genair_core.archetypes import (
     ArchetypeBatch,
     ArchetypePlan,
     ArchetypeRecipe,
-    Backfill,
     BatchContext,
     archetype_recipe,
     backfill_report,
@@ -30,7 +29,7 @@ from genair_core.archetypes import (
     make_archetypes,
     make_plan,
 )
-from genair_core.datasets import make_dataset
+from genair_core.backfill import Backfill
 from genair_core.engines import EnginePool
 from genair_core.engines.gguf import GGUF_TO_SAFETENSORS
 from storage.archetype_tables import (
@@ -42,6 +41,7 @@ from storage.archetype_tables import (
 )
 from storage.model_cache import context_length, model_id, resolve_model
 from tasks.common import TASK_DEFAULTS, run_logger, store_for
+from tasks.datasets import make_dataset
 from tasks.runners import WorkerEngines
 from tasks.settings import Settings
 

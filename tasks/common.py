@@ -21,7 +21,6 @@ from prefect.logging import get_run_logger
 from prefect.states import State
 
 from genair_core.prompts import PROMPT_VERSION
-from storage.datasets import open_dataset
 from storage.model_cache import default_model_dir, model_id
 from storage.runs import (
     COMPLETED,
@@ -39,6 +38,7 @@ from storage.runs import (
 )
 from storage.sources import input_fingerprint
 from storage.store import StepManifest, Store, TableInfo, fingerprint
+from tasks.datasets import open_dataset
 from tasks.settings import PrefectConfig, Settings
 
 # Failures a second attempt can cure: the disk or the network hiccuped. A bad input file, a wrong

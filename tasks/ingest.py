@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from prefect import task
 
-from genair_core.datasets import make_dataset
 from genair_core.ingest import INGEST_VERSION, ingest
-from storage.datasets import open_dataset
 from storage.items import item_versions
 from storage.sources import input_fingerprint
 from storage.sql import rejects_by_reason
 from storage.store import fingerprint
 from tasks.common import TASK_DEFAULTS, run_step, store_for
+from tasks.datasets import dataset_kind
 from tasks.settings import Settings
 
 OUTPUTS = ("items", "interactions", "rejects")
@@ -20,8 +19,9 @@ OUTPUTS = ("items", "interactions", "rejects")
 @task(name="ingest-dataset", **TASK_DEFAULTS)
 def ingest_dataset(settings: Settings, force: bool = False) -> dict[str, object]:
     store = store_for(settings)
-    dataset = make_dataset(settings.dataset)
-    files = open_dataset(settings.dataset, settings.storage.cache_dir)
+    kind = dataset_kind(settings.dataset)
+    dataset = kind.mapping.from_config(settings.dataset)
+    files = kind.opener(settings.dataset, settings.storage.cache_dir)
     inputs = fingerprint(
         INGEST_VERSION,
         settings.dataset.model_dump(mode="json"),

@@ -3,9 +3,8 @@
 from pathlib import Path
 
 from genair_core.config import DatasetConfig
-from genair_core.datasets import make_dataset
 from genair_core.ingest import ingest
-from storage.datasets import open_dataset
+from tasks.datasets import make_dataset, open_dataset
 
 
 def ingest_files(config: DatasetConfig, cache_dir: Path) -> dict[str, list[dict]]:

@@ -8,9 +8,9 @@ import pytest
 from ingest_files import ingest_files
 
 from genair_core.config import AmazonConfig, DatasetConfig
-from genair_core.datasets import AmazonReviews, make_dataset
-from storage.datasets import open_dataset
+from genair_core.datasets import AmazonReviews
 from storage.sources import SourceFormatError
+from tasks.datasets import make_dataset, open_dataset
 
 FULL_ITEM = {
     "asin": "B001",

@@ -17,7 +17,8 @@ from small_dataset import write_small_dataset
 from flows.backfill import genair_backfill
 from flows.params import BackfillParams
 from flows.refresh import genair_nightly_refresh
-from genair_core.archetypes import ArchetypeRecipe, Backfill, make_plan
+from genair_core.archetypes import ArchetypeRecipe, make_plan
+from genair_core.backfill import Backfill, check_known_items
 from genair_core.config import LlmConfig
 from genair_core.tables import PROVENANCE_COLUMNS
 from storage.archetype_tables import drop_replaced_archetypes
@@ -187,10 +188,21 @@ def test_duplicates_left_by_a_crash_are_removed_by_the_next_call(tmp_path):
 
 
 def test_a_backfill_takes_exactly_one_selection():
-    with pytest.raises(ValueError, match="exactly one"):
+    with pytest.raises(ValueError, match=r"exactly one .* \(got items and since\)$"):
         Backfill(item_ids=("a",), since=date(2026, 1, 1))
-    with pytest.raises(ValueError, match="exactly one"):
+    with pytest.raises(ValueError, match=r"exactly one .* \(got none\)$"):
         Backfill()
+    with pytest.raises(ValueError, match="empty item id"):
+        Backfill(item_ids=("a", " "))
+
+
+def test_unknown_item_ids_are_named_the_first_ten_of_them():
+    check_known_items(["a", "b"], {"a", "b", "c"})
+    with pytest.raises(ValueError, match=r"catalog: 'x'$"):
+        check_known_items(["a", "x"], {"a"})
+    many = [f"n{i}" for i in range(12)]
+    with pytest.raises(ValueError, match=r"'n9' and 2 more$"):
+        check_known_items(many, set())
 
 
 @pytest.mark.slow

@@ -72,7 +72,7 @@ def test_a_backfill_of_an_unknown_item_is_a_user_error(ingested, capsys):
     code = main(["--config", str(ingested), "backfill", "A", "NOPE", "--dry-run"])
     err = capsys.readouterr().err
     assert code == 2
-    assert err.strip() == "genair: unknown item id(s), not in the ingested catalog: NOPE"
+    assert err.strip() == "genair: unknown item id(s), not in the ingested catalog: 'NOPE'"
 
 
 def test_a_run_ends_with_the_results_table_and_the_report(tmp_path, prefect_harness, capsys):
@@ -83,10 +83,12 @@ def test_a_run_ends_with_the_results_table_and_the_report(tmp_path, prefect_harn
     assert main(["--config", str(config), "run", "--from", "negatives"]) == 0
     out = capsys.readouterr().out
     assert "recommenders, test, full ranking (mean ± std over seeds):" in out
-    header = "| backbone | variant | seeds | NDCG@10 | HR@10 |\n|---|---|---:|---:|---:|\n"
+    # The table of reports/recommenders.md (genair_core.results), then the popularity baseline.
+    header = "| Backbone | Variant | Seeds | HR@10 | NDCG@10 |\n| --- | --- | --- | ---: | ---: |\n"
     rows = out.split(header)[1].splitlines()
     assert rows[0].startswith("| sasrec | id | 1 | 0.")
-    assert rows[1].startswith("| popularity | - | 1 | 0.")
+    assert rows[1] == ""
+    assert rows[2].startswith("Popularity (training counts): HR@10 0.")
     assert "report: " in out
     assert f"log: {tmp_path / 'data' / 'logs'}" in out
 

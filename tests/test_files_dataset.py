@@ -9,9 +9,9 @@ import pytest
 from ingest_files import ingest_files
 
 from genair_core.config import DatasetConfig, FilesConfig, InteractionColumns, ItemColumns
-from genair_core.datasets import DATASETS, FilesDataset, make_dataset
-from storage.datasets import OPENERS, open_dataset
+from genair_core.datasets import FilesDataset
 from storage.sources import SourceFormatError
+from tasks.datasets import DATASETS, make_dataset, open_dataset
 
 MAPPED = ItemColumns(
     item_id="sku",
@@ -238,4 +238,4 @@ def test_unknown_dataset_name_lists_the_valid_ones(tmp_path):
 
 def test_every_configurable_dataset_has_a_mapping_and_a_reader():
     names = set(get_args(DatasetConfig.model_fields["name"].annotation))
-    assert set(DATASETS) == set(OPENERS) == names
+    assert set(DATASETS) == names

@@ -7,11 +7,11 @@ import pyarrow as pa
 import pytest
 
 from genair_core.config import DatasetConfig, FilesConfig, InteractionColumns, ItemColumns
-from genair_core.datasets import FilesDataset, make_dataset
+from genair_core.datasets import FilesDataset
 from genair_core.ingest import REASONS, content_hash, ingest
 from genair_core.tables import RawRecord
-from storage.datasets import open_dataset
 from storage.schemas import TABLES
+from tasks.datasets import make_dataset, open_dataset
 
 LONG = "x" * 101  # max_field_chars is 100 below
 

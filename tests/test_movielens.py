@@ -6,10 +6,11 @@ from datetime import UTC, datetime
 import pytest
 
 from genair_core.config import DatasetConfig
-from genair_core.datasets import MovieLens100K, make_dataset
+from genair_core.datasets import MovieLens100K
 from genair_core.ingest import ingest
-from storage.datasets import ML100K_INTER_MEMBER, ML100K_ITEM_MEMBER, open_dataset
+from storage.datasets import ML100K_INTER_MEMBER, ML100K_ITEM_MEMBER
 from storage.sources import read_recbole_atomic
+from tasks.datasets import make_dataset, open_dataset
 
 
 def movie(item_id, title, year, genres):

@@ -36,17 +36,29 @@ def test_results_table_is_mean_and_std_over_seeds_per_backbone_and_variant():
         metric("sasrec", "id", 1, "ndcg@10", 0.9, group="tail"),
         metric("sasrec", "id", 1, "mrr", 0.9),
     ]
+    # The columns, rows and cells of reports/recommenders.md's table; no paired test (the stored
+    # rows hold each run's mean, not its per-user values), so no mark, only the change from `id`.
     assert results_table(rows).splitlines() == [
-        "| backbone | variant | seeds | NDCG@10 | HR@10 |",
-        "|---|---|---:|---:|---:|",
-        "| sasrec | id | 1 | 0.0500 | 0.0900 |",
-        "| sasrec | genair | 2 | 0.1500 ± 0.0707 | 0.3500 ± 0.0707 |",
-        "| popularity | - | 1 | 0.0300 | 0.0600 |",
+        "| Backbone | Variant | Seeds | HR@10 | NDCG@10 |",
+        "| --- | --- | --- | ---: | ---: |",
+        "| sasrec | id | 1 | 0.0900 | 0.0500 |",
+        "| sasrec | genair | 2 | 0.3500 ± 0.0707 +288.9% | 0.1500 ± 0.0707 +200.0% |",
+        "",
+        "Popularity (training counts): HR@10 0.0600, NDCG@10 0.0300.",
     ]
 
 
 def test_no_finished_run_says_so():
     assert results_table([]) == "(no recommender run has finished)\n"
+    popularity = [
+        metric("popularity", "-", 0, "ndcg@10", 0.03),
+        metric("popularity", "-", 0, "hr@10", 0.06),
+    ]
+    assert results_table(popularity).splitlines() == [
+        "(no recommender run has finished)",
+        "",
+        "Popularity (training counts): HR@10 0.0600, NDCG@10 0.0300.",
+    ]
 
 
 def test_the_overview_is_the_run_and_one_line_per_stage():

@@ -253,6 +253,51 @@ def test_recbole_atomic_member_is_read_from_the_zip(tmp_path):
         list(read_recbole_atomic(wheel, "pkg/data/y.item"))
 
 
+def atomic_wheel(tmp_path, text: bytes):
+    wheel = tmp_path / "fake-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("pkg/data/x.inter", text)
+    return wheel
+
+
+def test_recbole_atomic_invalid_utf8_rejects_the_row_and_names_the_field(tmp_path):
+    wheel = atomic_wheel(
+        tmp_path,
+        b"user_id:token\titem_id:token\trating:float\r\n"
+        b"u1\ti1\t5\r\n"
+        b"u2\tcaf\xe9\t4\r\n"  # Latin-1, not UTF-8
+        b"\r\n"
+        b"u3\ti3\t3\textra\xff\r\n"  # a cell too many and not UTF-8: no field to name
+        b"u4\ti4\r\n"
+        b"u5\ti5\t1",
+    )
+    records = list(read_recbole_atomic(wheel, "pkg/data/x.inter"))
+    assert summary(records) == [
+        (2, None, {"user_id": "u1", "item_id": "i1", "rating": "5"}),
+        (3, "invalid_utf8", None),
+        (5, "invalid_utf8", None),
+        (6, "malformed_row", None),
+        (7, None, {"user_id": "u5", "item_id": "i5", "rating": "1"}),
+    ]
+    assert records[1].source == f"{wheel}!pkg/data/x.inter"
+    assert records[1].detail == "field 'item_id': byte 0xe9 at offset 6 is not UTF-8"
+    assert records[1].raw == "u2\tcaf\\xe9\t4"
+    assert records[2].detail == "byte 0xff at offset 13 is not UTF-8"
+    assert records[3].detail == "expected 3 cells, got 2"
+
+
+def test_recbole_atomic_header_must_be_utf8_and_name_each_column_once(tmp_path):
+    wheel = atomic_wheel(tmp_path, b"user_id:token\tit\xe9m:token\nu1\ti1\n")
+    with pytest.raises(SourceFormatError, match=r"x\.inter: header line 1 is not UTF-8 text"):
+        list(read_recbole_atomic(wheel, "pkg/data/x.inter"))
+    wheel = atomic_wheel(tmp_path, b"id:token\tid:float\n1\t2\n")
+    with pytest.raises(SourceFormatError, match="no atomic header"):
+        list(read_recbole_atomic(wheel, "pkg/data/x.inter"))
+    wheel = atomic_wheel(tmp_path, b"")
+    with pytest.raises(SourceFormatError, match="no atomic header"):
+        list(read_recbole_atomic(wheel, "pkg/data/x.inter"))
+
+
 # --- fingerprint ------------------------------------------------------------------------------
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
-from genair_core.config import AmazonConfig
+from genair_core.config import AmazonConfig, DatasetConfig
 from genair_core.datasets.base import (
     RowError,
     join_paragraphs,
@@ -46,6 +46,12 @@ class AmazonReviews:
     def __init__(self, config: AmazonConfig) -> None:
         self.config = config
         self.item_type = config.item_type
+
+    @classmethod
+    def from_config(cls, config: DatasetConfig) -> AmazonReviews:
+        if config.amazon is None:
+            raise ValueError("dataset.name is 'amazon-reviews' but [dataset.amazon] is missing")
+        return cls(config.amazon)
 
     def map_item(self, fields: Mapping[str, object]) -> dict[str, object]:
         attributes: dict[str, str] = {}

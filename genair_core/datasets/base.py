@@ -28,6 +28,8 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime, timedelta
 from typing import Literal, Protocol, TypeVar
 
+from genair_core.config import DatasetConfig
+
 TimestampFormat = Literal["auto", "unix_s", "unix_ms", "iso8601"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -51,8 +53,13 @@ class RowError(ValueError):
 class Dataset(Protocol):
     """How one source's catalog rows and interaction rows map to canonical values."""
 
-    name: str
+    name: str  # the dataset.name that selects it (tasks.datasets)
     item_type: str  # how prompts name one item: "movie", "beauty product", ...
+
+    @classmethod
+    def from_config(cls, config: DatasetConfig) -> Dataset:
+        """The mapping the settings describe (its own [dataset.*] section)."""
+        ...
 
     def map_item(self, fields: Mapping[str, object]) -> dict[str, object]:
         """Canonical item values (keys CATALOG_FIELDS) of a parsed row; may raise RowError."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from genair_core.config import FilesConfig
+from genair_core.config import DatasetConfig, FilesConfig
 from genair_core.datasets.base import (
     join_paragraphs,
     parse_price,
@@ -33,6 +33,12 @@ class FilesDataset:
     """Catalog and interaction rows mapped by the column names in FilesConfig."""
 
     name = "files"
+
+    @classmethod
+    def from_config(cls, config: DatasetConfig) -> FilesDataset:
+        if config.files is None:
+            raise ValueError("dataset.name is 'files' but [dataset.files] is missing")
+        return cls(config.files)
 
     def __init__(self, config: FilesConfig) -> None:
         self.config = config

@@ -28,6 +28,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+from genair_core.config import DatasetConfig
 from genair_core.datasets.base import (
     parse_rating,
     parse_timestamp,
@@ -47,6 +48,10 @@ class MovieLens100K:
 
     name = "movielens-100k"
     item_type = "movie"
+
+    @classmethod
+    def from_config(cls, config: DatasetConfig) -> MovieLens100K:
+        return cls()
 
     def map_item(self, fields: Mapping[str, object]) -> dict[str, object]:
         title = _placeholder_to_none(fields.get("movie_title"))
@@ -96,6 +101,10 @@ class MovieLens1M:
 
     name = "movielens-1m"
     item_type = "movie"
+
+    @classmethod
+    def from_config(cls, config: DatasetConfig) -> MovieLens1M:
+        return cls()
 
     def map_item(self, fields: Mapping[str, object]) -> dict[str, object]:
         attributes: dict[str, str] = {}

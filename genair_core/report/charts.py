@@ -17,8 +17,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from genair_core.report.model import OTHER, ItemMap, TrainingCurve, table_order
-from genair_core.results import VARIANT_ORDER
+from genair_core.report.model import OTHER, ItemMap, TrainingCurve
+from genair_core.results import VARIANT_ORDER, table_order
+from genair_core.tables import VECTOR_SPACES
 
 # One colour per variant in every chart (matplotlib's tab10), other variants after them.
 PALETTE = (
@@ -34,7 +35,7 @@ PALETTE = (
     "#7f7f7f",
 )
 OTHER_COLOUR = "#c7c7c7"
-SPACE_TITLES = {"raw": "raw (item_embeddings)", "calibrated": "calibrated (calibrated_embeddings)"}
+SPACE_TITLES = {space: f"{space} ({table})" for space, table in VECTOR_SPACES.items()}
 
 
 def variant_colours(variants: Sequence[str]) -> dict[str, str]:

@@ -19,9 +19,8 @@ from threadpoolctl import threadpool_limits
 from genair_core.config import EvaluationConfig
 from genair_core.index import neighbours
 from genair_core.metrics import rank_metrics
-from genair_core.results import RunResult, summarize, variant_sort_key
+from genair_core.results import RESULT_METRICS, RunResult, summarize, table_order
 
-METRICS = ("ndcg@10", "hr@10")  # the report's order: NDCG@10 first
 PROTOCOLS = ("full", "sampled")
 MAP_LABELS = 9  # the most frequent labels get a colour each on the item map; the rest are "other"
 OTHER = "other"
@@ -145,8 +144,7 @@ def results_section(
     try:
         rows = {
             protocol: summarize(
-                [RunResult(*key, rank_metrics(ranks[protocol])) for key, ranks in finished.items()],
-                metrics=METRICS,
+                [RunResult(*key, rank_metrics(ranks[protocol])) for key, ranks in finished.items()]
             )
             for protocol in PROTOCOLS
         }
@@ -154,7 +152,7 @@ def results_section(
         return Missing(f"the finished runs cannot be compared ({err})", RECOMMENDERS_COMMAND)
     popularity: dict[str, dict[str, float]] = {}
     for row in popularity_rows:
-        if row["split"] == "test" and row["group"] == "all" and row["metric"] in METRICS:
+        if row["split"] == "test" and row["group"] == "all" and row["metric"] in RESULT_METRICS:
             popularity.setdefault(str(row["protocol"]), {})[str(row["metric"])] = float(
                 row["value"]  # type: ignore[arg-type]
             )
@@ -194,7 +192,7 @@ def group_section(
     values: dict[tuple[str, str], dict[str, dict[str, list[float]]]] = {}
     users: dict[str, int] = {}
     for row in rows:
-        if row["metric"] not in METRICS or row["group"] == "all":
+        if row["metric"] not in RESULT_METRICS or row["group"] == "all":
             continue
         group = str(row["group"])
         cell = values.setdefault((str(row["backbone"]), str(row["variant"])), {})
@@ -211,13 +209,6 @@ def group_section(
         for key in ordered
     }
     return GroupSection(cells, users, tail_share)
-
-
-def table_order(keys: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """(backbone, variant) pairs in the results table's order: backbones as they first appear,
-    variants by genair_core.results.variant_sort_key."""
-    backbones = list(dict.fromkeys(b for b, _ in keys))
-    return sorted(keys, key=lambda key: (backbones.index(key[0]), variant_sort_key(key[1])))
 
 
 def project_2d(vectors: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:

@@ -7,7 +7,6 @@ from html import escape
 
 from genair_core.report.charts import SPACE_TITLES, item_map_chart, ndcg_chart, training_chart
 from genair_core.report.model import (
-    METRICS,
     ArchetypeExample,
     GroupSection,
     ItemMap,
@@ -17,7 +16,7 @@ from genair_core.report.model import (
     RunManifest,
     TrainingCurve,
 )
-from genair_core.results import BETTER, GROUPS, WORSE, seeds_phrase
+from genair_core.results import BETTER, GROUPS, RESULT_METRICS, WORSE, seeds_phrase
 
 RUN_FIELDS = (
     "run_id",
@@ -182,14 +181,14 @@ def _results(results: ResultsSection | Missing) -> str:
 
 
 def _results_table(rows: list[dict], popularity: dict[str, float] | None, protocol: str) -> str:
-    head = "".join(f'<th class="num">{m.upper()}</th>' for m in METRICS)
+    head = "".join(f'<th class="num">{m.upper()}</th>' for m in RESULT_METRICS)
     lines = [
         f'<table class="results" id="results-{protocol}">',
         f'<thead><tr><th>Backbone</th><th>Variant</th><th class="num">Seeds</th>{head}</tr>'
         "</thead><tbody>",
     ]
     for row in rows:
-        cells = "".join(_result_cell(row[m], row["seeds"]) for m in METRICS)
+        cells = "".join(_result_cell(row[m], row["seeds"]) for m in RESULT_METRICS)
         lines.append(
             f"<tr><td>{escape(row['backbone'])}</td><td>{escape(row['variant'])}</td>"
             f'<td class="num">{row["seeds"]}</td>{cells}</tr>'
@@ -197,7 +196,7 @@ def _results_table(rows: list[dict], popularity: dict[str, float] | None, protoc
     if popularity:
         cells = "".join(
             f'<td class="num">{popularity[m]:.4f}</td>' if m in popularity else "<td></td>"
-            for m in METRICS
+            for m in RESULT_METRICS
         )
         lines.append(
             f'<tr class="baseline"><td colspan="3">popularity (training counts)</td>{cells}</tr>'
@@ -260,10 +259,11 @@ def _groups(groups: GroupSection | Missing) -> str:
         return _missing(groups)
     shown = [g for g in GROUPS if g in groups.users]
     top = "".join(
-        f'<th colspan="{len(METRICS)}" class="num">{escape(g)} ({groups.users[g]:,} users)</th>'
+        f'<th colspan="{len(RESULT_METRICS)}" class="num">'
+        f"{escape(g)} ({groups.users[g]:,} users)</th>"
         for g in shown
     )
-    sub = "".join(f'<th class="num">{m.upper()}</th>' for _ in shown for m in METRICS)
+    sub = "".join(f'<th class="num">{m.upper()}</th>' for _ in shown for m in RESULT_METRICS)
     lines = [
         '<table id="groups-table">',
         f'<thead><tr><th rowspan="2">Backbone</th><th rowspan="2">Variant</th>{top}</tr>'
@@ -275,7 +275,7 @@ def _groups(groups: GroupSection | Missing) -> str:
             if m in cell.get(g, {})
             else '<td class="num">n/a</td>'
             for g in shown
-            for m in METRICS
+            for m in RESULT_METRICS
         )
         lines.append(f"<tr><td>{escape(backbone)}</td><td>{escape(variant)}</td>{values}</tr>")
     lines.append("</tbody></table>")
