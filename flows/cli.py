@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from flows.stages import BACKFILL, FULL, REFRESH, STAGES, stages_of
+from genair_core.environment import set_run_environment
 from tasks.settings import ConfigError, Settings, load_settings
 
 if TYPE_CHECKING:
@@ -436,7 +437,7 @@ def _flow_call(args: argparse.Namespace, params: FlowParams) -> Callable[[], dic
 def _run_flow(args: argparse.Namespace, settings: Settings, run: Callable[[], dict]) -> int:
     """Run a flow (imported inside `run`, once the environment is in place) with the progress
     view on the terminal and the log in a file, then print how it went."""
-    configure_environment(settings, verbose=args.verbose)
+    set_run_environment(settings.prefect.ephemeral_startup_timeout_s, verbose=args.verbose)
     with run_console(settings, args):
         summary = run()
     if "dry_run" in summary:
@@ -524,24 +525,6 @@ def _last_run(settings: Settings) -> tuple[dict | None, list[dict]]:
     if not runs:
         return None, []
     return asdict(runs[0]), [asdict(step) for step in read_steps(store, runs[0].run_id)]
-
-
-def configure_environment(settings: Settings, verbose: bool = False) -> None:
-    """Environment for Prefect and vLLM, set before they are imported; values the user set win."""
-    os.environ.setdefault(
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS",
-        str(settings.prefect.ephemeral_startup_timeout_s),
-    )
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    # vLLM logs on stdout by default, in this process and in its workers: on stderr, which
-    # run_console sends to the log file (the workers inherit it). Every engine start writes
-    # dozens of INFO lines: into the log, or, with --verbose, only its warnings on the terminal.
-    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING" if verbose else "INFO")
-    # genair_core and storage log through the standard library (they know no Prefect): into the
-    # run's logs (the lock takeover line among them).
-    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "genair_core,storage")
 
 
 @contextmanager
