@@ -199,20 +199,20 @@ def status(args: argparse.Namespace, settings: Settings) -> int:
     from storage.runs import storage_status
     from storage.store import Store
 
-    found = storage_status(Store(settings.storage.root), last=args.runs)
+    held = storage_status(Store(settings.storage.root), last=args.runs)
     if args.json:
-        print(json.dumps(found, indent=2, default=str))
+        print(json.dumps(held, indent=2, default=str))
     else:
-        print(format_status(found))
+        print(format_status(held))
     return 0
 
 
-def format_status(report: dict) -> str:
+def format_status(held: dict) -> str:
     """`genair status` for people: tables, runs, open failures."""
-    lines = [f"storage: {report['root']}", "", "tables"]
-    if not report["tables"]:
+    lines = [f"storage: {held['root']}", "", "tables"]
+    if not held["tables"]:
         lines.append("  (none yet: `genair run` writes them)")
-    for t in report["tables"]:
+    for t in held["tables"]:
         written = f"{t.get('step') or 'parts'} {t['written_at'] or '?'}"
         by = f"run {t['run_id']}" if t.get("run_id") else ""
         parts = f" ({t['parts']} parts)" if "parts" in t else ""
@@ -221,15 +221,15 @@ def format_status(report: dict) -> str:
             f"  {t['table']:<22} {t['rows']:>12,}  {t['sha256'][:12]}  {written}  {by}"
             f"{parts}{stale}".rstrip()
         )
-    lines += ["", f"runs (newest first, {len(report['runs'])} of {report['runs_total']})"]
-    if not report["runs"]:
+    lines += ["", f"runs (newest first, {len(held['runs'])} of {held['runs_total']})"]
+    if not held["runs"]:
         lines.append("  (none recorded)")
-    for r in report["runs"]:
+    for r in held["runs"]:
         took = f"{r['seconds']:.0f} s" if r["seconds"] is not None else f"pid {r['pid']}"
         lines.append(
             f"  {r['started_at']}  {r['state']:<22} {r['flow']:<24} {took:>9}  {r['run_id']}"
         )
-    failures = report["open_failures"]
+    failures = held["open_failures"]
     lines += ["", "open failures"]
     for r in failures["runs"]:
         lines.append(f"  run {r['run_id']} ({r['flow']}, {r['started_at']}): {r['state']}")
