@@ -19,6 +19,7 @@ from flows.stages import FULL, STAGES, Stage, between, stages_of
 from genair_core.archetypes import ArchetypePlan
 from genair_core.backfill import Backfill
 from genair_core.engines import EngineFactory, make_engine
+from genair_core.tables import VECTOR_SPACES
 from tasks.archetypes import plan_archetypes
 from tasks.common import exclusive_run, with_retries
 from tasks.index import build_index
@@ -28,7 +29,6 @@ from tasks.run_summary import publish_summary
 from tasks.settings import RecommenderPolicy, Settings
 
 FLOW_NAME = FULL
-SPACES = ("calibrated", "raw")
 
 
 @flow(name=FLOW_NAME)
@@ -144,7 +144,10 @@ def run_check_stage(run: StageRun) -> dict[str, dict]:
 def run_index_stage(run: StageRun) -> dict[str, dict]:
     """One FAISS index a vector space."""
     build = run.task(build_index)
-    return {f"index-{space}": build(run.settings, space, force=run.force) for space in SPACES}
+    return {
+        f"index-{space}": build(run.settings, space, force=run.force)
+        for space in sorted(VECTOR_SPACES)
+    }
 
 
 def _resolve(target: str) -> Callable | Task:

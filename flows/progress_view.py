@@ -156,7 +156,8 @@ class ProgressView:
                 ),
                 console=console,
                 refresh_per_second=4,
-                # What others print belongs in the log (flows/cli.py routes it), not above the bars.
+                # What others print belongs in the log (flows/cli_console.py routes it), not
+                # above the bars.
                 redirect_stdout=False,
                 redirect_stderr=False,
             )

@@ -7,6 +7,9 @@ through its `run_id` column.
     runs/<run id>/steps/<step>.json
                              each step the run went through: ran or up to date, seconds, rows
                              read and written (the run summary's figures)
+    logs/genair-<UTC time>-<pid>.log
+                             the log of one `genair` command that ran a flow (Prefect, vLLM,
+                             torch, and whatever its processes wrote)
 
 A run killed with SIGKILL leaves its row in state Running. While the run held the storage lock no
 other run could start, so the next run to take the lock marks every Running row it finds Crashed
@@ -101,6 +104,13 @@ def read_steps(store: Store, run_id: str) -> list[StepRecord]:
     folder = store.step_record_path(run_id, "x").parent
     records = [StepRecord(**json.loads(p.read_text())) for p in folder.glob("*.json")]
     return sorted(records, key=lambda r: (r.finished_at, r.step))
+
+
+def new_log_path(store: Store) -> Path:
+    """`logs/genair-<UTC time>-<pid>.log` for a command that starts now; the folder is made."""
+    logs = store.root / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    return logs / f"genair-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}-{os.getpid()}.log"
 
 
 def write_run(store: Store, record: RunRecord) -> None:

@@ -143,3 +143,27 @@ def rejects_by_reason(store: Store) -> dict[str, int]:
         " GROUP BY 1 ORDER BY n DESC, 1"
     )
     return {key: int(n) for key, n in rows.fetchall()}
+
+
+def full_ranking_test_metrics(store: Store) -> list[dict]:
+    """The `metrics` rows a results table shows (test split, full ranking, all users) of every
+    finished recommender run and the popularity baseline; none before the first has finished."""
+    if "metrics" not in store.existing_datasets():
+        return []
+    relation = query(
+        store,
+        'SELECT backbone, variant, seed, loss, protocol, split, "group", metric, value '
+        "FROM metrics WHERE split = 'test' AND protocol = 'full' AND \"group\" = 'all'",
+    )
+    return relation.to_arrow_table().to_pylist() if relation is not None else []
+
+
+def known_item_ids(store: Store, item_ids: list[str]) -> set[str] | None:
+    """The ids of `item_ids` that the `items` table holds; None when there is no `items` table
+    yet."""
+    if not store.exists("items"):
+        return None
+    known = query(
+        store, "SELECT item_id FROM items WHERE list_contains($ids, item_id)", ids=item_ids
+    )
+    return {row[0] for row in known.fetchall()} if known is not None else set()

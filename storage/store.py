@@ -9,6 +9,7 @@ Layout under the storage root (injected, so tests use a temporary folder):
     manifests/<step>.json                    what a finished step read and wrote
     runs/<run id>.parquet                    one row per run: its flow, inputs, versions, state
                                              (storage.runs)
+    logs/genair-<time>-<pid>.log             the log of a `genair` command (storage.runs)
     models/recommenders/<run>/               a recommender run's checkpoints and best weights
                                              (storage.checkpoints)
 
@@ -118,10 +119,14 @@ class Store:
             yield
 
     # -- paths -------------------------------------------------------------------------------
+    def tables_dir(self) -> Path:
+        """`tables/`: one Parquet file per whole table."""
+        return self.root / "tables"
+
     def table_path(self, name: str) -> Path:
         if name not in TABLES:
             raise UnknownTableError(name)
-        return self.root / "tables" / f"{name}.parquet"
+        return self.tables_dir() / f"{name}.parquet"
 
     def manifest_path(self, step: str) -> Path:
         return self.root / "manifests" / f"{step}.json"

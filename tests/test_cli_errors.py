@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from small_dataset import write_small_dataset
 
-from flows import cli
+from flows import cli_commands
 from flows.cli import main
 from tasks import report
 
@@ -95,13 +95,13 @@ def test_bad_sql_is_a_user_error(config, capsys):
 
 
 def test_a_failing_stage_exits_1_with_one_line_naming_the_log(config, capsys, monkeypatch):
-    def failing_run(args, settings):
+    def failing_flow(args, params):
         def run() -> dict:
             raise RuntimeError("the calibrate stage broke\nsecond line of the message")
 
-        return cli._run_flow(args, settings, run)
+        return run
 
-    monkeypatch.setattr(cli, "_run", failing_run)
+    monkeypatch.setattr(cli_commands, "_flow_call", failing_flow)
     assert main(["--config", str(config), "run"]) == 1
     line = one_line(capsys.readouterr().err)
     assert line.startswith("genair: failed: RuntimeError: the calibrate stage broke (log: ")
@@ -130,14 +130,14 @@ def test_a_stage_that_fails_in_the_flow_exits_1(tmp_path, capsys, monkeypatch):
 # interpreter (the file descriptors and handlers are the process's own).
 NOISY_RUN = """\
 import logging, os, sys, warnings
-from flows import cli
+from flows import cli, cli_commands
 
 vllm = logging.getLogger("vllm")  # set up as vLLM does: a handler of its own on stderr
 vllm.addHandler(logging.StreamHandler(sys.stderr))
 vllm.propagate = False
 
 
-def noisy_run(args, settings):
+def noisy_flow(args, params):
     def run():
         vllm.warning("VLLM-WARNING")
         logging.getLogger("prefect.flow_engine").info("PREFECT-INFO")
@@ -146,10 +146,10 @@ def noisy_run(args, settings):
         print("STDOUT-NOISE", flush=True)
         return {"dry_run": "nothing regenerated"}
 
-    return cli._run_flow(args, settings, run)
+    return run
 
 
-cli._run = noisy_run
+cli_commands._flow_call = noisy_flow
 sys.exit(cli.main(sys.argv[1:]))
 """
 NOISE = ("VLLM-WARNING", "PREFECT-INFO", "PY-WARNING", "C-LEVEL-NOISE")  # on stderr

@@ -27,6 +27,9 @@ LD_PRELOAD for the worker, where found (cpu_preload_libraries); the worker is a 
 so the setting reaches it. Off by default: no gain measured on the 2-core CPU
 (docs/benchmarks.md); vLLM then preloads torch's libgomp itself.
 
+Environment: the variables vLLM and its spawned processes read are set before vLLM's first import
+and before each `LLM()`, by genair_core.environment (the one module that sets any).
+
 Per-request seeds: a seeded request whose prompt is prefilled in chunks kills the CPU engine in
 vLLM 0.32 ("CPU Generator does not use offset", from the model runner's offset rewind of a
 discarded partial-prefill sample). Chunked prefill is therefore off in the generator; each prompt
@@ -35,13 +38,9 @@ is prefilled whole (max_num_batched_tokens then equals the context length).
 
 from __future__ import annotations
 
-import atexit
 import gc
 import glob
-import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -57,6 +56,7 @@ from genair_core.engines.base import (
     request_seed,
     span_means,
 )
+from genair_core.environment import preload_for_worker, set_engine_environment
 from genair_core.prompts import render_chat
 
 # The pooler's KV cache only holds the tokens of one scheduler step (max_num_batched_tokens =
@@ -245,7 +245,7 @@ class VllmEngine:
     def _new_llm(self, **role: Any) -> Any:
         # The only place an LLM is constructed. `role` carries the runner and an explicit
         # kv_cache_memory_bytes, which sizes the cache on both backends.
-        _prepare_environment()
+        set_engine_environment()
         from vllm import LLM
         from vllm.platforms import current_platform
 
@@ -256,11 +256,11 @@ class VllmEngine:
             role.setdefault("tensor_parallel_size", self.tensor_parallel_size)
         if on_cpu:
             # The CPU backend needs its worker in a process of its own (OMP thread binding); with
-            # the engine core in this process (_prepare_environment), the worker is this
+            # the engine core in this process (set_engine_environment), the worker is this
             # process's child and exits when it dies (vLLM's death pipe).
             role.setdefault("distributed_executor_backend", "mp")
             if self.preload_libraries:
-                _preload_for_worker(cpu_preload_libraries())
+                preload_for_worker(cpu_preload_libraries())
         return LLM(
             str(self.model_dir),
             dtype=self.settings.dtype,
@@ -277,22 +277,10 @@ class VllmEngine:
 
 
 def _on_cpu() -> bool:
-    _prepare_environment()  # before vLLM's first import
+    set_engine_environment()  # before vLLM's first import
     from vllm.platforms import current_platform
 
     return bool(current_platform.is_cpu())
-
-
-def cpu_bind_list() -> str:
-    """The CPUs this process may run on, as vLLM's bind list ("0-1", "0,2-5")."""
-    cpus = sorted(os.sched_getaffinity(0))
-    ranges: list[list[int]] = []
-    for c in cpus:
-        if ranges and c == ranges[-1][1] + 1:
-            ranges[-1][1] = c
-        else:
-            ranges.append([c, c])
-    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
 
 
 def cpu_preload_libraries() -> list[str]:
@@ -317,67 +305,6 @@ _TCMALLOC_GLOBS = (
     "/usr/lib/*-linux-gnu/libtcmalloc_minimal.so.*",
     "/usr/lib64/libtcmalloc_minimal.so.*",
 )
-
-
-def _preload_for_worker(libraries: list[str]) -> None:
-    # The CPU worker is a spawned process, so LD_PRELOAD set here reaches it; this process is
-    # already running and is not affected. vLLM adds torch's libgomp itself when no OpenMP
-    # runtime is listed, and refuses libgomp and libiomp together; an explicit setting wins.
-    current = os.environ.get("LD_PRELOAD", "")
-    if not libraries or "libiomp" in current or "libtcmalloc" in current:
-        return
-    if "libgomp" in current:  # left by an earlier vLLM start-up in this process
-        current = ":".join(p for p in current.split(":") if "libgomp" not in p)
-    os.environ["LD_PRELOAD"] = ":".join([*libraries, *filter(None, current.split(":"))])
-
-
-def _prepare_environment() -> None:
-    # Read by the spawned engine processes, so set before LLM(); explicit settings win.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models are local folders only
-    os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    # The default binding reserves one core for the frontend: on 2 cores that halves the
-    # throughput (measured: docs/engines.md). Bind all of them.
-    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_bind_list())
-    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
-    # The engine core in this process, not in a process of its own: vLLM 0.32's EngineCore
-    # process outlives a parent killed by SIGKILL (and keeps its worker and memory), while the
-    # workers it starts watch a pipe from their parent and exit when it closes. It costs no
-    # speed and starts faster (measured: docs/engines.md).
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    # vLLM binds its ZeroMQ sockets as files in the temp folder and never removes them (8 a
-    # run, one nightly run after another); a folder of this process's own, removed at its exit.
-    if "VLLM_RPC_BASE_PATH" not in os.environ:
-        os.environ["VLLM_RPC_BASE_PATH"] = _socket_folder()
-
-
-SOCKET_FOLDER_PREFIX = "genair-vllm-"
-
-
-def _socket_folder() -> str:
-    """A temp folder named by this process's pid (short: a socket's path holds at most 107
-    bytes), removed at its exit. A process killed with SIGKILL runs no exit handler: the folders
-    of processes no longer running are removed here."""
-    temp = Path(tempfile.gettempdir())
-    for stale in temp.glob(f"{SOCKET_FOLDER_PREFIX}*"):
-        pid = stale.name[len(SOCKET_FOLDER_PREFIX) :]
-        if pid.isdigit() and not _running(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
-    folder = temp / f"{SOCKET_FOLDER_PREFIX}{os.getpid()}"
-    shutil.rmtree(folder, ignore_errors=True)  # left by a dead process that had this pid
-    folder.mkdir(mode=0o700)
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    return str(folder)
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def _raise_request_error(out: Any) -> None:
