@@ -22,7 +22,7 @@ from genair_core.engines import EngineFactory, make_engine
 from genair_core.tables import VECTOR_SPACES
 from tasks.archetypes import plan_archetypes
 from tasks.common import exclusive_run, with_retries
-from tasks.index import build_index
+from tasks.index import index_vector_space
 from tasks.preprocess import check_data_limits
 from tasks.report import write_report_task
 from tasks.run_summary import publish_summary
@@ -143,7 +143,7 @@ def run_check_stage(run: StageRun) -> dict[str, dict]:
 
 def run_index_stage(run: StageRun) -> dict[str, dict]:
     """One FAISS index a vector space."""
-    build = run.task(build_index)
+    build = run.task(index_vector_space)
     return {
         f"index-{space}": build(run.settings, space, force=run.force)
         for space in sorted(VECTOR_SPACES)

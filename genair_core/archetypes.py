@@ -139,7 +139,7 @@ def archetype_recipe(llm: LlmConfig, model_id: str) -> ArchetypeRecipe:
     return ArchetypeRecipe(
         model_id=model_id,
         prompt_version=PROMPT_VERSION,
-        settings_id=settings_id(
+        settings_id=generation_settings_id(
             llm.engine, generation_settings(llm), max_prompt_tokens=llm.max_prompt_tokens
         ),
         engine=llm.engine,
@@ -225,7 +225,9 @@ def pending(
     return sorted(pair for pair in set(candidates) if pair not in finished)
 
 
-def settings_id(engine: str, settings: GenerationSettings, max_prompt_tokens: int = 0) -> str:
+def generation_settings_id(
+    engine: str, settings: GenerationSettings, max_prompt_tokens: int = 0
+) -> str:
     """A short id of the engine and generation settings (sampling, seed, dtype, max tokens, and
     the prompt budget, which decides where long metadata is cut)."""
     spec = {"engine": engine, **asdict(settings)}

@@ -263,7 +263,7 @@ class Adapter:
         return cls(weights, sketch, dict(info))
 
 
-def settings_id(cfg: CalibrationConfig) -> str:
+def calibration_settings_id(cfg: CalibrationConfig) -> str:
     """A short id of the settings that shape the trained weights."""
     return _digest(CALIBRATION_VERSION, cfg.model_dump(mode="json", include=set(_TRAINING_FIELDS)))[
         :16
@@ -446,7 +446,7 @@ def calibrate(
         if action == "train":
             encoder, log = train_adapter(data, cfg, device=device, alignment=alignment)
             weights = {k: v.detach().cpu().numpy() for k, v in encoder.adapter.state_dict().items()}
-            version = _digest(settings_id(cfg), dict(inputs))[:16]
+            version = _digest(calibration_settings_id(cfg), dict(inputs))[:16]
         else:
             assert stored is not None
             weights, log, version = stored.weights, [], str(stored.info["version"])
@@ -494,7 +494,7 @@ def calibrate(
             {
                 "format": CALIBRATION_VERSION,
                 "version": version,
-                "settings_id": settings_id(cfg),
+                "settings_id": calibration_settings_id(cfg),
                 "settings": cfg.model_dump(mode="json", include=set(_TRAINING_FIELDS)),
                 "inputs": dict(inputs),
                 "input_dim": int(data.vectors.shape[1]),

@@ -95,7 +95,7 @@ def cooccurrence_reference(sequences: pa.Table, n_items: int) -> pa.Table:
     )
 
 
-def summarize(pairs: pa.Table) -> dict[str, int]:
+def cooccurrence_summary(pairs: pa.Table) -> dict[str, int]:
     """What the run summary says of a cooccurrence table: its pairs and their largest count."""
     largest = pc.max(pairs["count"]).as_py() if pairs.num_rows else 0
     return {"pairs": pairs.num_rows, "max_count": int(largest)}

@@ -134,11 +134,11 @@ def train_run(
         },
         best_weights=outcome.best_weights,
         best_epoch=outcome.state.best_epoch,
-        summary=run_summary(outcome, str(columns["run_key"]), where, resumed),
+        summary=trained_run_summary(outcome, str(columns["run_key"]), where, resumed),
     )
 
 
-def run_summary(
+def trained_run_summary(
     outcome: RunOutcome, run_key: str, device: torch.device, resumed_after: int
 ) -> dict[str, object]:
     test = {k: float(v.mean()) for k, v in rank_metrics(outcome.test.full).items()}

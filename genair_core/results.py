@@ -1,7 +1,7 @@
 """Runs (backbone x variant x seed) aggregated into the results table an ML engineer reads.
 
 The table's rows (table_rows: one column order, RESULT_METRICS, and one row order, table_order)
-are what every rendering shows: reports/recommenders.md (summarize, with the paired test), the
+are what every rendering shows: reports/recommenders.md (summarize_runs, with the paired test), the
 HTML report (genair_core.report) and the terminal at the end of a run
 (genair_core.run_summary.results_table, from the stored `metrics` rows).
 
@@ -86,7 +86,7 @@ def table_rows(
     "p", "rel_pct", "mark"}} for each metric: mean and std (ddof=1, 0 for one seed) over seeds of
     the run means; for a variant other than `baseline`, rel_pct is 100 * (mean / baseline mean - 1),
     None for the baseline itself, when the backbone has no baseline run, or when the baseline mean
-    is 0. p is None and mark "": only summarize, which has the per-user values, tests them.
+    is 0. p is None and mark "": only summarize_runs, which has the per-user values, tests them.
     """
     grouped: dict[tuple[str, str], list[Mapping[str, float]]] = {}
     for (backbone, variant, seed), means in run_means.items():
@@ -130,7 +130,7 @@ def metric_table_rows(
     return table_rows(run_means, metrics)
 
 
-def summarize(
+def summarize_runs(
     runs: list[RunResult],
     metrics: tuple[str, ...] = RESULT_METRICS,
     baseline: str = "id",
@@ -225,7 +225,7 @@ def render_results_markdown(
     metrics: tuple[str, ...] = RESULT_METRICS,
     title: str | None = None,
 ) -> str:
-    """A Markdown table of summarize() rows and its legend (markdown_table)."""
+    """A Markdown table of summarize_runs() rows and its legend (markdown_table)."""
     lines = [f"## {title}", ""] if title else []
     if not rows:
         return "\n".join([*lines, "_No runs._", ""])
@@ -307,7 +307,7 @@ def render_group_table(
     """`metric` within each user group, one line per backbone × variant. `masks`: {group: boolean
     mask over the runs' users}. A cell is the mean over seeds within the group, with the paired
     test against `baseline` and the relative change computed on the group's users alone (as in
-    summarize): whether a variant helps the tail more than it helps everyone."""
+    summarize_runs): whether a variant helps the tail more than it helps everyone."""
     if not runs:
         return "_No runs._\n"
     cells: dict[str, dict] = {}
@@ -319,7 +319,7 @@ def render_group_table(
             RunResult(run.backbone, run.variant, run.seed, {metric: run.per_user[metric][mask]})
             for run in runs
         ]
-        rows = summarize(in_group, (metric,), baseline, alpha)
+        rows = summarize_runs(in_group, (metric,), baseline, alpha)
         cells[group] = {(row["backbone"], row["variant"]): row[metric] for row in rows}
     header = [f"{group} ({int(np.sum(mask)):,} users)" for group, mask in masks.items()]
     lines = [
@@ -370,7 +370,7 @@ def results_report(
         ]
         baseline = {m: v.mean() for m, v in rank_metrics(popularity[protocol]).items()}
         sections += [
-            render_results_markdown(summarize(results), title=title),
+            render_results_markdown(summarize_runs(results), title=title),
             popularity_line(baseline),
             "",
         ]

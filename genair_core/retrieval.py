@@ -292,7 +292,7 @@ def evaluate_spaces(
     }
 
 
-def metric_rows(
+def retrieval_metric_rows(
     per_user: dict[str, dict[str, dict[str, np.ndarray]]],
     spaces: dict[str, Space],
     n_items: int,
@@ -349,8 +349,8 @@ def retrieval_evaluation(tables: RetrievalTables, dataset: str) -> RetrievalOutc
     queries = Queries.from_sequences(data)
     spaces = build_spaces(tables, data)
     per_user = evaluate_spaces(spaces, queries)
-    rows = metric_rows(per_user, spaces, data.n_items)
-    markdown = render_report(
+    rows = retrieval_metric_rows(per_user, spaces, data.n_items)
+    markdown = render_retrieval_report(
         rows, dataset, queries.n_users, data.n_items, tables.calibrated_version
     )
     key = f"ndcg@{REPORT_K}"
@@ -379,7 +379,7 @@ def _fmt_p(p: float | None) -> str:
     return f"{p:.1e}" if p < 1e-3 else f"{p:.3f}"
 
 
-def render_report(
+def render_retrieval_report(
     rows: list[dict],
     dataset: str,
     n_users: int,
@@ -491,8 +491,8 @@ __all__ = [
     "VectorSpace",
     "build_spaces",
     "evaluate_spaces",
-    "metric_rows",
-    "render_report",
+    "render_retrieval_report",
     "retrieval_evaluation",
+    "retrieval_metric_rows",
     "space_ranks",
 ]

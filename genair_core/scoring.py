@@ -39,7 +39,7 @@ def score_run(
     """A run's METRICS rows from its EVAL_RANKS rows (`tables` needs only the sequences)."""
     data = UserSequences.from_table(tables.sequences, tables.n_items)
     valid, test = evaluations_from_ranks(data, ranks)
-    return metric_rows(data, valid, test, tail_share, columns)
+    return recommender_metric_rows(data, valid, test, tail_share, columns)
 
 
 def rank_rows(
@@ -98,7 +98,7 @@ def user_groups(
     return {"tail": tail, "head": ~tail, "short": short, "long": ~short}
 
 
-def metric_rows(
+def recommender_metric_rows(
     data: UserSequences,
     valid: Evaluation,
     test: Evaluation,
@@ -142,7 +142,7 @@ def popularity_baseline(
         "seed": 0,
         "loss": "-",
     }
-    return metric_rows(inputs.data, valid, test, tail_share, columns), test
+    return recommender_metric_rows(inputs.data, valid, test, tail_share, columns), test
 
 
 def recommender_results(

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from genair_core.metrics import rank_metrics
-from genair_core.results import RunResult, summarize
+from genair_core.results import RunResult, summarize_runs
 from genair_core.scoring import test_user_groups
 from genair_core.sequences import UserSequences
 from storage.recommenders import read_run_tables, read_test_results
@@ -172,7 +172,7 @@ def table_verdict(root: Path, metric: str = "ndcg@10") -> str:
                 for b, v in ((backbone, "id"), chosen)
                 for run in runs[(b, v)]
             ]
-            base, ours = summarize(results, (metric,))
+            base, ours = summarize_runs(results, (metric,))
             cells[group] = (base[metric]["mean"], ours[metric])
         (base_all, all_), (base_tail, tail_) = cells["all"], cells["tail"]
         # The tail gains more in relative terms: tail / base_tail > all / base_all.

@@ -10,7 +10,7 @@ from genair_core.calibration import (
     Adapter,
     calibrate,
     calibration_inputs,
-    settings_id,
+    calibration_settings_id,
 )
 from storage.calibration import AdapterFiles
 from storage.store import fingerprint
@@ -27,7 +27,7 @@ def calibrate_items(settings: Settings, force: bool = False) -> dict[str, object
     raw space or the co-occurrence table moved too far; otherwise new items are projected."""
     store = store_for(settings)
     cfg = settings.calibration
-    files = AdapterFiles(store, settings_id(cfg))
+    files = AdapterFiles(store, calibration_settings_id(cfg))
     hashes = store.table_hashes(list(INPUTS))
     inputs = fingerprint(CALIBRATION_VERSION, cfg.model_dump(mode="json"), hashes)
     retrain = force or cfg.retrain

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import task
 
-from genair_core.cooccurrence import COOCCURRENCE_VERSION, cooccurrence, summarize
+from genair_core.cooccurrence import COOCCURRENCE_VERSION, cooccurrence, cooccurrence_summary
 from storage.store import fingerprint
 from tasks.common import TASK_DEFAULTS, run_step, store_for
 from tasks.settings import Settings
@@ -26,6 +26,6 @@ def build_cooccurrence(settings: Settings, force: bool = False) -> dict[str, obj
         n_items = store.table_info("item_index").rows
         pairs = cooccurrence(sequences, n_items=n_items)
         info = store.write_table("cooccurrence", pairs)
-        return {"cooccurrence": info}, summarize(pairs)
+        return {"cooccurrence": info}, cooccurrence_summary(pairs)
 
     return run_step(store, "cooccurrence", inputs, produce, force=force)

@@ -13,7 +13,7 @@ from tasks.settings import Settings
 
 
 @task(name="build-index", **TASK_DEFAULTS)
-def build_index(settings: Settings, space: str, force: bool = False) -> dict[str, object]:
+def index_vector_space(settings: Settings, space: str, force: bool = False) -> dict[str, object]:
     """The index of `space` ("calibrated" or "raw"), rebuilt only when its vectors, the item
     indices or the build settings changed, or when the stored files fail their check."""
     store = store_for(settings)

@@ -10,7 +10,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
-from genair_core.calibration import settings_id
+from genair_core.calibration import calibration_settings_id
 from genair_core.data_limits import check_negatives
 from genair_core.experiment import train_run
 from genair_core.run_inputs import RunInputs, eval_negatives
@@ -83,7 +83,7 @@ def train_recommender(
     adapter = None
     if run.warm_start:
         run.check_warm_start(settings.calibration.hidden)
-        stored = read_calibration_adapter(store, settings_id(settings.calibration))
+        stored = read_calibration_adapter(store, calibration_settings_id(settings.calibration))
         adapter = WarmStart.from_stored(*stored)
     identity = adapter.identity if adapter is not None else None
     key = fingerprint(*run.cache_key(input_dims, store.table_hashes(run.tables), identity))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from prefect import task
 
-from genair_core.report import build_report, render_report
+from genair_core.report import build_report, render_report_html
 from genair_core.run_spec import RunSpec
 from storage.items import titles
 from storage.report import read_report_tables, write_report_html
@@ -38,7 +38,7 @@ def write_report(settings: Settings, path: Path | None = None) -> Path:
         titles=partial(titles, store),
         generated_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
-    written = write_report_html(store, render_report(report), path)
+    written = write_report_html(store, render_report_html(report), path)
     run_logger().info("report written to %s", written)
     return written
 

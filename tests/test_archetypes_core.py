@@ -8,11 +8,11 @@ from genair_core.archetypes import (
     batch_items,
     candidates,
     fit_prompt,
+    generation_settings_id,
     keyed_by_item,
     make_plan,
     pending,
     plan_batches,
-    settings_id,
 )
 from genair_core.config import LlmConfig
 from genair_core.engines import generation_settings
@@ -53,12 +53,14 @@ def test_halves_split_a_batch_under_new_keys():
 
 
 def test_settings_id_changes_with_any_generation_setting():
-    base = settings_id("vllm", generation_settings(LlmConfig()))
-    assert base == settings_id("vllm", generation_settings(LlmConfig()))
-    assert base != settings_id("transformers", generation_settings(LlmConfig()))
-    assert base != settings_id("vllm", generation_settings(LlmConfig(seed=1)))
-    assert base != settings_id("vllm", generation_settings(LlmConfig(max_new_tokens=64)))
-    assert base != settings_id("vllm", generation_settings(LlmConfig()), max_prompt_tokens=40)
+    base = generation_settings_id("vllm", generation_settings(LlmConfig()))
+    assert base == generation_settings_id("vllm", generation_settings(LlmConfig()))
+    assert base != generation_settings_id("transformers", generation_settings(LlmConfig()))
+    assert base != generation_settings_id("vllm", generation_settings(LlmConfig(seed=1)))
+    assert base != generation_settings_id("vllm", generation_settings(LlmConfig(max_new_tokens=64)))
+    assert base != generation_settings_id(
+        "vllm", generation_settings(LlmConfig()), max_prompt_tokens=40
+    )
 
 
 def test_the_default_recipe_keeps_its_settings_id():

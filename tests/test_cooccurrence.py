@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from genair_core.cooccurrence import cooccurrence, cooccurrence_reference, summarize
+from genair_core.cooccurrence import cooccurrence, cooccurrence_reference, cooccurrence_summary
 from genair_core.preprocess import split_sequences
 from genair_core.tables import COOCCURRENCE, INTERACTIONS, SEQUENCES
 
@@ -114,5 +114,5 @@ def test_summary_counts_pairs_and_the_largest_count():
             2: [(2, "train"), (1, "train"), (3, "train"), (4, "test")],
         }
     )
-    assert summarize(cooccurrence(seqs, n_items=4)) == {"pairs": 3, "max_count": 2}
-    assert summarize(COOCCURRENCE.empty_table()) == {"pairs": 0, "max_count": 0}
+    assert cooccurrence_summary(cooccurrence(seqs, n_items=4)) == {"pairs": 3, "max_count": 2}
+    assert cooccurrence_summary(COOCCURRENCE.empty_table()) == {"pairs": 0, "max_count": 0}

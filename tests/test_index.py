@@ -229,35 +229,35 @@ def write_vectors(store: Store, n: int, kcore: int) -> pa.Table:
 def test_the_task_builds_once_and_rebuilds_only_when_needed(settings, caplog):
     store = Store(settings.storage.root)
     write_vectors(store, 20, 15)
-    summary = index_task.build_index.fn(settings, "raw")
+    summary = index_task.index_vector_space.fn(settings, "raw")
     assert (summary["skipped"], summary["count"], summary["type"]) == (False, 20, "IndexFlatIP")
     files = IndexFiles(store, "raw")
     built_at = files.manifest_path.read_bytes()
 
     # A second run with unchanged vectors rebuilds nothing; a search-time setting changes nothing.
-    assert index_task.build_index.fn(settings, "raw")["skipped"] is True
+    assert index_task.index_vector_space.fn(settings, "raw")["skipped"] is True
     searched = settings.model_copy(update={"index": IndexConfig(ef_search=200, gpu=False)})
-    assert index_task.build_index.fn(searched, "raw")["skipped"] is True
+    assert index_task.index_vector_space.fn(searched, "raw")["skipped"] is True
     assert files.manifest_path.read_bytes() == built_at
 
     # A truncated index file is detected, logged and rebuilt.
     files.index_path.write_bytes(files.index_path.read_bytes()[:100])
     with caplog.at_level(logging.WARNING, logger="genair.index"):
-        assert index_task.build_index.fn(settings, "raw")["skipped"] is False
+        assert index_task.index_vector_space.fn(settings, "raw")["skipped"] is False
     assert "not the file its manifest describes" in caplog.text
     assert files.check() is None
 
     # A build setting rebuilds: above exact_max_items it becomes HNSW.
     hnsw = settings.model_copy(update={"index": IndexConfig(exact_max_items=10)})
-    assert index_task.build_index.fn(hnsw, "raw")["type"] == "IndexHNSWFlat"
+    assert index_task.index_vector_space.fn(hnsw, "raw")["type"] == "IndexHNSWFlat"
 
 
 def test_new_items_appear_in_the_index(settings):
     store = Store(settings.storage.root)
     write_vectors(store, 20, 15)
-    index_task.build_index.fn(settings, "raw")
+    index_task.index_vector_space.fn(settings, "raw")
     table = write_vectors(store, 25, 15)  # five new items, outside the k-core
-    assert index_task.build_index.fn(settings, "raw")["skipped"] is False
+    assert index_task.index_vector_space.fn(settings, "raw")["skipped"] is False
     stored = IndexFiles(store, "raw").load(store.table_info("item_embeddings").sha256)
     assert sorted(stored.ids["item_id"].to_pylist()) == sorted(table["item_id"].to_pylist())
     new = stored.ids.filter(pa.compute.greater(stored.ids["faiss_id"], 15))
@@ -269,7 +269,7 @@ def test_new_items_appear_in_the_index(settings):
 
 
 def test_the_task_skips_a_space_without_vectors(settings):
-    assert index_task.build_index.fn(settings, "calibrated") == {
+    assert index_task.index_vector_space.fn(settings, "calibrated") == {
         "skipped": True,
         "reason": "no calibrated_embeddings table",
     }

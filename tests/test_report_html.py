@@ -26,7 +26,7 @@ import pytest
 from scripted_pipeline import TitleEngines, scripted_pipeline, write_catalog_dataset
 
 from genair_core.config import EvaluationConfig
-from genair_core.report import Missing, build_report, render_report
+from genair_core.report import Missing, build_report, render_report_html
 from genair_core.report.model import category_labels, project_2d, results_section
 from storage.report import ReportTables
 from tasks.report import write_report
@@ -355,7 +355,7 @@ def test_each_section_is_missing_on_its_own():
     assert not isinstance(report.item_map, Missing)
     assert report.item_map.labels == ["Comedy", "Drama"] * 3
     assert report.item_map.label_kind == "category"
-    html = render_report(report)
+    html = render_report_html(report)
     # results (shown twice: table and chart), curves, groups, archetypes, no run, no table
     assert html.count('class="missing"') == 7
     assert 'id="chart-item-map"' in html

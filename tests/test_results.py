@@ -13,7 +13,7 @@ from genair_core.results import (
     RunResult,
     paired_test,
     render_results_markdown,
-    summarize,
+    summarize_runs,
 )
 
 N_USERS = 300
@@ -67,7 +67,7 @@ RUNS = [
 
 
 def test_summarize_means_stds_and_order():
-    rows = summarize(RUNS)
+    rows = summarize_runs(RUNS)
     order = [(r["backbone"], r["variant"]) for r in rows]
     assert order == [
         ("sasrec", "id"),
@@ -113,7 +113,9 @@ def test_summarize_means_stds_and_order():
 
 
 def test_summarize_without_a_shared_seed_or_baseline():
-    rows = summarize([run("gru", "id", 0, 50), run("gru", "llm", 1, 100), run("x", "llm", 0, 9)])
+    rows = summarize_runs(
+        [run("gru", "id", 0, 50), run("gru", "llm", 1, 100), run("x", "llm", 0, 9)]
+    )
     by = {(r["backbone"], r["variant"]): r["hr@10"] for r in rows}
     assert by["gru", "llm"]["p"] is None
     assert by["gru", "llm"]["rel_pct"] == pytest.approx(100.0)
@@ -123,16 +125,16 @@ def test_summarize_without_a_shared_seed_or_baseline():
 
 def test_summarize_rejects_inconsistent_runs():
     with pytest.raises(ValueError, match="given twice"):
-        summarize([run("s", "id", 0, 1), run("s", "id", 0, 2)])
+        summarize_runs([run("s", "id", 0, 1), run("s", "id", 0, 2)])
     short = RunResult("s", "llm", 0, {"hr@10": np.zeros(5), "ndcg@10": np.zeros(5)})
     with pytest.raises(ValueError, match="same users"):
-        summarize([run("s", "id", 0, 1), short])
+        summarize_runs([run("s", "id", 0, 1), short])
     with pytest.raises(ValueError, match="lacks 'ndcg@10'"):
-        summarize([RunResult("s", "id", 0, {"hr@10": np.zeros(3)})])
+        summarize_runs([RunResult("s", "id", 0, {"hr@10": np.zeros(3)})])
 
 
 def test_render_results_markdown():
-    text = render_results_markdown(summarize(RUNS), title="MovieLens-100K")
+    text = render_results_markdown(summarize_runs(RUNS), title="MovieLens-100K")
     lines = text.splitlines()
     assert lines[0] == "## MovieLens-100K"
     assert lines[2] == "| Backbone | Variant | Seeds | HR@10 | NDCG@10 |"
@@ -163,13 +165,13 @@ def test_render_results_markdown():
 
 
 def test_render_is_deterministic_and_handles_no_rows():
-    rows = summarize(RUNS)
+    rows = summarize_runs(RUNS)
     # Any row order with the same backbone order renders the same table.
     shuffled = [r for r in reversed(rows) if r["backbone"] == "sasrec"]
     shuffled += [r for r in reversed(rows) if r["backbone"] == "bert4rec"]
     assert render_results_markdown(shuffled) == render_results_markdown(rows)
     assert render_results_markdown(rows).startswith("| Backbone")
-    one_seed = summarize([run("s", "id", 0, 10), run("s", "llm", 0, 10)])
+    one_seed = summarize_runs([run("s", "id", 0, 10), run("s", "llm", 0, 10)])
     assert "over 1 seed of" in render_results_markdown(one_seed)
     assert "No runs" in render_results_markdown([])
 

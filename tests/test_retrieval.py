@@ -18,8 +18,8 @@ from genair_core.retrieval import (
     Queries,
     RandomSpace,
     VectorSpace,
-    metric_rows,
-    render_report,
+    render_retrieval_report,
+    retrieval_metric_rows,
     space_ranks,
 )
 from genair_core.sequences import UserSequences
@@ -217,7 +217,7 @@ def test_the_paired_test_and_the_report_follow_the_direction(calibrated_better):
         "calibrated": vector_space(),
         "cooccurrence": cooccurrence_space(),
     }
-    rows = metric_rows(per_user, spaces, len(ITEM_IDS))
+    rows = retrieval_metric_rows(per_user, spaces, len(ITEM_IDS))
     (row,) = [
         r
         for r in rows
@@ -230,7 +230,7 @@ def test_the_paired_test_and_the_report_follow_the_direction(calibrated_better):
     ]
     assert raw["p_vs_raw"] is None
     assert (row["value"] > raw["value"]) == calibrated_better
-    report = render_report(rows, "toy", n, len(ITEM_IDS), "v1")
+    report = render_retrieval_report(rows, "toy", n, len(ITEM_IDS), "v1")
     verdict = "Calibrated beats raw" if calibrated_better else "Calibrated does not beat raw"
     assert verdict in report
     assert "significant at 0.05" in report

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from genair_core.archetypes import archetype_recipe
-from genair_core.calibration import settings_id as calibration_settings_id
+from genair_core.calibration import calibration_settings_id
 from genair_core.config import (
     CalibrationConfig,
     LlmConfig,

@@ -104,7 +104,7 @@ def config(tmp_path, monkeypatch):
     )
     monkeypatch.setattr(index_task, "get_run_logger", lambda: logging.getLogger("genair.index"))
     with disable_run_logger():
-        index_task.build_index.fn(settings, "raw")
+        index_task.index_vector_space.fn(settings, "raw")
     return path
 
 

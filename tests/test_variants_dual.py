@@ -11,7 +11,7 @@ import torch
 from prefect.logging import disable_run_logger
 from small_dataset import write_small_dataset
 
-from genair_core.calibration import settings_id
+from genair_core.calibration import calibration_settings_id
 from genair_core.config import CalibrationConfig, ModelConfig, RecommenderConfig
 from genair_core.losses import CooccurrenceLookup, calibration_loss
 from genair_core.models import VARIANTS, build_model
@@ -289,7 +289,7 @@ def test_every_variant_trains_an_epoch_and_a_new_calibration_retrains_genair_war
         assert store.read_parts("eval_ranks", run).num_rows > 0
 
     adapter = WarmStart.from_stored(
-        *read_calibration_adapter(store, settings_id(settings.calibration))
+        *read_calibration_adapter(store, calibration_settings_id(settings.calibration))
     )
     run = RunSpec.of(settings.recommenders, "sasrec", "genair-warm", 3).name
     best = Path(store.best_weights_path(run))
@@ -302,7 +302,7 @@ def test_every_variant_trains_an_epoch_and_a_new_calibration_retrains_genair_war
     with disable_run_logger():
         assert calibrate_items.fn(recalibrated)["decision"] == "trained"
     other = WarmStart.from_stored(
-        *read_calibration_adapter(store, settings_id(recalibrated.calibration))
+        *read_calibration_adapter(store, calibration_settings_id(recalibrated.calibration))
     )
     assert other.identity != adapter.identity
     retrained = {variant: not train(recalibrated, variant)["skipped"] for variant in VARIANTS}

@@ -45,8 +45,8 @@ def variant_colours(variants: Sequence[str]) -> dict[str, str]:
 
 
 def ndcg_chart(rows: list[dict], popularity: float | None, metric: str = "ndcg@10") -> str:
-    """Bars of `metric` per backbone × variant (summarize() rows) with ± std error bars, and the
-    popularity baseline as a dashed line."""
+    """Bars of `metric` per backbone × variant (summarize_runs() rows) with ± std error bars, and
+    the popularity baseline as a dashed line."""
     backbones = list(dict.fromkeys(row["backbone"] for row in rows))
     variants = [v for _, v in table_order([(r["backbone"], r["variant"]) for r in rows])]
     variants = list(dict.fromkeys(variants))

@@ -19,7 +19,7 @@ from threadpoolctl import threadpool_limits
 from genair_core.config import EvaluationConfig
 from genair_core.index import neighbours
 from genair_core.metrics import rank_metrics
-from genair_core.results import RESULT_METRICS, RunResult, summarize, table_order
+from genair_core.results import RESULT_METRICS, RunResult, summarize_runs, table_order
 
 PROTOCOLS = ("full", "sampled")
 MAP_LABELS = 9  # the most frequent labels get a colour each on the item map; the rest are "other"
@@ -36,10 +36,10 @@ class Missing:
 
 @dataclass(frozen=True)
 class ResultsSection:
-    """The results table of each protocol: summarize() rows (backbone × variant, mean ± std
+    """The results table of each protocol: summarize_runs() rows (backbone × variant, mean ± std
     over seeds, paired test against `id`), and the popularity baseline's test means."""
 
-    rows: dict[str, list[dict]]  # {"full" | "sampled": summarize() rows}
+    rows: dict[str, list[dict]]  # {"full" | "sampled": summarize_runs() rows}
     popularity: dict[str, dict[str, float]]  # {protocol: {metric: mean}}; empty if not scored
     finished: int  # runs with test ranks
     planned: int  # runs in the configured grid
@@ -143,7 +143,7 @@ def results_section(
         )
     try:
         rows = {
-            protocol: summarize(
+            protocol: summarize_runs(
                 [RunResult(*key, rank_metrics(ranks[protocol])) for key, ranks in finished.items()]
             )
             for protocol in PROTOCOLS

@@ -87,7 +87,7 @@ details pre { background: var(--soft); padding: 10px; overflow-x: auto; font-siz
 """
 
 
-def render_report(report: Report) -> str:
+def render_report_html(report: Report) -> str:
     """The whole page. Every section renders its data, or says what is missing and which command
     writes it."""
     sections = [
