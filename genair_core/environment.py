@@ -24,6 +24,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import psutil
+
 SOCKET_FOLDER_PREFIX = "genair-vllm-"
 
 
@@ -110,9 +112,6 @@ def _socket_folder() -> str:
 
 def _running(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:  # another user's process
-        return True
-    return True

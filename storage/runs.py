@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -176,17 +177,11 @@ def owner_state(record: RunRecord) -> str:
 
 
 def _alive(pid: int) -> bool:
+    """Whether `pid` runs; a killed process its parent has not reaped yet is a zombie, and dead."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:  # another user's process
-        return True
-    try:  # a killed process its parent has not reaped yet is a zombie: dead all the same
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def code_version() -> str:
