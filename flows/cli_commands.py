@@ -276,6 +276,33 @@ def similar(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def recommend(args: argparse.Namespace, settings: Settings) -> int:
+    from storage.exports import read_user_list
+    from storage.store import Store
+
+    listed = read_user_list(Store(settings.storage.root), args.user, args.version)
+    if listed is None:
+        raise UserError(
+            f"user {args.user!r} has no list in recommendations "
+            f"(version {'current' if args.version is None else args.version})"
+        )
+    head = (
+        f"{args.user}: {len(listed.rows)} items from {listed.model_run} (version {listed.version})"
+    )
+    print(
+        head
+        + (
+            ", the popularity list: the model knows none of the user's items"
+            if listed.popularity
+            else ""
+        )
+    )
+    for row in listed.rows:
+        new = "  new" if row["is_new_item"] else ""
+        print(f"{row['rank']:>3}  {row['score']:.4f}  {row['item_id']}  {row['title'] or ''}{new}")
+    return 0
+
+
 def _cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 

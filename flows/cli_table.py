@@ -200,6 +200,20 @@ COMMANDS = (
         run=cli_commands.similar,
     ),
     Command(
+        name="recommend",
+        summary="a user's list from the nightly `recommendations` table",
+        description="Print USER's top-K list from the Delta table `recommendations` (the "
+        "`recommend` stage's export), with titles; new items (the served run never trained on "
+        "them) are marked. --version reads an earlier version the table keeps. Exit status 2 "
+        "for a user the table does not hold.",
+        examples=("genair recommend 196", "genair recommend 196 --version 3"),
+        options=(
+            option("user", metavar="USER", help="a user_id"),
+            option("--version", type=int, default=None, help="a kept version (default: current)"),
+        ),
+        run=cli_commands.recommend,
+    ),
+    Command(
         name="sql",
         summary="query the tables (one DuckDB view per table)",
         description="Run one SQL statement on DuckDB views of the tables (one view per table, "

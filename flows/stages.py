@@ -137,6 +137,14 @@ STAGE_TABLE: tuple[Stage, ...] = (
         FLOWS,
         recommenders=True,
     ),
+    Stage(
+        "recommend",
+        "tasks.recommend:export_recommendations",
+        "every user's top-K list from the served run, new items included (no training)",
+        ("item_embeddings", "items", "interactions", "the served run's weights"),
+        ("recommendations (Delta)",),
+        FLOWS,
+    ),
 )
 STAGES: tuple[str, ...] = tuple(stage.name for stage in STAGE_TABLE)
 

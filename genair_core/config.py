@@ -341,3 +341,19 @@ SectionT = TypeVar("SectionT", bound=Section)
 
 def _override(common: SectionT, own: dict[str, Any]) -> SectionT:
     return common.model_copy(update=own) if own else common
+
+
+class RecommendConfig(Section):
+    """The nightly export of every user's top-K list (genair_core/serving.py, the `recommend`
+    stage) into the Delta table `recommendations`."""
+
+    # "auto": the finished run in this storage root, whatever its tag, with the best validation
+    # NDCG@10 among the variants that can score an item they never trained on; or a run's name
+    # (e.g. "sasrec-genair-ce-s44"). Serving an `id` run warns: new items cannot appear.
+    serve: str = "auto"
+    k: int = Field(50, ge=1)  # items in each user's list
+    keep_versions: int = Field(7, ge=1)  # the table's versions kept readable (time travel)
+    # Exact scoring of every candidate up to this many items; FAISS HNSW inner-product search
+    # above, the seen items filtered after search (docs/benchmarks.md, "Recommendation lists").
+    exact_max_items: int = Field(200_000, ge=0)
+    ef_search: int = Field(128, ge=1)  # HNSW search-time candidate list, above exact_max_items

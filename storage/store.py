@@ -165,10 +165,14 @@ class Store:
         pattern = f"{_safe_name(partition)}/part-*.parquet" if partition else "*/part-*.parquet"
         return sorted(base.glob(pattern))
 
+    def recommenders_dir(self) -> Path:
+        """`models/recommenders/`: one folder per recommender run."""
+        return self.root / "models" / "recommenders"
+
     def recommender_dir(self, run_name: str) -> Path:
         """`models/recommenders/<run>/`: a run's checkpoints and its published best weights
         (layout: storage.checkpoints)."""
-        return self.root / "models" / "recommenders" / _safe_name(run_name)
+        return self.recommenders_dir() / _safe_name(run_name)
 
     def checkpoint_dir(self, run_name: str, run_id: str) -> Path:
         """`models/recommenders/<run>/checkpoints-<run_id>/`: one folder per run key, so a run

@@ -27,7 +27,7 @@ from storage.recommenders import (
     read_user_ids,
     write_trained_run,
 )
-from storage.store import fingerprint
+from storage.store import Store, fingerprint
 from tasks.common import TASK_DEFAULTS, run_step, store_for
 from tasks.settings import ConfigError, Settings
 
@@ -80,13 +80,8 @@ def train_recommender(
     cfg, input_dims = settings.recommenders, settings.pooling.input_dims
     tail_share = cfg.evaluation.tail_share
     run = RunSpec.of(cfg, backbone, variant, seed)
-    adapter = None
-    if run.warm_start:
-        run.check_warm_start(settings.calibration.hidden)
-        stored = read_calibration_adapter(store, calibration_settings_id(settings.calibration))
-        adapter = WarmStart.from_stored(*stored)
-    identity = adapter.identity if adapter is not None else None
-    key = fingerprint(*run.cache_key(input_dims, store.table_hashes(run.tables), identity))
+    adapter = warm_start(settings, store, run)
+    key = run_key(store, run, input_dims, adapter)
     run_id = key[:16]
     columns = run.columns(run_id, settings.dataset.name)
     checkpoints = RunCheckpoints(store.checkpoint_dir(run.name, run_id))
@@ -105,8 +100,21 @@ def train_recommender(
             stop=stop,
         )
         get_run_logger().info("%s: %s", run.name, trained.summary)
+        served_with = {
+            "backbone": run.backbone,
+            "variant": run.variant,
+            "seed": str(run.seed),
+            "model": run.model.model_dump_json(),
+            "input_dims": str(input_dims),
+        }
         outputs = write_trained_run(
-            store, run.name, run_id, trained.rows, trained.best_weights, trained.best_epoch
+            store,
+            run.name,
+            run_id,
+            trained.rows,
+            trained.best_weights,
+            trained.best_epoch,
+            served_with,
         )
         return outputs, trained.summary
 
@@ -119,6 +127,21 @@ def train_recommender(
         summary = run_step(store, f"train-{run.name}", key, train, force=force)
     run_step(store, f"score-{run.name}", fingerprint(key, tail_share), score, force=force)
     return summary
+
+
+def warm_start(settings: Settings, store: Store, run: RunSpec) -> WarmStart | None:
+    """The calibration adapter a `genair-warm` run starts from (None for the other variants)."""
+    if not run.warm_start:
+        return None
+    run.check_warm_start(settings.calibration.hidden)
+    stored = read_calibration_adapter(store, calibration_settings_id(settings.calibration))
+    return WarmStart.from_stored(*stored)
+
+
+def run_key(store: Store, run: RunSpec, input_dims: int, adapter: WarmStart | None) -> str:
+    """The run's cache key on the stored tables (its first 16 characters are its run_key)."""
+    identity = adapter.identity if adapter is not None else None
+    return fingerprint(*run.cache_key(input_dims, store.table_hashes(run.tables), identity))
 
 
 @task(name="recommender-results", **TASK_DEFAULTS)

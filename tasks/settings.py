@@ -33,6 +33,7 @@ from genair_core.config import (
     ModelConfig,
     PoolingConfig,
     PreprocessConfig,
+    RecommendConfig,
     RecommenderConfig,
     Section,
     StorageConfig,
@@ -108,6 +109,7 @@ class Settings(BaseSettings):
     calibration: CalibrationConfig = CalibrationConfig()
     index: IndexConfig = IndexConfig()
     recommenders: RecommenderConfig = RecommenderConfig()
+    recommend: RecommendConfig = RecommendConfig()
     prefect: PrefectConfig = PrefectConfig()
     # The run these settings were handed to (tasks.common.exclusive_run sets it), which the store
     # stamps on every row it writes. Not a setting: left out of every dump, hence of every config
