@@ -144,7 +144,8 @@ def read_version(
     """The rows of a kept version of delta table `name` (the current one if None), with only
     `columns` and the rows `filter` selects if given. VersionNotKeptError for a version that is
     not kept, MissingTableError before the first commit."""
-    table = _open(store, name, version).to_pyarrow_dataset().to_table(columns=columns, filter=filter)
+    dataset = _open(store, name, version).to_pyarrow_dataset()
+    table = dataset.to_table(columns=columns, filter=filter)
     declared = DELTA_TABLES[name]
     return table.cast(pa.schema([declared.field(column) for column in table.column_names]))
 
