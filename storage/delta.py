@@ -177,15 +177,17 @@ def commits(store: Store, name: str) -> list[dict[str, object]]:
     ]
 
 
-def current_rows_of(
+def current_rows(
     store: Store, name: str, column: str, value: str
-) -> tuple[dict[str, object], pa.Table] | None:
-    """The current export's commit metadata and its rows whose `column` equals `value`; None
-    before the first commit."""
-    if current_version(store, name) is None:
+) -> tuple[dict[str, object], list[dict[str, object]]] | None:
+    """The current export of delta table `name` (as `commits` gives it) and, as dicts, its rows
+    whose `column` equals `value`; None before the first commit."""
+    kept = commits(store, name)
+    if not kept:
         return None
-    metadata = commits(store, name)[0]["metadata"]
-    return metadata, read_version(store, name, filter=pc.field(column) == value)
+    version = int(kept[0]["version"])
+    rows = read_version(store, name, version, filter=pc.field(column) == value)
+    return kept[0], rows.to_pylist()
 
 
 def _open(store: Store, name: str, version: int | None) -> DeltaTable:

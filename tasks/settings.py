@@ -35,6 +35,7 @@ from genair_core.config import (
     PreprocessConfig,
     RecommenderConfig,
     Section,
+    SimilarItemsConfig,
     StorageConfig,
     TrainingConfig,
 )
@@ -107,6 +108,7 @@ class Settings(BaseSettings):
     pooling: PoolingConfig = PoolingConfig()
     calibration: CalibrationConfig = CalibrationConfig()
     index: IndexConfig = IndexConfig()
+    similar_items: SimilarItemsConfig = SimilarItemsConfig()
     recommenders: RecommenderConfig = RecommenderConfig()
     prefect: PrefectConfig = PrefectConfig()
     # The run these settings were handed to (tasks.common.exclusive_run sets it), which the store
