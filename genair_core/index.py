@@ -236,8 +236,9 @@ def all_neighbours(
 
     Each query is the item's vector as the index stores it, as in `neighbours`; the index is
     searched for k + 1 (itself among them) in blocks of NEIGHBOUR_BLOCK items. Equal scores rank
-    by neighbour_id. An index of k items or fewer gives each item the others only.
-    `search_index` is the same index prepared for search (a GPU copy)."""
+    by neighbour_id (which of a tie across the k-th place is kept is FAISS's choice). An index
+    of k items or fewer gives each item the others only. `search_index` is the same index
+    prepared for search (a GPU copy)."""
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
     faiss_ids = ids.column("faiss_id").to_numpy()  # (N,) ascending, as IDS keeps them
