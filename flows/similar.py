@@ -68,7 +68,7 @@ def _exported(
         index_sha256 = files.manifest()["files"]["index"]
     except IndexFileError:
         return None
-    current = delta.current_rows(store, "similar_items", "item_id", item_id)
+    current = delta.rows_where(store, "similar_items", "item_id", item_id)
     if current is None:
         return None
     commit, rows = current

@@ -177,17 +177,18 @@ def commits(store: Store, name: str) -> list[dict[str, object]]:
     ]
 
 
-def current_rows(
-    store: Store, name: str, column: str, value: str
+def rows_where(
+    store: Store, name: str, column: str, value: str, version: int | None = None
 ) -> tuple[dict[str, object], list[dict[str, object]]] | None:
-    """The current export of delta table `name` (as `commits` gives it) and, as dicts, its rows
-    whose `column` equals `value`; None before the first commit."""
+    """A kept export of delta table `name` (the current one if `version` is None), as `commits`
+    gives it, and, as dicts, its rows whose `column` equals `value`; None before the first
+    commit. VersionNotKeptError for a version that is not kept."""
     kept = commits(store, name)
     if not kept:
         return None
-    version = int(kept[0]["version"])
     rows = read_version(store, name, version, filter=pc.field(column) == value)
-    return kept[0], rows.to_pylist()
+    commit = kept[0] if version is None else next(c for c in kept if c["version"] <= version)
+    return commit, rows.to_pylist()
 
 
 def _open(store: Store, name: str, version: int | None) -> DeltaTable:

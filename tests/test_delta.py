@@ -136,6 +136,12 @@ def test_columns_and_filter_are_pushed_into_the_read(store):
         store, "recommendations", 0, columns=["item_id"], filter=pc.field("user_id") == "u2"
     )
     assert table.to_pylist() == [{"item_id": "n0-i1"}, {"item_id": "n0-i2"}]
+    commit_0, rows = delta.rows_where(store, "recommendations", "user_id", "u2", version=0)
+    assert (commit_0["version"], commit_0["metadata"]["run_id"]) == (0, "run-0")
+    assert [row["item_id"] for row in rows] == ["n0-i1", "n0-i2"]
+    current, rows = delta.rows_where(store, "recommendations", "user_id", "u2")
+    assert (current["version"], rows[0]["item_id"]) == (1, "n1-i1")
+    assert delta.rows_where(store, "recommendations", "user_id", "nobody")[1] == []
 
 
 def test_a_record_batch_reader_is_streamed_into_one_version(store):
