@@ -182,7 +182,10 @@ COMMANDS = (
         name="similar",
         summary="the items most like one item (from the FAISS index of a vector space)",
         description="The top-k items by cosine, with title, score and the first line of each "
-        "one's archetype. Exit status 2 when ITEM names no item or several (they are listed).",
+        "one's archetype: read from the nightly `similar_items` export when its current version "
+        "was made from today's index of that space with at least k neighbours an item, else "
+        "searched in the index. Exit status 2 when ITEM names no item or several (they are "
+        "listed).",
         examples=(
             'genair similar "toy story" --k 5 --space raw',
             "genair similar 50 --profile quick",
@@ -217,7 +220,8 @@ COMMANDS = (
         name="sql",
         summary="query the tables (one DuckDB view per table)",
         description="Run one SQL statement on DuckDB views of the tables (one view per table, "
-        "named as the table, plus `runs` and `current_archetypes`). --csv writes CSV on stdout; "
+        "named as the table, plus `runs` and `current_archetypes`; a Delta table's view is its "
+        "current version). --csv writes CSV on stdout; "
         "list and struct columns become JSON text.",
         examples=(
             'genair sql "SELECT split, count(*) FROM sequences GROUP BY split"',

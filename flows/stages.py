@@ -103,6 +103,15 @@ STAGE_TABLE: tuple[Stage, ...] = (
         FLOWS,
     ),
     Stage(
+        "similar-items",
+        "tasks.similar_items:export_similar_items",
+        "every item's top-K neighbours from the index of `similar_items.space`, new items "
+        "included: a version of a Delta table",
+        ("indexes/<space>",),
+        ("delta/similar_items",),
+        FLOWS,
+    ),
+    Stage(
         "retrieval",
         "tasks.retrieval:evaluate_retrieval",
         "next-item retrieval in item space: raw, calibrated and behavioural baselines",

@@ -227,6 +227,15 @@ class IndexConfig(Section):
     gpu: bool = True  # search an exact index on the GPU when FAISS sees one
 
 
+class SimilarItemsConfig(Section):
+    """The nightly "more like this" feed: every item's top `k` neighbours in one FAISS index,
+    the Delta table `similar_items` (genair_core.index.all_neighbours, storage.delta)."""
+
+    k: int = Field(20, ge=1)
+    space: Literal["calibrated", "raw"] = "calibrated"
+    keep_versions: int = Field(7, ge=1)  # exports kept readable by version; older are vacuumed
+
+
 class ModelConfig(Section):
     """A backbone's shape (genair_core/models/); the item count comes from the data."""
 

@@ -5,6 +5,7 @@ once when it is added and every query when it is asked; scores are cosines in [-
 
     built = build_item_index(vectors_table, item_index, IndexConfig())
     scores, ids = search(built.index, queries, k=10)       # (Q, k) cosines and FAISS ids
+    feed = all_neighbours(built.index, built.ids, k=20, space="calibrated")  # every item's k
 
 Which index (docs/benchmarks.md, "FAISS index"):
 - up to `exact_max_items` items, `IndexFlatIP`: exact, no parameters, nothing to tune;
@@ -29,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from genair_core.config import IndexConfig
-from genair_core.tables import to_matrix
+from genair_core.tables import SIMILAR_ITEMS, to_matrix
 
 INDEX_VERSION = 1  # bump when what a built index holds changes (ids, normalisation, types)
 IDS = pa.schema(
@@ -216,6 +217,76 @@ def neighbours(
         if i >= 0 and int(i) != faiss_id
     ]
     return hits[:k]
+
+
+# How many items' neighbours one FAISS call searches: enough queries for its BLAS path.
+NEIGHBOUR_BLOCK = 4096
+NEIGHBOURS_VERSION = 1  # bump when what all_neighbours returns changes
+
+
+def all_neighbours(
+    index: faiss.Index,
+    ids: pa.Table,
+    k: int,
+    space: str,
+    search_index: faiss.Index | None = None,
+) -> pa.Table:
+    """Every indexed item's `k` most similar items, itself excluded: SIMILAR_ITEMS rows without
+    run_id (item_id, rank 1..k, neighbour_id, score as cosine, space), by item_id then rank.
+
+    Each query is the item's vector as the index stores it, as in `neighbours`; the index is
+    searched for k + 1 (itself among them) in blocks of NEIGHBOUR_BLOCK items. Equal scores rank
+    by neighbour_id (which of a tie across the k-th place is kept is FAISS's choice). An index
+    of k items or fewer gives each item the others only. `search_index` is the same index
+    prepared for search (a GPU copy)."""
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    faiss_ids = ids.column("faiss_id").to_numpy()  # (N,) ascending, as IDS keeps them
+    item_ids = ids.column("item_id")
+    fetch = min(k + 1, index.ntotal)
+    by_name = np.empty(len(faiss_ids), dtype=np.int64)  # each row's place in item_id order
+    by_name[pc.sort_indices(item_ids).to_numpy()] = np.arange(len(faiss_ids))
+    items, neighbours_, scores_ = [], [], []
+    for start in range(0, len(faiss_ids), NEIGHBOUR_BLOCK):
+        query_ids = faiss_ids[start : start + NEIGHBOUR_BLOCK]
+        queries = index.reconstruct_batch(query_ids)  # (B, D)
+        scores, found = search(search_index or index, queries, fetch)  # (B, fetch)
+        rows = np.searchsorted(faiss_ids, found)  # (B, fetch) rows of `ids`; -1 masked below
+        valid = (found >= 0) & (found != query_ids[:, None])
+        query = np.repeat(np.arange(len(query_ids)), fetch)
+        # Per query: the valid hits first, by score descending, then by neighbour_id.
+        order = np.lexsort(
+            (
+                by_name[np.where(valid, rows, 0)].ravel(),
+                -scores.ravel(),
+                ~valid.ravel(),
+                query,
+            )
+        ).reshape(len(query_ids), fetch)[:, : fetch - 1 if fetch > k else fetch]
+        take = valid.ravel()[order]  # (B, k') the kept hits
+        items.append((start + query.reshape(-1, fetch)[:, : order.shape[1]])[take])
+        neighbours_.append(rows.ravel()[order][take])
+        scores_.append(scores.ravel()[order][take])
+    item_rows = np.concatenate(items) if items else np.zeros(0, dtype=np.int64)
+    table = pa.table(
+        {
+            "item_id": item_ids.take(item_rows),
+            "rank": pa.array(_ranks(item_rows), pa.int32()),
+            "neighbour_id": item_ids.take(np.concatenate(neighbours_) if items else item_rows),
+            "score": pa.array(np.concatenate(scores_) if items else np.zeros(0), pa.float32()),
+            "space": pa.repeat(pa.scalar(space, pa.string()), len(item_rows)),
+        }
+    )
+    schema = SIMILAR_ITEMS.remove(SIMILAR_ITEMS.get_field_index("run_id"))
+    return table.cast(schema).sort_by([("item_id", "ascending"), ("rank", "ascending")])
+
+
+def _ranks(item_rows: np.ndarray) -> np.ndarray:
+    """1, 2, ... within each run of equal values of `item_rows` (grouped, in rank order)."""
+    if not len(item_rows):
+        return np.zeros(0, dtype=np.int32)
+    starts = np.flatnonzero(np.r_[True, item_rows[1:] != item_rows[:-1]])
+    return np.arange(len(item_rows)) - np.repeat(starts, np.diff(np.r_[starts, len(item_rows)])) + 1
 
 
 def pick_item(text: str, candidates: list[tuple[str, str | None]]) -> str:

@@ -289,6 +289,38 @@ RETRIEVAL_METRICS = pa.schema(
 )
 
 
+# The nightly exports downstream teams read, Delta Lake tables (storage.delta): one version per
+# run, every row of a version stamped with the run that committed it (`run_id`).
+# Every user's top K: `rank` 1..K by `score` (ties by item_id), the items the user has seen
+# excluded. `is_new_item`: the served model never trained on the item; `is_popularity_list`: none
+# of the user's items is one the model can represent, so the list is the popularity list.
+RECOMMENDATIONS = pa.schema(
+    [
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("rank", pa.int32(), nullable=False),
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("score", pa.float32(), nullable=False),
+        pa.field("is_new_item", pa.bool_(), nullable=False),
+        pa.field("is_popularity_list", pa.bool_(), nullable=False),
+        pa.field("model_run", pa.string(), nullable=False),  # the served recommender run
+        pa.field("run_id", pa.string(), nullable=False),
+    ]
+)
+
+# Every item's top K neighbours in one vector space's FAISS index, itself excluded: `rank` 1..K
+# by `score` (cosine), ties by neighbour_id. The feed behind a "more like this" shelf.
+SIMILAR_ITEMS = pa.schema(
+    [
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("rank", pa.int32(), nullable=False),
+        pa.field("neighbour_id", pa.string(), nullable=False),
+        pa.field("score", pa.float32(), nullable=False),
+        pa.field("space", pa.string(), nullable=False),  # calibrated | raw
+        pa.field("run_id", pa.string(), nullable=False),
+    ]
+)
+
+
 def to_matrix(column: pa.ChunkedArray | pa.FixedSizeListArray) -> np.ndarray:
     """(N,) fixed-size lists of D floats → (N, D) float32, without a Python loop."""
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column

@@ -141,6 +141,11 @@ class IndexFiles:
             return str(err)
         return None
 
+    def manifest(self) -> dict[str, object]:
+        """The stored manifest, without checking the files against it; IndexFileError if there
+        is none or it is unreadable."""
+        return self._manifest()
+
     def fingerprint(self) -> str | None:
         """The input fingerprint the stored index was built for, None if there is none."""
         try:

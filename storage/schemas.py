@@ -17,9 +17,11 @@ from genair_core.tables import (
     ITEM_INDEX,
     ITEMS,
     METRICS,
+    RECOMMENDATIONS,
     REJECTS,
     RETRIEVAL_METRICS,
     SEQUENCES,
+    SIMILAR_ITEMS,
     TRAINING_LOG,
     USER_INDEX,
     VECTOR_SPACES,
@@ -52,6 +54,13 @@ PART_DATASETS: dict[str, pa.Schema | Sized] = {
     "metrics": METRICS,
     "eval_ranks": EVAL_RANKS,
     "training_log": TRAINING_LOG,
+}
+
+# Delta Lake tables under delta/<name>/ (storage.delta): the nightly exports, one version per
+# run. Their schemas declare `run_id` themselves.
+DELTA_TABLES: dict[str, pa.Schema] = {
+    "recommendations": RECOMMENDATIONS,
+    "similar_items": SIMILAR_ITEMS,
 }
 
 # The column that sizes a sized schema: each vector space's `vector`, and the archetypes' input_emb.

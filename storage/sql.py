@@ -2,6 +2,10 @@
 (storage.runs), which every table's `run_id` column joins:
 
     SELECT r.flow, r.started_at, count(*) FROM items i JOIN runs r USING (run_id) GROUP BY ALL
+
+A Delta table (storage.delta) is a view of its current version only, through delta-rs's Arrow
+dataset of that version: a glob over its folder would also read the files of the older versions
+it keeps.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import pyarrow as pa
 import pyarrow.csv
 import pyarrow.parquet as pq
 
+from storage import delta
 from storage.schemas import archetypes_schema
 from storage.store import Store
 
@@ -44,6 +49,8 @@ def connect(store: Store) -> duckdb.DuckDBPyConnection:
         con.execute(
             f"CREATE VIEW runs AS SELECT * FROM read_parquet('{runs}', union_by_name = true)"
         )
+    for name in delta.existing_tables(store):
+        con.register(name, delta.arrow_dataset(store, name))
     if "archetypes" in store.existing_datasets() and store.exists("items"):
         # Every part ever written stays in `archetypes` (other models, prompts, old content);
         # this view keeps the newest archetype of each item's current content per model,

@@ -12,6 +12,8 @@ Layout under the storage root (injected, so tests use a temporary folder):
     logs/genair-<time>-<pid>.log             the log of a `genair` command (storage.runs)
     models/recommenders/<run>/               a recommender run's checkpoints and best weights
                                              (storage.checkpoints)
+    delta/<name>/                            the nightly exports as Delta Lake tables, one
+                                             version per run (storage.delta)
 
 Writes are atomic: rows stream into `<name>.parquet.<random>.tmp` beside the target and the file
 is renamed over the target only when complete, so a crash leaves the previous table intact and

@@ -36,6 +36,7 @@ from genair_core.config import (
     RecommendConfig,
     RecommenderConfig,
     Section,
+    SimilarItemsConfig,
     StorageConfig,
     TrainingConfig,
 )
@@ -108,6 +109,7 @@ class Settings(BaseSettings):
     pooling: PoolingConfig = PoolingConfig()
     calibration: CalibrationConfig = CalibrationConfig()
     index: IndexConfig = IndexConfig()
+    similar_items: SimilarItemsConfig = SimilarItemsConfig()
     recommenders: RecommenderConfig = RecommenderConfig()
     recommend: RecommendConfig = RecommendConfig()
     prefect: PrefectConfig = PrefectConfig()

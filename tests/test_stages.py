@@ -84,6 +84,7 @@ def test_the_flows_run_the_stages_the_table_gives_them():
         "pooling",
         "calibrate",
         "index",
+        "similar-items",
         "retrieval",
     ]
     assert names[BACKFILL, "always"] == names[BACKFILL, "never"] + trained
