@@ -37,6 +37,7 @@ import torch
 from genair_core.config import ModelConfig
 from genair_core.models import SequentialRecommender, build_model, get_variant
 from genair_core.ranking import ApproximateTopK, top_k_unseen
+from genair_core.tables import RECOMMENDATIONS
 
 # State-dict entries that hold one row per trained item, in the trained run's item order.
 PER_ITEM = ("encoder.table", "encoder.trained", "encoder.ids.weight", "encoder.embedding.weight")
@@ -279,5 +280,6 @@ def recommendation_table(
             "is_popularity_list": pa.array(lists.popularity[users]),
             "model_run": pa.array([model_run] * candidates.size, pa.string()),
             "run_id": pa.array([run_id] * candidates.size, pa.string()),
-        }
+        },
+        schema=RECOMMENDATIONS,
     )

@@ -17,7 +17,7 @@ from genair_core.serving import (
     serving_model,
     user_histories,
 )
-from storage.delta import commit_version
+from storage.delta import commit_version, commits
 from storage.recommenders import (
     StoredRun,
     finished_runs,
@@ -64,19 +64,22 @@ def export_recommendations(settings: Settings, force: bool = False) -> dict[str,
     inputs = fingerprint(RECOMMEND_VERSION, name, served.run_id, cfg.model_dump(), tables)
 
     def produce() -> tuple[dict, dict]:
+        latest = commits(store, TABLE)[:1]
+        if latest and latest[0]["metadata"].get("inputs") == inputs:  # committed, then killed
+            return {}, {**latest[0]["metadata"], "version": latest[0]["version"]}
         catalog_ids, vectors = read_catalog_vectors(store)
         model, items = serving_model(served, catalog_ids, vectors)
         interactions = store.read_table("interactions", columns=["user_id", "item_id", "timestamp"])
         histories = user_histories(interactions, items.item_ids)
         lists = recommend(model, items, histories, cfg.k, cfg.exact_max_items, cfg.ef_search)
-        rows = recommendation_table(lists, items, name, store.run_id or "local")
+        rows = recommendation_table(lists, items, name, str(store.run_id))
         summary = {"served_run": name, **lists.summary(items)}
         commit = commit_version(
             store,
             TABLE,
             rows,
-            run_id=inputs,
-            metadata={**summary, "pipeline_run": store.run_id or "local"},
+            run_id=str(store.run_id),
+            metadata={**summary, "inputs": inputs},
             keep_versions=cfg.keep_versions,
         )
         summary["version"] = commit.version
