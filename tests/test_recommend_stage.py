@@ -8,6 +8,7 @@ import hashlib
 from pathlib import Path
 
 import pytest
+from safetensors import safe_open
 from scripted_pipeline import TitleEngines, add_item, scripted_pipeline, scripted_refresh
 from scripted_pipeline import write_catalog_dataset as catalog
 
@@ -15,7 +16,9 @@ import tasks.recommend
 from flows.cli import main as genair
 from flows.params import RefreshParams
 from storage import delta
+from storage.checkpoints import save_weights
 from storage.store import Store
+from tasks.settings import ConfigError
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 SERVED = "sasrec-genair-bce-s1"
@@ -124,3 +127,25 @@ def test_without_a_finished_run_the_stage_is_skipped(tmp_path):
         "reason": "no finished recommender run of a variant that can score new items",
     }
     assert not delta.exists(Store(tmp_path / "data"), "recommendations")
+
+
+def test_a_run_trained_before_item_orders_were_stored_is_served_on_the_tables_it_knew(config):
+    scripted_pipeline(str(config), TitleEngines(), until="results")
+    store = Store(config.parent / "data")
+    path = store.best_weights_path(SERVED)
+    with safe_open(path, framework="pt") as stored:
+        old = {k: v for k, v in stored.metadata().items() if k in ("run_id", "run", "epoch")}
+        weights = {name: stored.get_tensor(name) for name in stored.keys()}  # noqa: SIM118
+    save_weights(path, weights, old)  # as runs were stored before: no settings, no item order
+    (store.recommender_dir(SERVED) / "item_order.parquet").unlink()
+    summary = scripted_pipeline(str(config), TitleEngines(), start="recommend")
+    assert summary["recommend"]["served_run"] == SERVED
+    assert summary["recommend"]["new_items"] == 0
+
+    add_item(config, "m98", "Movie Popular")  # enters the k-core: item_index changes
+    events = config.parent / "events.csv"
+    events.write_text(events.read_text() + "u00,m98,999998\nu01,m98,999998\nu02,m98,999998\n")
+    with pytest.raises(ConfigError, match="trained before runs recorded their item order"):
+        scripted_refresh(
+            RefreshParams(config_path=str(config), recommenders="never"), TitleEngines()
+        )
