@@ -136,7 +136,8 @@ def top_k_unseen(
 
     user_vectors (U, h); items (N, h), row i = candidate i, in the dtype to score in (the users
     are cast to it); seen CSR as in the module docstring. Scores are computed batch_size users at
-    a time, so memory holds one (batch_size, N) block of scores in the items' dtype. The order
+    a time, so memory holds one (batch_size, N) block of scores in the items' dtype (and a
+    transposed copy of the items). The order
     within a row is exact for the scores as computed; BLAS may round a row's scores differently
     for another batch size, which can swap two candidates whose scores differ in the last bit.
     """
@@ -156,7 +157,7 @@ def top_k_unseen(
     keep = min(k, n_items)
     fetch = min(n_items, k + TIE_MARGIN)
     users = user_vectors.to(device=items.device, dtype=items.dtype)
-    candidates_t = items.T  # (h, N)
+    candidates_t = items.T.contiguous()  # (h, N): MKL's GEMM ran ~1.3× faster than on items.T
     for start in range(0, n_users, batch_size):
         stop = min(start + batch_size, n_users)
         scores = users[start:stop] @ candidates_t  # (B, N)
