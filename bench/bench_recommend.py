@@ -1,6 +1,6 @@
 """Recommendation lists, exact against FAISS HNSW: users per second end to end, in one run.
 
-    .venv/bin/python bench/bench_recommend.py                    # 10k and 1M items, ~13 min
+    .venv/bin/python bench/bench_recommend.py                    # 10k and 1M items, ~11 min
     .venv/bin/python bench/bench_recommend.py --items 10000 --users 5000 --timed-users 2000
 
 End to end = the four steps of the `recommend` stage for a user: the served model's forward pass
