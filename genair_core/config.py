@@ -364,5 +364,5 @@ class RecommendConfig(Section):
     keep_versions: int = Field(7, ge=1)  # the table's versions kept readable (time travel)
     # Exact scoring of every candidate up to this many items; FAISS HNSW inner-product search
     # above, the seen items filtered after search (docs/benchmarks.md, "Recommendation lists").
-    exact_max_items: int = Field(200_000, ge=0)
+    exact_max_items: int = Field(50_000, ge=0)
     ef_search: int = Field(128, ge=1)  # HNSW search-time candidate list, above exact_max_items

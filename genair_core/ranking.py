@@ -136,9 +136,10 @@ def top_k_unseen(
 
     user_vectors (U, h); items (N, h), row i = candidate i, in the dtype to score in (the users
     are cast to it); seen CSR as in the module docstring. Scores are computed batch_size users at
-    a time, so memory holds one (batch_size, N) block of scores in the items' dtype. The order
-    within a row is exact for the scores as computed; BLAS may round a row's scores differently
-    for another batch size, which can swap two candidates whose scores differ in the last bit.
+    a time, so memory holds one (batch_size, N) block of scores in the items' dtype, and a
+    transposed copy of the items. The order within a row is exact for the scores as computed;
+    BLAS may round a row's scores differently for another batch size, which can swap two
+    candidates whose scores differ in the last bit.
     """
     if items.ndim != 2:
         raise ValueError(f"items must be (candidates, h), got shape {tuple(items.shape)}")
@@ -156,14 +157,14 @@ def top_k_unseen(
     keep = min(k, n_items)
     fetch = min(n_items, k + TIE_MARGIN)
     users = user_vectors.to(device=items.device, dtype=items.dtype)
-    candidates_t = items.T  # (h, N)
+    candidates_t = items.T.contiguous()  # (h, N): MKL multiplies it faster than the items.T view
     for start in range(0, n_users, batch_size):
         stop = min(start + batch_size, n_users)
         scores = users[start:stop] @ candidates_t  # (B, N)
         lengths = torch.from_numpy(np.diff(ptr[start : stop + 1]))
         owners = torch.repeat_interleave(torch.arange(stop - start), lengths)
         seen_here = torch.from_numpy(seen[ptr[start] : ptr[stop]])
-        scores.view(-1)[owners * n_items + seen_here] = -torch.inf
+        scores.view(-1)[(owners * n_items + seen_here).to(scores.device)] = -torch.inf
         top_scores, top_index = torch.topk(scores, fetch, dim=1)
         top_scores, top_index = _order_by_score_then_index(top_scores, top_index)
         kth = top_scores[:, keep - 1]
@@ -179,8 +180,8 @@ def top_k_unseen(
             rows_scores[row, above:] = kth[row]
         rows_scores = rows_scores.to(torch.float32)
         unseen = rows_scores > -torch.inf
-        out_index[start:stop, :keep] = torch.where(unseen, rows_index, -1).numpy()
-        out_scores[start:stop, :keep] = rows_scores.numpy()
+        out_index[start:stop, :keep] = torch.where(unseen, rows_index, -1).cpu().numpy()
+        out_scores[start:stop, :keep] = rows_scores.cpu().numpy()
     return out_index, out_scores
 
 

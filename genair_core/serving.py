@@ -36,7 +36,7 @@ import torch
 
 from genair_core.config import ModelConfig
 from genair_core.models import SequentialRecommender, build_model, get_variant
-from genair_core.ranking import ApproximateTopK, top_k_unseen
+from genair_core.ranking import ApproximateTopK, choose_search, top_k_unseen
 from genair_core.tables import RECOMMENDATIONS
 
 # State-dict entries that hold one row per trained item, in the trained run's item order.
@@ -187,7 +187,7 @@ def recommend(
     (`ef_search`: its search-time list)."""
     table = model.encoder.all_items()[1:]  # (N, h)
     approximate = None
-    if table.shape[0] > exact_max_items:
+    if choose_search(table.shape[0], exact_max_items) == "faiss":
         approximate = ApproximateTopK(table, ef_search=ef_search)
     ptr, seen = _candidates_only(histories)
     lengths = np.diff(ptr)
