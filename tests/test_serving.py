@@ -157,3 +157,18 @@ def test_auto_serves_the_best_run_that_can_score_new_items():
     assert choose_served_run("auto", {"sasrec-id-ce-s44": scored["sasrec-id-ce-s44"]}) is None
     with pytest.raises(ValueError, match=r"recommend\.serve names 'nope', no finished run"):
         choose_served_run("nope", scored)
+
+
+def test_above_exact_max_items_faiss_ranks_and_its_recall_is_measured():
+    run = trained_run("genair")
+    catalog = ["a", "b", "c", "d", "e"]
+    model, items = serving_model(run, catalog, vectors(catalog))
+    log = interactions([("u1", "a", 1), ("u2", "b", 1), ("u2", "e", 2)])
+    histories = user_histories(log, items.item_ids)
+    exact = recommend(model, items, histories, k=3, exact_max_items=5)
+    approximate = recommend(model, items, histories, k=3, exact_max_items=4)
+    assert (exact.search, exact.recall) == ("exact", 1.0)
+    assert approximate.search == "faiss-hnsw"
+    assert approximate.recall == 1.0  # five items: HNSW finds them all
+    np.testing.assert_array_equal(approximate.items, exact.items)
+    assert approximate.summary(items)["recall@10"] == 1.0
