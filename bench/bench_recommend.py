@@ -57,6 +57,7 @@ from machine_info import cpu_description
 from genair_core.config import DatasetConfig, ModelConfig, StorageConfig
 from genair_core.models import build_model
 from genair_core.ranking import ApproximateTopK, recall_at_k, top_k_unseen
+from genair_core.serving import PrecomputedItems
 from storage.datasets import ML100K_INTER_MEMBER
 from storage.sources import read_recbole_atomic
 from storage.wheel_cache import ensure_wheel
@@ -134,17 +135,6 @@ def llm_like_table(n_items: int, seed: int) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def item_table(model: torch.nn.Module, n_items: int) -> torch.Tensor:
-    """(n_items, h): every candidate through the adapter, in blocks (encoder.all_items()
-    without its padding row and without a (N, 2h) intermediate of the whole catalog)."""
-    encoder = model.encoder
-    out = torch.empty(n_items, model.config.hidden)
-    for start in range(0, n_items, 65_536):
-        stop = min(start + 65_536, n_items)
-        out[start:stop] = encoder.adapter(encoder.table[1 + start : 1 + stop])
-    return out
-
-
 @torch.inference_mode()
 def forward(
     model: torch.nn.Module, ptr: np.ndarray, items: np.ndarray, users: np.ndarray, batch: int
@@ -249,7 +239,10 @@ def main(argv: list[str] | None = None) -> None:
         model = build_model(
             "sasrec", "genair", config, n_items, llm_like_table(n_items, args.seed), input_dims=384
         ).eval()
-        table_s, candidates = timed(item_table, model, n_items)
+        # As the recommend stage serves (genair_core.serving): the item table through the adapter
+        # once, looked up by the forward pass.
+        table_s, model.encoder = timed(PrecomputedItems, model.encoder)
+        candidates = model.encoder.all_items()[1:]
         forward_s, vectors = timed(forward, model, ptr, items, users, args.forward_batch)
         seen_ptr, seen = seen_of(ptr, items, users)
         exact_items = candidates.to(dtype)

@@ -118,7 +118,7 @@ def serving_model(
                 rows = weights[name][source] * (source != 0).unsqueeze(-1)
                 model.get_parameter(name).copy_(rows)
     model.eval()
-    model.encoder = _Precomputed(model.encoder)
+    model.encoder = PrecomputedItems(model.encoder)
     return model, ServingItems(item_ids, is_new)
 
 
@@ -231,15 +231,20 @@ def recommend(
     return Lists(histories.user_ids, top, scores, popularity, search, recall)
 
 
-class _Precomputed(torch.nn.Module):
-    """`encoder` with its item table computed once: the forward pass looks items up instead of
-    running the adapter again for every batch of users."""
+class PrecomputedItems(torch.nn.Module):
+    """`encoder` with its item table computed once, `block` items at a time (no (N, 2h)
+    intermediate of a large catalog): the forward pass looks items up instead of running the
+    adapter again for every batch of users."""
 
-    def __init__(self, encoder: torch.nn.Module) -> None:
+    def __init__(self, encoder: torch.nn.Module, block: int = 65_536) -> None:
         super().__init__()
         self.n_items = encoder.n_items
         with torch.no_grad():
-            self.table = encoder.all_items().detach().clone()  # (N + 1, h), row 0 padding
+            blocks = [
+                encoder(torch.arange(start, min(start + block, self.n_items + 1)))
+                for start in range(0, self.n_items + 1, block)
+            ]
+        self.table = torch.cat(blocks)  # (N + 1, h), row 0 the padding's zeros
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:
         return self.table[items]
