@@ -158,9 +158,12 @@ def top_k_unseen(
     fetch = min(n_items, k + TIE_MARGIN)
     users = user_vectors.to(device=items.device, dtype=items.dtype)
     candidates_t = items.T.contiguous()  # (h, N): MKL multiplies it faster than the items.T view
+    # One block of scores reused: a fresh (B, N) tensor each block is page-faulted in anew, which
+    # at 1M candidates cost a third of the matmul's rate (docs/benchmarks.md).
+    block = torch.empty((min(batch_size, n_users), n_items), dtype=items.dtype, device=items.device)
     for start in range(0, n_users, batch_size):
         stop = min(start + batch_size, n_users)
-        scores = users[start:stop] @ candidates_t  # (B, N)
+        scores = torch.matmul(users[start:stop], candidates_t, out=block[: stop - start])
         lengths = torch.from_numpy(np.diff(ptr[start : stop + 1]))
         owners = torch.repeat_interleave(torch.arange(stop - start), lengths)
         seen_here = torch.from_numpy(seen[ptr[start] : ptr[stop]])
