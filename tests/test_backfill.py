@@ -127,8 +127,9 @@ def test_all_items_picks_every_item_with_an_archetype_and_regenerates_them(confi
     report = backfill(config, all_items=True, dry_run=True)["dry_run"]
     assert report["items"] == 24
     assert report["batches"] == 6  # batch_size 4
-    downstream = ["pooling", "calibrate", "index", "retrieval", "negatives", "recommenders"]
-    assert report["then"] == [*downstream, "results"]
+    downstream = ["pooling", "calibrate", "index", "similar-items", "retrieval"]
+    trained = ["negatives", "recommenders", "results"]
+    assert report["then"] == [*downstream, *trained, "recommend"]
     engines = TitleEngines()
     backfill(config, engines, all_items=True, recommenders="never")
     assert len(engines.titles) == 24
