@@ -55,8 +55,16 @@ def weights_hash(store: Store) -> str:
 
 
 def test_every_user_gets_a_list_of_unseen_items_and_new_items_come_in_after_a_refresh(
-    config, capsys
+    config, capsys, monkeypatch
 ):
+    artifacts = []
+    real = tasks.recommend.create_markdown_artifact
+
+    def kept(**kwargs: object) -> object:
+        artifacts.append(kwargs)
+        return real(**kwargs)
+
+    monkeypatch.setattr(tasks.recommend, "create_markdown_artifact", kept)
     summary = scripted_pipeline(str(config), TitleEngines())
     store = Store(config.parent / "data")
     assert summary["recommend"]["served_run"] == SERVED  # genair, not the `id` run
@@ -80,6 +88,13 @@ def test_every_user_gets_a_list_of_unseen_items_and_new_items_come_in_after_a_re
     )
     assert summary["recommend"]["version"] == 1
     assert summary["recommend"]["new_items"] == 1
+    [first_export, second_export] = [a["markdown"] for a in artifacts]
+    assert artifacts[1]["key"] == "genair-recommendations"
+    assert f"- served run: `{SERVED}`" in second_export
+    assert "- users: 40; rows: " in second_export
+    assert "- lists holding a new item: 97.5%" in second_export  # all 40 lists but u00's
+    assert "table version: 1" in second_export
+    assert "- lists holding a new item: 0.0%" in first_export
     assert weights_hash(store) == trained  # nothing retrained, no parameter changed
     after = lists(store)
     new = [r for rows in after.values() for r in rows if r["item_id"] == "m99"]
