@@ -184,7 +184,7 @@ class CalibrationConfig(Section):
     epochs: int = Field(20, ge=1)
     # Pairs drawn per epoch, with replacement (0: as many as the co-occurrence table holds).
     # ml-100k has 784k pairs for 1,682 items: 64k draws already show each item ~80 times an
-    # epoch, at ~1/12 of the CPU time.
+    # epoch (64k x 2 / 1,682), at a twelfth of the pairs.
     pairs_per_epoch: int = Field(65_536, ge=0)
     batch_size: int = Field(1024, ge=2)  # co-occurring pairs per step; the rest are negatives
     lr: float = Field(1e-3, gt=0)
