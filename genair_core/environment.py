@@ -94,11 +94,17 @@ def cpu_bind_list() -> str:
     return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
 
 
+# A socket's path holds at most 107 bytes (sun_path); vLLM names each socket by a uuid4 (36).
+SOCKET_PATH_MAX = 107
+_SOCKET_NAME_CHARS = 1 + 36
+
+
 def _socket_folder() -> str:
-    """A temp folder named by this process's pid (short: a socket's path holds at most 107
-    bytes), removed at its exit. A process killed with SIGKILL runs no exit handler: the folders
-    of processes no longer running are removed here."""
-    temp = Path(tempfile.gettempdir())
+    """A temp folder named by this process's pid, removed at its exit: in the temp folder, or
+    in /tmp when that one's path is too long for the sockets in it. A process killed with
+    SIGKILL runs no exit handler: the folders of processes no longer running are removed
+    here."""
+    temp = socket_parent(Path(tempfile.gettempdir()), os.getpid())
     for stale in temp.glob(f"{SOCKET_FOLDER_PREFIX}*"):
         pid = stale.name[len(SOCKET_FOLDER_PREFIX) :]
         if pid.isdigit() and not _running(int(pid)):
@@ -108,6 +114,14 @@ def _socket_folder() -> str:
     folder.mkdir(mode=0o700)
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     return str(folder)
+
+
+def socket_parent(temp: Path, pid: int) -> Path:
+    """`temp`, or /tmp if a socket in `temp`'s folder for `pid` would have too long a path."""
+    folder = temp / f"{SOCKET_FOLDER_PREFIX}{pid}"
+    if len(os.fsencode(folder)) + _SOCKET_NAME_CHARS <= SOCKET_PATH_MAX:
+        return temp
+    return Path("/tmp")
 
 
 def _running(pid: int) -> bool:

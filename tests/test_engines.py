@@ -4,6 +4,7 @@ one run of the real default model through vLLM on the CPU, checked against trans
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -31,6 +32,7 @@ from genair_core.engines import (
 )
 from genair_core.engines.base import completion_span, request_seed
 from genair_core.engines.hf_engine import _RepetitionPenalty, _SeededGumbel, _TemperatureTopP
+from genair_core.environment import SOCKET_FOLDER_PREFIX, SOCKET_PATH_MAX, socket_parent
 from genair_core.prompts import build_prompt
 from storage.datasets import ML100K_ITEM_MEMBER
 from storage.sources import read_recbole_atomic
@@ -268,3 +270,15 @@ def test_vllm_cpu_engine_on_ml100k_agrees_with_transformers(
         for v, h in ((vi, hi), (vg, hg)):
             assert cosine(v, h) > MIN_COSINE
             assert np.linalg.norm(v - h) / np.linalg.norm(h) < MAX_REL_ERR
+
+
+def test_vllm_sockets_fit_the_path_limit_whatever_the_temp_folder(tmp_path: Path) -> None:
+    # vLLM binds sockets named by a uuid4 in its socket folder; a socket path over 107 bytes
+    # fails every request ("ipc path ... is longer than 107 characters"), as a long TMPDIR made.
+    short = Path("/tmp/t")
+    assert socket_parent(short, 4_194_304) == short
+    deep = tmp_path / ("x" * 60)
+    parent = socket_parent(deep, 4_194_304)
+    assert parent == Path("/tmp")
+    socket = parent / f"{SOCKET_FOLDER_PREFIX}4194304" / "4298999a-4e89-4e12-af73-0c42a4a7a52c"
+    assert len(os.fsencode(socket)) <= SOCKET_PATH_MAX

@@ -14,14 +14,16 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import psutil
 import pytest
 
+from genair_core.environment import socket_parent
 from genair_core.run_spec import RunSpec
 from genair_core.tables import to_matrix
 from storage.schemas import PART_DATASETS
@@ -117,7 +119,9 @@ def kill_when(
     deadline = time.monotonic() + 600
     while not landed():
         if proc.poll() is not None:
-            pytest.fail(f"the run ended ({proc.returncode}) before {what}")
+            pytest.fail(
+                f"the run ended ({proc.returncode}) before {what}:\n{proc.log.read_text()[-4000:]}"
+            )
         if time.monotonic() > deadline:
             pytest.fail(f"no {what} within 600 s")
         time.sleep(0.1)
@@ -177,11 +181,27 @@ def assert_same_tables(expected: Store, got: Store, names: list[str]) -> None:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(environment, ml100k_config) -> Store:
+def temp_folder() -> Iterator[Callable[[str], Path]]:
+    """Temp folders of the runs' own, short enough for the vLLM sockets in them (pytest's own
+    folders may not be: genair_core.environment.socket_parent)."""
+    made: list[Path] = []
+
+    def make(name: str) -> Path:
+        made.append(Path(tempfile.mkdtemp(prefix=f"sk-{name}-", dir="/tmp")))
+        assert socket_parent(made[-1], 4_194_304) == made[-1]
+        return made[-1]
+
+    yield make
+    for folder in made:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(environment, ml100k_config, temp_folder) -> Store:
     """A run that was never killed, up to the archetypes, with a temp folder of its own."""
     config = ml100k_config("uninterrupted", SETTINGS)
-    temp = config.parent / "tmp"
-    temp.mkdir()
+    temp = temp_folder("uninterrupted")
+    (config.parent / "tmp").symlink_to(temp)
     started = time.monotonic()
     run_to_end({**environment, "TMPDIR": str(temp)}, config, "--until", "archetypes")
     print(f"uninterrupted run to the archetypes: {time.monotonic() - started:.0f} s")
@@ -197,13 +217,12 @@ def test_a_finished_run_leaves_no_sockets_in_the_temp_folder(uninterrupted) -> N
 
 
 def test_killed_after_the_first_archetype_part_then_rerun(
-    environment, ml100k_config, uninterrupted
+    environment, ml100k_config, uninterrupted, temp_folder
 ):
     started = time.monotonic()
     config = ml100k_config("killed-archetypes", SETTINGS)
     store = Store(config.parent / "data")
-    temp = config.parent / "tmp"  # a temp folder of the runs' own
-    temp.mkdir()
+    temp = temp_folder("killed")  # a temp folder of the runs' own
     environment = {**environment, "TMPDIR": str(temp)}
     run = start(environment, config, "--until", "archetypes")
     try:
