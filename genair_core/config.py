@@ -7,6 +7,7 @@ Loading them from genair.toml and GENAIR_* variables is the orchestration's job
 
 from __future__ import annotations
 
+from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -109,9 +110,23 @@ class FilesConfig(Section):
 class DatasetConfig(Section):
     name: Literal["movielens-100k", "movielens-1m", "amazon-reviews", "files"] = "movielens-100k"
     max_field_chars: int = Field(10_000, ge=100)  # a longer field rejects its row
+    # Replay the catalog and the log as they stood at this time (genair_core.ingest); a date is
+    # its midnight, a time without an offset is UTC.
+    as_of: datetime | None = None
     movielens: MovieLensConfig = MovieLensConfig()
     amazon: AmazonConfig | None = None
     files: FilesConfig | None = None
+
+    @field_validator("as_of", mode="before")
+    @classmethod
+    def _as_utc(cls, value: object) -> object:
+        if isinstance(value, date) and not isinstance(value, datetime):
+            value = datetime.combine(value, time())
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        if isinstance(value, datetime):
+            return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return value
 
     @model_validator(mode="after")
     def _source_section_present(self) -> DatasetConfig:

@@ -2,7 +2,8 @@
 
 Every input row ends up in exactly one table: accepted into `items` / `interactions`, or
 written to `rejects` with the reason, the field, the file and line, and the row as read. Nothing
-is dropped silently, so `count(input rows) = count(accepted) + count(rejects)` can be checked.
+is dropped silently, so `count(input rows) = count(accepted) + count(rejects)` can be checked
+(+ what a replay as of a time holds back, below).
 
 Duplicate items: the first accepted row of an item_id wins. A later row with the same id and the
 same metadata (content_hash) is rejected as `duplicate_item`; one with different metadata as
@@ -15,6 +16,11 @@ Checks run in this order and the first failing one names the reject: reader erro
 An item's `updated_at` is when its current metadata was first ingested: `now` for an item that
 is new or whose content_hash changed, the earlier ingest's value (`known`) otherwise, so a
 re-ingest of the same catalog keeps every date and writes the same table.
+
+Replay as of a time T (`[dataset] as_of`): the catalog and the log as they stood at T. An item
+exists from its first interaction on (the source files date nothing else), so an item first
+interacted with after T, or never, is not in the catalog yet, and an interaction after T is not
+read. Neither is a reject: both are counted as held back (`Held`) and arrive with a later ingest.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from genair_core.datasets import Dataset, RowError
@@ -70,6 +77,48 @@ def content_hash(item: Mapping[str, object]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
+@dataclass(frozen=True)
+class AsOf:
+    """Replay as of `time`; `first_seen`: each item's first interaction (first_interactions)."""
+
+    time: datetime
+    first_seen: Mapping[str, datetime]
+
+    def has(self, item_id: str) -> bool:
+        first = self.first_seen.get(item_id)
+        return first is not None and first <= self.time
+
+
+@dataclass
+class Held:
+    """What a replay as of a time held back: rows that exist only after it."""
+
+    items: int = 0
+    interactions: int = 0
+
+
+def first_interactions(
+    dataset: Dataset, interaction_records: Iterable[RawRecord]
+) -> dict[str, datetime]:
+    """{item_id: its earliest interaction's time} over the rows that map to an item id and a
+    time (rows that do not are rejected by `ingest`, whatever their time)."""
+    first: dict[str, datetime] = {}
+    for record in interaction_records:
+        if record.error is not None or record.fields is None:
+            continue
+        try:
+            mapped = dataset.map_interaction(record.fields)
+        except RowError:
+            continue
+        item_id, timestamp = _clean_text(mapped.get("item_id")), mapped.get("timestamp")
+        if item_id is None or not isinstance(timestamp, datetime):
+            continue
+        timestamp = timestamp.astimezone(UTC).replace(microsecond=0)
+        if item_id not in first or timestamp < first[item_id]:
+            first[item_id] = timestamp
+    return first
+
+
 def ingest(
     dataset: Dataset,
     item_records: Iterable[RawRecord],
@@ -78,6 +127,8 @@ def ingest(
     max_field_chars: int,
     known: Mapping[str, tuple[str, datetime]] | None = None,
     now: datetime | None = None,
+    as_of: AsOf | None = None,
+    held: Held | None = None,
     batch_size: int = 10_000,
 ) -> Iterator[tuple[str, list[Row]]]:
     """Yield (table, rows) batches: the whole catalog and its rejects first, then interactions.
@@ -86,15 +137,20 @@ def ingest(
     interaction record is asked for. Rows have exactly the columns of genair_core.tables ITEMS,
     INTERACTIONS or REJECTS. `known`: {item_id: (content_hash, updated_at)} of the catalog the
     previous ingest wrote; `now` (default: the current time) dates items that are new or changed.
-    Only the de-duplication state (item ids with their hash, interaction keys) and `known` are
-    held in memory.
+    `as_of`: replay the catalog and the log as they stood then, counting what it holds back in
+    `held`. Only the de-duplication state (item ids with their hash, interaction keys), `known`
+    and `as_of` are held in memory.
     """
     out = _Batches(batch_size)
     known = known or {}
+    held = held if held is not None else Held()
     now = (now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
     accepted: dict[str, tuple[str, int]] = {}  # item_id -> (content_hash, line)
     for record in item_records:
         table, row = _item_outcome(dataset, record, accepted, max_field_chars)
+        if table == "items" and as_of is not None and not as_of.has(str(row["item_id"])):
+            held.items += 1
+            continue
         if table == "items":
             previous = known.get(str(row["item_id"]))
             same = previous is not None and previous[0] == row["content_hash"]
@@ -103,9 +159,13 @@ def ingest(
     yield from out.flush()
 
     seen: set[tuple[str, str, int]] = set()
+    until = as_of.time if as_of is not None else None
     for record in interaction_records:
-        table, row = _interaction_outcome(dataset, record, accepted, seen, max_field_chars)
-        yield from out.add(table, row)
+        outcome = _interaction_outcome(dataset, record, accepted, seen, max_field_chars, until)
+        if outcome is None:
+            held.interactions += 1
+            continue
+        yield from out.add(*outcome)
     yield from out.flush()
 
 
@@ -226,7 +286,9 @@ def _interaction_outcome(
     accepted: Mapping[str, object],
     seen: set[tuple[str, str, int]],
     limit: int,
-) -> tuple[str, Row]:
+    until: datetime | None,
+) -> tuple[str, Row] | None:
+    """(table, row), or None for a valid row after `until`, which a replay holds back."""
     table = "interactions"
     if record.error is not None or record.fields is None:
         return _reader_reject(table, record)
@@ -250,6 +312,8 @@ def _interaction_outcome(
     if not _EARLIEST <= timestamp <= _LATEST:
         detail = f"timestamp {timestamp.isoformat()} is outside 1970-01-01..2100-01-01"
         return _reject(table, record, "timestamp", "bad_timestamp", detail)
+    if until is not None and timestamp > until:
+        return None
     if item_id not in accepted:
         detail = f"item_id {item_id!r} is not in the accepted catalog"
         return _reject(table, record, "item_id", "unknown_item", detail)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from prefect import task
+from prefect.logging import get_run_logger
 
-from genair_core.ingest import INGEST_VERSION, ingest
+from genair_core.ingest import INGEST_VERSION, AsOf, Held, first_interactions, ingest
 from storage.items import item_versions
 from storage.sources import input_fingerprint
 from storage.sql import rejects_by_reason
@@ -29,12 +30,18 @@ def ingest_dataset(settings: Settings, force: bool = False) -> dict[str, object]
     )
 
     def produce() -> tuple[dict, dict]:
+        as_of, held = None, Held()
+        if settings.dataset.as_of is not None:
+            first_seen = first_interactions(dataset, files.interaction_records())
+            as_of = AsOf(settings.dataset.as_of, first_seen)
         batches = ingest(
             dataset,
             files.item_records(),
             files.interaction_records(),
             max_field_chars=settings.dataset.max_field_chars,
             known=item_versions(store),
+            as_of=as_of,
+            held=held,
         )
         outputs = store.write_streams(OUTPUTS, batches)
         summary = {
@@ -42,6 +49,17 @@ def ingest_dataset(settings: Settings, force: bool = False) -> dict[str, object]
             "rows": {name: info.rows for name, info in outputs.items()},
             "rejects_by_reason": rejects_by_reason(store),
         }
+        if as_of is not None:
+            summary["as_of"] = {
+                "time": as_of.time.isoformat(),
+                "held_back": {"items": held.items, "interactions": held.interactions},
+            }
+            get_run_logger().info(
+                "as of %s: %d items and %d interactions come later, not read",
+                as_of.time.isoformat(),
+                held.items,
+                held.interactions,
+            )
         return outputs, summary
 
     return run_step(store, "ingest", inputs, produce, force=force)

@@ -8,7 +8,7 @@ import pytest
 
 from genair_core.config import DatasetConfig, FilesConfig, InteractionColumns, ItemColumns
 from genair_core.datasets import FilesDataset
-from genair_core.ingest import REASONS, content_hash, ingest
+from genair_core.ingest import REASONS, AsOf, Held, content_hash, first_interactions, ingest
 from genair_core.tables import RawRecord
 from storage.schemas import TABLES
 from tasks.datasets import make_dataset, open_dataset
@@ -65,9 +65,13 @@ def run_ingest(tmp_path):
     config = DatasetConfig(name="files", files=files)
     opened = open_dataset(config, tmp_path)
 
-    def run(**options):
+    def run(as_of: datetime | None = None, **options):
+        dataset = make_dataset(config)
+        if as_of is not None:
+            first_seen = first_interactions(dataset, opened.interaction_records())
+            options["as_of"] = AsOf(as_of, first_seen)
         records = (opened.item_records(), opened.interaction_records())
-        return ingest(make_dataset(config), *records, **options)
+        return ingest(dataset, *records, **options)
 
     return run
 
@@ -200,6 +204,46 @@ def test_every_input_row_is_accounted_for(run_ingest):
     assert len(tables["items"]) + sum(r["table"] == "items" for r in tables["rejects"]) == item_rows
     interactions = len(tables["interactions"])
     assert interactions + sum(r["table"] == "interactions" for r in tables["rejects"]) == event_rows
+
+
+def test_as_of_a_time_holds_back_later_items_and_interactions_and_rejects_the_same(run_ingest):
+    full = collect(run_ingest(max_field_chars=100))
+    held = Held()
+    as_of = datetime.fromtimestamp(150, UTC)  # after line 2's 100, before line 14's 200
+    replay = collect(run_ingest(max_field_chars=100, as_of=as_of, held=held))
+    # A (first interaction at 100) exists; B (2016) does not yet; F and H, never interacted
+    # with, neither. Only line 2 is read: every other valid row is later.
+    assert [r["item_id"] for r in replay["items"]] == ["A"]
+    assert [(r["user_id"], r["item_id"], r["line"]) for r in replay["interactions"]] == [
+        ("u1", "A", 2)
+    ]
+    assert (held.items, held.interactions) == (3, 4)  # B F H; lines 3 14 11 13
+    # Rows after T are held back, not rejected, even those a full read rejects as
+    # unknown_item (lines 11 and 13); every other reject is the same.
+    later_unknown = {("interactions", 11), ("interactions", 13)}
+    full_rejects = {(r["table"], r["line"]) for r in full["rejects"]}
+    assert {(r["table"], r["line"]) for r in replay["rejects"]} == full_rejects - later_unknown
+    # Every row is accounted for: accepted, rejected or held back.
+    assert (
+        len(replay["items"]) + held.items + sum(r["table"] == "items" for r in replay["rejects"])
+        == 12
+    )
+    assert (
+        len(replay["interactions"])
+        + held.interactions
+        + sum(r["table"] == "interactions" for r in replay["rejects"])
+        == 15
+    )
+
+
+def test_as_of_takes_a_date_a_naive_time_or_an_offset_as_utc():
+    assert DatasetConfig(as_of="1998-03-01").as_of == datetime(1998, 3, 1, tzinfo=UTC)
+    assert DatasetConfig(as_of="1998-03-01T10:00").as_of == datetime(1998, 3, 1, 10, tzinfo=UTC)
+    assert DatasetConfig(as_of="1998-03-01T12:00+02:00").as_of == datetime(
+        1998, 3, 1, 10, tzinfo=UTC
+    )
+    with pytest.raises(ValueError, match="as_of"):
+        DatasetConfig(as_of="last tuesday")
 
 
 def test_any_records_can_be_fed_and_the_catalog_is_read_first():
