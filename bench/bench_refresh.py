@@ -15,6 +15,14 @@ back to back on the same machine (recommenders excluded from both).
    interaction log is unchanged.
 4. Refresh: `genair refresh --recommenders never` on the same root.
 
+With `--replay`, the night is one that happened: ml-100k itself (no export), the full run is
+`genair run` as of a time T (`[dataset] as_of`: recommenders trained, lists exported), T chosen
+so that `--share` of the items are first interacted with after it, and the refresh, without
+`as_of`, reads those items and every later interaction and exports the lists, new items in them
+(`recommend` included, no retraining).
+
+    .venv/bin/python bench/bench_refresh.py --replay           # 1 % of ml-100k, ~30 min
+
 Both are timed as whole processes (what a scheduler waits for, Prefect's start-up included), and
 the steps each run recorded (storage/runs.py) say where the time went. Peak RSS is that of the
 largest child process.
@@ -53,6 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--share", type=float, default=0.01, help="items new or changed")
     parser.add_argument("--max-items", type=int, default=0, help="> 0: only this many items")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--replay", action="store_true", help="a real night: a full run as of T, then a refresh"
+    )
     return parser.parse_args(argv)
 
 
@@ -145,11 +156,73 @@ def step_times(root: Path) -> dict[str, object]:
     }
 
 
+def as_of_for_share(interactions: list[dict], share: float) -> tuple[datetime, int]:
+    """The time after which `share` of the items have their first interaction: halfway between
+    the last first interaction before it and the first one after it; and how many items that is."""
+    first: dict[str, datetime] = {}
+    for row in interactions:
+        if row["item_id"] not in first or row["timestamp"] < first[row["item_id"]]:
+            first[row["item_id"]] = row["timestamp"]
+    times = sorted(first.values())
+    new = max(1, round(share * len(times)))
+    before, after = times[-new - 1], times[-new]
+    if before == after:
+        sys.exit(f"no time separates the last {new} items' first interactions")
+    return (before + (after - before) / 2).replace(microsecond=0), new
+
+
+def replay(args: argparse.Namespace, work: Path) -> None:
+    source = work / "ml100k"
+    source.mkdir()
+    config = source / "genair.toml"
+    base = f'[storage]\nroot = "data"\ncache_dir = "{CACHE}"\n[dataset]\nname = "movielens-100k"\n'
+    config.write_text(base)
+    genair(config, "run", "--until", "ingest")
+    interactions = pq.read_table(source / "data" / "tables" / "interactions.parquet").to_pylist()
+    as_of, new = as_of_for_share(interactions, args.share)
+    later = sum(row["timestamp"] > as_of for row in interactions)
+    print(f"as of {as_of.isoformat()}: {new} items and {later} interactions come later")
+
+    site = work / "site"
+    site.mkdir()
+    config = site / "genair.toml"
+    config.write_text(base + f"as_of = {as_of.isoformat()}\n")
+    full_s = genair(config, "run")
+    full = step_times(site / "data")
+    print(f"full run as of T: {full_s:.1f} s")
+    config.write_text(base)
+    refresh_s = genair(config, "refresh", "--recommenders", "never")
+    refresh = step_times(site / "data")
+    export = Store(site / "data").read_manifest("recommend")
+    print(f"refresh ({new} new items, {later} new interactions): {refresh_s:.1f} s")
+    result = {
+        "date": datetime.now().isoformat(timespec="seconds"),
+        **cpu_info(),
+        "as_of": as_of.isoformat(),
+        "new_items": new,
+        "new_interactions": later,
+        "full_wall_s": round(full_s, 1),
+        "refresh_wall_s": round(refresh_s, 1),
+        "refresh_share": round(refresh_s / full_s, 4),
+        "export": export.summary if export else None,
+        "peak_child_rss_mib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024),
+        "full": full,
+        "refresh": refresh,
+        "load_after": os.getloadavg(),
+    }
+    print(json.dumps(result, indent=1, default=str))
+    share = 100 * refresh_s / full_s
+    print(f"\nrefresh / full = {refresh_s:.1f} s / {full_s:.1f} s = {share:.1f} %")
+
+
 def main(args: argparse.Namespace) -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="genair-bench-refresh-"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"work folder: {work}; {platform.node()}, {os.cpu_count()} cores, {cpu_description()}")
     print(f"load before: {os.getloadavg()}")
+    if args.replay:
+        replay(args, work)
+        return
     catalog, events = export_catalog(work, args.max_items)
     site = work / "site"
     site.mkdir()
