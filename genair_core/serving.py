@@ -209,9 +209,9 @@ def recommend(
     for start in range(0, modelled.size, USER_BATCH):
         batch = modelled[start : start + USER_BATCH]
         width = min(int(lengths[batch].max()) + 1, model.config.max_len)
-        history = torch.from_numpy(_left_padded(seen, ptr[batch], ptr[batch + 1], width))
+        history = torch.from_numpy(left_padded(seen, ptr[batch], ptr[batch + 1], width))
         vectors = model.user_vectors(history)  # (B, h)
-        batch_ptr, batch_seen = _gather(seen, ptr[batch], ptr[batch + 1])
+        batch_ptr, batch_seen = gather(seen, ptr[batch], ptr[batch + 1])
         if approximate is not None:
             found = approximate.search(vectors, batch_ptr, batch_seen - 1, k)
             if start == 0:  # the first batch's exact lists: what the approximate search costs
@@ -260,7 +260,7 @@ def _candidates_only(histories: Histories) -> tuple[np.ndarray, np.ndarray]:
     return kept[histories.ptr].astype(np.int64), histories.items[keep]
 
 
-def _gather(
+def gather(
     items: np.ndarray, starts: np.ndarray, ends: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """items[starts[b]:ends[b]] for each b, as CSR (ptr, flat)."""
@@ -270,7 +270,7 @@ def _gather(
     return ptr, items[np.repeat(starts, lengths) + offsets]
 
 
-def _left_padded(items: np.ndarray, starts: np.ndarray, ends: np.ndarray, width: int) -> np.ndarray:
+def left_padded(items: np.ndarray, starts: np.ndarray, ends: np.ndarray, width: int) -> np.ndarray:
     """(B, width): the last `width` items of each range, left-padded with 0."""
     index = ends[:, None] - width + np.arange(width)[None, :]
     return np.where(index >= starts[:, None], items[np.clip(index, 0, None)], 0)

@@ -1,0 +1,170 @@
+"""genair_core.cold_start on a hand-made log: which interactions are targets, of what kind and
+window; the baselines against plain numpy; an `id` model scores 0 on new items."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from genair_core.cold_start import (
+    KINDS,
+    WINDOWS,
+    ColdStartLog,
+    ContentScores,
+    FixedScores,
+    ModelScores,
+    choose_as_of,
+    evaluate,
+    user_means,
+)
+from genair_core.config import ModelConfig
+from genair_core.models import build_model
+from genair_core.serving import ServedRun, serving_model
+
+T = datetime.fromtimestamp(4, UTC)
+# user, item, time. As of T: x and y trained, v present but never trained (the k-core dropped
+# it); z, w and n1 come later; n2 is in the catalog and never interacted with.
+LOG = [
+    ("a", "x", 1),
+    ("a", "y", 2),
+    ("a", "z", 5),  # new, valid (the half of (4, 9] is 6.5)
+    ("a", "w", 8),  # new, test
+    ("b", "v", 2),
+    ("b", "x", 3),
+    ("b", "n1", 6),  # new, valid
+    ("c", "n1", 7),  # c's first interaction: no history, no target
+    ("c", "y", 9),  # warm, test
+    ("b", "v", 9),  # untrained, test
+]
+# 20 more catalog items never interacted with: more candidates than a top 10 holds.
+CATALOG = ["x", "y", "z", "w", "v", "n1", "n2", *(f"f{i:02d}" for i in range(20))]
+TRAINED = ["y", "x"]
+
+
+def log_table(rows=LOG) -> pa.Table:
+    users, items, times = zip(*rows, strict=True)
+    stamps = [datetime.fromtimestamp(t, UTC) for t in times]
+    return pa.table(
+        {
+            "user_id": list(users),
+            "item_id": list(items),
+            "timestamp": pa.array(stamps, pa.timestamp("us", tz="UTC")),
+        }
+    )
+
+
+@pytest.fixture
+def log() -> ColdStartLog:
+    return ColdStartLog.of(log_table(), T, TRAINED, CATALOG)
+
+
+def targets(log: ColdStartLog) -> list[tuple[str, str, str, str]]:
+    return [
+        (
+            log.user_ids[log.user[j]],
+            log.candidate_ids[log.target_items[j] - 1],
+            KINDS[log.kind[j]],
+            WINDOWS[log.window[j]],
+        )
+        for j in range(len(log.position))
+    ]
+
+
+def test_targets_are_the_interactions_after_t_with_a_history(log):
+    assert log.candidate_ids == sorted(CATALOG)
+    assert sorted(targets(log)) == sorted(
+        [
+            ("a", "z", "new", "valid"),
+            ("a", "w", "new", "test"),
+            ("b", "n1", "new", "valid"),
+            ("b", "v", "untrained", "test"),
+            ("c", "y", "warm", "test"),
+        ]
+    )
+    # A never-interacted catalog item is new too (it did not exist as of T), never a target.
+    assert log.kind_of_item[1 + log.candidate_ids.index("n2")] == KINDS.index("new")
+    # Histories are everything before the target, later-than-T rows included.
+    [j] = [j for j, t in enumerate(targets(log)) if t[:2] == ("c", "y")]
+    start, end = log.history(np.array([j]))
+    assert [log.candidate_ids[i - 1] for i in log.items[start[0] : end[0]]] == ["n1"]
+
+
+def test_the_content_only_baseline_is_the_mean_history_vector_dotted_with_each_item(log):
+    vectors = np.random.default_rng(0).normal(size=(len(CATALOG), 5))
+    got = ContentScores(vectors)(log, np.arange(len(log.position))).numpy()
+    by_id = dict(zip(log.candidate_ids, vectors, strict=True))
+    for j, (user, item, _, _) in enumerate(targets(log)):
+        moment = dict(((u, i), t) for u, i, t in LOG)
+        before = [i for u, i, t in LOG if u == user and t < moment[(user, item)]]
+        mean = np.mean([by_id[i] for i in before], axis=0)
+        expected = [mean @ by_id[i] for i in log.candidate_ids]
+        np.testing.assert_allclose(got[j, 1:], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_ranks_count_the_unseen_candidates_at_or_above_the_target(log):
+    # Fixed scores: n2 > w > z > n1 > y > x > v > the others; each user's history masked.
+    order = ["n2", "w", "z", "n1", "y", "x", "v"]
+    scores = np.zeros(len(CATALOG) + 1, np.float32)
+    for place, item in enumerate(order):
+        scores[1 + log.candidate_ids.index(item)] = len(order) - place
+    rows = evaluate(log, FixedScores(scores)).to_pylist()
+    got = {(r["user_id"], targets(log)[j][1]): r for j, r in enumerate(rows)}
+    # a's z: a has seen x and y (and w is later, unseen); above z: n2, w.
+    assert got["a", "z"]["rank"] == 2
+    assert got["a", "z"]["ndcg@10"] == pytest.approx(1 / np.log2(4))
+    # Among new items only (n2, w, z, n1): the same two above it.
+    assert got["a", "z"]["new_only_ndcg@10"] == pytest.approx(1 / np.log2(4))
+    assert got["c", "y"]["rank"] == 3  # n2, w, z; n1 seen
+    assert np.isnan(got["c", "y"]["new_only_ndcg@10"])  # a warm target: no new-only view
+    assert all(r["top_holds_new"] for r in rows)
+
+
+def test_popularity_counts_only_what_happened_by_t(log):
+    counts = dict(zip(log.candidate_ids, FixedScores.popularity(log).scores[1:], strict=True))
+    assert {i: c for i, c in counts.items() if c} == {"v": 1, "x": 2, "y": 1}
+
+
+def test_user_means_average_per_user_then_the_caller_over_users(log):
+    scores = np.arange(len(CATALOG) + 1, dtype=np.float32)
+    rows = evaluate(log, FixedScores(scores))
+    means = user_means(rows, "ndcg@10", "test", None)
+    assert set(means) == {"a", "b", "c"}
+    assert set(user_means(rows, "ndcg@10", "valid", "new")) == {"a", "b"}
+
+
+def test_an_id_model_scores_exactly_zero_on_new_targets(log):
+    config = ModelConfig(hidden=4, max_len=6, dropout=0.0)
+    torch.manual_seed(0)
+    model = build_model("sasrec", "id", config, len(TRAINED), None, input_dims=2)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    run = ServedRun("id", "r", "sasrec", "id", config, 2, weights, TRAINED)
+    served, items = serving_model(run, log.candidate_ids, None)
+    rows = evaluate(log, ModelScores(served, items)).to_pylist()
+    kinds = [KINDS[k] for k in log.kind]
+    new = [r for r, kind in zip(rows, kinds, strict=True) if kind == "new"]
+    assert new
+    assert all(r["ndcg@10"] == 0.0 and r["hr@10"] == 0.0 for r in new)
+    assert all(r["new_only_ndcg@10"] == 0.0 for r in new)
+    assert not any(r["top_holds_new"] for r in rows)
+
+
+def test_t_is_the_latest_midnight_leaving_enough_new_items_and_targets():
+    day = 86_400
+    rows = [("u0", f"old{i}", i) for i in range(10)]
+    rows += [(f"u{u}", "old0", 100 + u) for u in range(1, 4)]  # a history before any new item
+    for d in range(1, 6):  # one new item a day, taken by three users
+        rows += [(f"u{u}", f"new{d}", d * day + u) for u in range(1, 4)]
+    rows += [(f"u{u}", f"old{u}", 6 * day + u) for u in range(1, 4)]
+    table = log_table(rows)
+    # 15 items: at least 3 new, with at least 2 new-item targets in each half of the time after
+    # T. Day 4 leaves 2 new items; day 3 leaves new3..new5, 6 targets up to day 4.5, 3 after.
+    cut = choose_as_of(table, min_new_share=0.2, min_new_targets=2)
+    assert cut == datetime.fromtimestamp(3 * day, UTC)
+    log = ColdStartLog.of(table, cut, [], pa.compute.unique(table["item_id"]).to_pylist())
+    assert (log.kind_of_item == 0).sum() >= 3
+    with pytest.raises(ValueError, match="no day of the log"):
+        choose_as_of(table, min_new_share=0.9)
