@@ -24,6 +24,7 @@ FLOWS = {
     "run": ("FullParams", "flows.pipeline", "genair_full"),
     "refresh": ("RefreshParams", "flows.refresh", "genair_nightly_refresh"),
     "backfill": ("BackfillParams", "flows.backfill", "genair_backfill"),
+    "cold-start": ("ColdStartParams", "flows.cold_start", "genair_cold_start"),
 }
 
 
@@ -47,6 +48,11 @@ def backfill(args: argparse.Namespace, settings: Settings) -> int:
         recommenders=args.recommenders,
     )
     _check_items_known(settings, params.items)
+    return run_flow(args, settings, _flow_call(args, params))
+
+
+def cold_start(args: argparse.Namespace, settings: Settings) -> int:
+    params = _flow_params(args, as_of=args.as_of)
     return run_flow(args, settings, _flow_call(args, params))
 
 

@@ -179,6 +179,25 @@ COMMANDS = (
         run=cli_commands.backfill,
     ),
     Command(
+        name="cold-start",
+        summary="score the runs trained as of T on every interaction after it (genair-cold-start)",
+        description="In a storage root whose runs were trained with `[dataset] as_of = T` and "
+        "whose tables were refreshed since (genair refresh --recommenders never), score every "
+        "interaction after T with each finished run and the baselines (popularity, content-only "
+        "on both spaces, random among the new items), against the whole catalog. Writes the "
+        "`cold_start_targets` rows and reports/cold_start.md.",
+        examples=("genair cold-start --as-of 1998-02-01",),
+        options=(
+            option(
+                "--as-of",
+                required=True,
+                metavar="TIME",
+                help="the time the runs were trained as of (ISO 8601; a date is its midnight UTC)",
+            ),
+        ),
+        run=cli_commands.cold_start,
+    ),
+    Command(
         name="similar",
         summary="the items most like one item (from the FAISS index of a vector space)",
         description="The top-k items by cosine, with title, score and the first line of each "

@@ -10,14 +10,15 @@ checkout a worker runs in), or the defaults; `profile` None means none, or $GENA
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from flows.stages import STAGES
 from genair_core.backfill import Backfill
+from genair_core.config import as_utc
 from tasks.settings import RecommenderPolicy, Settings, load_settings
 
 StageName = Literal[STAGES]  # type: ignore[valid-type]  # the names in flows.stages, in order
@@ -94,3 +95,15 @@ def _describe(err: ValidationError) -> str:
         got = f" (got {problem['input']!r})" if problem["loc"] else ""
         lines.append(f"{field}: {message}{got}")
     return "invalid parameters: " + "; ".join(lines)
+
+
+class ColdStartParams(FlowParams):
+    """genair-cold-start: `as_of` as `[dataset] as_of` takes it (a date is its midnight, a time
+    without an offset is UTC)."""
+
+    as_of: datetime
+
+    @field_validator("as_of", mode="before")
+    @classmethod
+    def _as_utc(cls, value: object) -> object:
+        return as_utc(value)

@@ -21,7 +21,7 @@ RecSys 2025).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -33,7 +33,9 @@ from scipy import sparse
 
 from genair_core.metrics import full_ranks, rank_metrics
 from genair_core.models import SequentialRecommender
+from genair_core.results import paired_test
 from genair_core.serving import ServingItems, gather, left_padded
+from genair_core.tables import COLD_START_TARGETS
 
 KINDS = ("new", "warm", "untrained")
 WINDOWS = ("valid", "test")
@@ -164,6 +166,15 @@ class ContentScores:
 
     vectors: np.ndarray
 
+    @classmethod
+    def of(cls, log: ColdStartLog, item_ids: Sequence[str], vectors: np.ndarray) -> ContentScores:
+        """From the vectors of `item_ids` (any order; every candidate's among them)."""
+        row = {item_id: i for i, item_id in enumerate(item_ids)}
+        missing = [i for i in log.candidate_ids if i not in row]
+        if missing:
+            raise ValueError(f"{len(missing)} candidates have no vector, e.g. {missing[0]!r}")
+        return cls(vectors[[row[i] for i in log.candidate_ids]])
+
     def __call__(self, log: ColdStartLog, targets: np.ndarray) -> torch.Tensor:
         table = np.concatenate([np.zeros((1, self.vectors.shape[1])), self.vectors])
         ptr, flat = gather(log.items, *log.history(targets))
@@ -201,12 +212,14 @@ class FixedScores:
 
 
 def evaluate(log: ColdStartLog, scorer: Scorer) -> pa.Table:
-    """One row per target: user, window, kind, and its NDCG@10 and HR@10 against the whole
-    catalog and, for a new target, among the new items only; whether its top 10 holds a new
+    """One row per target (genair_core.tables.COLD_START_TARGETS): user, window, kind, and its
+    NDCG@10 and HR@10 against the whole catalog; for a new target among the new items only, for
+    another with the new items left out of the candidates; whether its top 10 holds a new
     item."""
     n = len(log.position)
     ranks = np.zeros(n, dtype=np.int64)
     new_ranks = np.zeros(n, dtype=np.int64)
+    old_ranks = np.zeros(n, dtype=np.int64)
     top_has_new = np.zeros(n, dtype=bool)
     is_new = torch.from_numpy(log.kind_of_item == 0)
     # Targets by history length, so each forward pass is as wide as its longest history.
@@ -223,6 +236,8 @@ def evaluate(log: ColdStartLog, scorer: Scorer) -> pa.Table:
         ranks[batch] = full_ranks(scores, targets, *exclude).numpy()
         among_new = scores.masked_fill(~is_new, -torch.inf)
         new_ranks[batch] = full_ranks(among_new, targets, *exclude).numpy()
+        without_new = scores.masked_fill(is_new, -torch.inf)
+        old_ranks[batch] = full_ranks(without_new, targets, *exclude).numpy()
         masked = scores.clone()
         owner = torch.repeat_interleave(torch.arange(len(batch)), torch.from_numpy(np.diff(ptr)))
         masked[owner, torch.from_numpy(seen)] = -torch.inf
@@ -232,8 +247,8 @@ def evaluate(log: ColdStartLog, scorer: Scorer) -> pa.Table:
         top_has_new[batch] = shown.any(dim=1).numpy()
     full = rank_metrics(ranks, (AT,))
     among = rank_metrics(new_ranks, (AT,))
+    without = rank_metrics(old_ranks, (AT,))
     new = log.kind == 0
-    nan = np.full(n, np.nan)
     return pa.table(
         {
             "user_id": pa.array(log.user_ids, pa.string()).take(pa.array(log.user)),
@@ -242,10 +257,13 @@ def evaluate(log: ColdStartLog, scorer: Scorer) -> pa.Table:
             "rank": pa.array(ranks),
             f"ndcg@{AT}": pa.array(full[f"ndcg@{AT}"]),
             f"hr@{AT}": pa.array(full[f"hr@{AT}"]),
-            f"new_only_ndcg@{AT}": pa.array(np.where(new, among[f"ndcg@{AT}"], nan)),
-            f"new_only_hr@{AT}": pa.array(np.where(new, among[f"hr@{AT}"], nan)),
+            f"new_only_ndcg@{AT}": pa.array(among[f"ndcg@{AT}"], mask=~new),
+            f"new_only_hr@{AT}": pa.array(among[f"hr@{AT}"], mask=~new),
+            f"old_only_ndcg@{AT}": pa.array(without[f"ndcg@{AT}"], mask=new),
+            f"old_only_hr@{AT}": pa.array(without[f"hr@{AT}"], mask=new),
             "top_holds_new": pa.array(top_has_new),
-        }
+        },
+        schema=COLD_START_TARGETS,
     )
 
 
@@ -309,3 +327,177 @@ def _top_by_index(scores: torch.Tensor, k: int) -> torch.Tensor:
     # Within a tie, a lower column first: sort by score, then stable by column.
     order = torch.sort(scores, dim=1, descending=True, stable=True).indices
     return order[:, : min(k, n)]
+
+
+# --- the results ------------------------------------------------------------------------------
+
+# (target kind or "all", metric): the views reported, in the table's order.
+VIEWS = (
+    ("new", "ndcg@10"),
+    ("new", "hr@10"),
+    ("new", "new_only_ndcg@10"),
+    ("warm", "ndcg@10"),
+    ("warm", "hr@10"),
+    ("warm", "old_only_ndcg@10"),
+    ("untrained", "ndcg@10"),
+    ("all", "ndcg@10"),
+    ("all", "hr@10"),
+)
+GENAIR_FAMILY = ("genair", "genair-warm", "genair-id")
+CONTENT = ("content-raw", "content-calibrated")
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One method's rows (`evaluate`) for one seed: a run `<backbone>-<variant>` or a baseline
+    (`popularity`, `content-raw`, `content-calibrated`, `random-new`)."""
+
+    method: str
+    seed: int
+    rows: pa.Table
+
+
+def per_user(scored: Sequence[Scored], window: str, kind: str, metric: str) -> dict[str, float]:
+    """{user: the metric over the user's targets, averaged over the method's seeds}; every seed
+    of one method has the same targets, so the same users."""
+    by_seed = [user_means(s.rows, metric, window, _kind(kind)) for s in scored]
+    users = sorted(set().union(*by_seed)) if by_seed else []
+    return {u: float(np.mean([m[u] for m in by_seed if u in m])) for u in users}
+
+
+def results_table(scored: Sequence[Scored], window: str) -> list[dict[str, object]]:
+    """One row per method: each view's mean over users (per user first, seeds averaged), the
+    spread of the per-seed means, the share of targets whose top 10 holds a new item and the
+    share of targets that are new."""
+    methods: dict[str, list[Scored]] = {}
+    for s in scored:
+        methods.setdefault(s.method, []).append(s)
+    rows = []
+    for method, runs in methods.items():
+        row: dict[str, object] = {"method": method, "seeds": len(runs)}
+        for kind, metric in VIEWS:
+            users = per_user(runs, window, kind, metric)
+            by_seed = (user_means(r.rows, metric, window, _kind(kind)) for r in runs)
+            seeds = [np.mean(list(m.values())) for m in by_seed if m]
+            row[f"{kind} {metric}"] = float(np.mean(list(users.values()))) if users else None
+            row[f"{kind} {metric} sd"] = float(np.std(seeds)) if len(seeds) > 1 else None
+        chosen = [r.rows.filter(pc.equal(r.rows["window"], window)) for r in runs]
+        holds = [pc.mean(c["top_holds_new"]).as_py() for c in chosen]
+        row["top-10 holds new"] = float(np.mean(holds))
+        new = pc.equal(chosen[0]["kind"], "new")
+        row["targets new"] = pc.mean(pc.cast(new, pa.float64())).as_py()
+        row["targets"] = chosen[0].num_rows
+        rows.append(row)
+    return rows
+
+
+def _kind(kind: str) -> str | None:
+    return None if kind == "all" else kind
+
+
+def variant_of(method: str) -> str | None:
+    """The variant of a run's method (`sasrec-genair-warm` -> `genair-warm`); None: a baseline."""
+    backbone, _, variant = method.partition("-")
+    return variant if backbone in ("sasrec", "gru4rec", "bert4rec") else None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The issue's three targets for the GenAIR-family method and the content-only space chosen
+    on the validation window, measured on the test window."""
+
+    method: str
+    content: str
+    new_ndcg: float
+    content_new_ndcg: float
+    p_value: float  # paired Wilcoxon over the users with a new-item target, seeds averaged
+    users: int
+    warm_ndcg: float
+    warm_ndcg_without_new: float
+
+    @property
+    def beats_content(self) -> bool:
+        return self.new_ndcg > self.content_new_ndcg and self.p_value < 0.05
+
+    @property
+    def new_to_warm(self) -> float:
+        return self.new_ndcg / self.warm_ndcg if self.warm_ndcg else float("nan")
+
+    @property
+    def warm_change(self) -> float:
+        """The relative change of warm-target NDCG@10 when the new items join the candidates."""
+        return self.warm_ndcg / self.warm_ndcg_without_new - 1
+
+
+def verdict(scored: Sequence[Scored]) -> Verdict:
+    methods: dict[str, list[Scored]] = {}
+    for s in scored:
+        methods.setdefault(s.method, []).append(s)
+
+    def valid_new(method: str) -> float:
+        users = per_user(methods[method], "valid", "new", "ndcg@10")
+        return float(np.mean(list(users.values()))) if users else float("-inf")
+
+    family = [m for m in methods if variant_of(m) in GENAIR_FAMILY]
+    content = [m for m in CONTENT if m in methods]
+    if not family or not content:
+        raise ValueError("a verdict needs a GenAIR-family run and a content-only baseline")
+    best = max(family, key=lambda m: (valid_new(m), m))
+    space = max(content, key=lambda m: (valid_new(m), m))
+    ours = per_user(methods[best], "test", "new", "ndcg@10")
+    theirs = per_user(methods[space], "test", "new", "ndcg@10")
+    users = sorted(ours.keys() & theirs.keys())
+    if not users:
+        raise ValueError("the test window holds no target on a new item")
+    a, b = np.array([ours[u] for u in users]), np.array([theirs[u] for u in users])
+
+    def test_mean(kind: str, metric: str) -> float:
+        values = per_user(methods[best], "test", kind, metric)
+        return float(np.mean(list(values.values()))) if values else float("nan")
+
+    return Verdict(
+        best,
+        space,
+        float(a.mean()),
+        float(b.mean()),
+        paired_test(a, b),
+        len(users),
+        test_mean("warm", "ndcg@10"),
+        test_mean("warm", "old_only_ndcg@10"),
+    )
+
+
+_HEADERS = {
+    ("new", "ndcg@10"): "new NDCG@10",
+    ("new", "hr@10"): "new HR@10",
+    ("new", "new_only_ndcg@10"): "new NDCG@10, among new",
+    ("warm", "ndcg@10"): "warm NDCG@10",
+    ("warm", "hr@10"): "warm HR@10",
+    ("warm", "old_only_ndcg@10"): "warm NDCG@10, new items out",
+    ("untrained", "ndcg@10"): "untrained NDCG@10",
+    ("all", "ndcg@10"): "all NDCG@10",
+    ("all", "hr@10"): "all HR@10",
+}
+
+
+def render_results(rows: Sequence[Mapping[str, object]], window: str) -> list[str]:
+    """A Markdown table of `results_table` rows: mean over users (± the spread of the seeds)."""
+    header = ["method", "seeds", *_HEADERS.values(), "top-10 holds new"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [f"`{row['method']}`", str(row["seeds"])]
+        for kind, metric in VIEWS:
+            value, spread = row[f"{kind} {metric}"], row[f"{kind} {metric} sd"]
+            cell = "–" if value is None else f"{value:.4f}"
+            if value is not None and spread is not None:
+                cell += f" ± {spread:.4f}"
+            cells.append(cell)
+        cells.append(f"{100 * float(row['top-10 holds new']):.1f}%")
+        lines.append("| " + " | ".join(cells) + " |")
+    first = rows[0] if rows else {"targets": 0, "targets new": 0.0}
+    lines.append("")
+    lines.append(
+        f"{window} window: {first['targets']:,} targets, {100 * float(first['targets new']):.1f}% "
+        "of them on new items"
+    )
+    return lines

@@ -107,6 +107,18 @@ class FilesConfig(Section):
     item_type: str = "item"
 
 
+def as_utc(value: object) -> object:
+    """A time setting in UTC: a date is its midnight, a time without an offset is UTC; other
+    values are left for pydantic to reject."""
+    if isinstance(value, date) and not isinstance(value, datetime):
+        value = datetime.combine(value, time())
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return value
+
+
 class DatasetConfig(Section):
     name: Literal["movielens-100k", "movielens-1m", "amazon-reviews", "files"] = "movielens-100k"
     max_field_chars: int = Field(10_000, ge=100)  # a longer field rejects its row
@@ -120,13 +132,7 @@ class DatasetConfig(Section):
     @field_validator("as_of", mode="before")
     @classmethod
     def _as_utc(cls, value: object) -> object:
-        if isinstance(value, date) and not isinstance(value, datetime):
-            value = datetime.combine(value, time())
-        if isinstance(value, str):
-            value = datetime.fromisoformat(value)
-        if isinstance(value, datetime):
-            return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-        return value
+        return as_utc(value)
 
     @model_validator(mode="after")
     def _source_section_present(self) -> DatasetConfig:

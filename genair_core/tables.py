@@ -271,6 +271,26 @@ TRAINING_LOG = pa.schema(
 )
 
 
+# Cold start (genair_core.cold_start): one row per interaction after T scored by one method. The
+# views a target has no part in are null: new_only_* for a target on an item that is not new,
+# old_only_* (the new items left out of the candidates) for one that is.
+COLD_START_TARGETS = pa.schema(
+    [
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("window", pa.string(), nullable=False),  # valid | test
+        pa.field("kind", pa.string(), nullable=False),  # new | warm | untrained
+        pa.field("rank", pa.int64(), nullable=False),  # 0-based, among the whole catalog
+        pa.field("ndcg@10", pa.float64(), nullable=False),
+        pa.field("hr@10", pa.float64(), nullable=False),
+        pa.field("new_only_ndcg@10", pa.float64()),
+        pa.field("new_only_hr@10", pa.float64()),
+        pa.field("old_only_ndcg@10", pa.float64()),
+        pa.field("old_only_hr@10", pa.float64()),
+        pa.field("top_holds_new", pa.bool_(), nullable=False),
+    ]
+)
+
+
 # Next-item retrieval in item space (genair_core.retrieval): one row per space, split and metric.
 # split "valid" | "test" rows are mean metrics over `users` with paired p-values; split "vectors"
 # rows describe the space itself (items, item_coverage, dimension, mean_pairwise_cosine,

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import torch
 from safetensors import safe_open
 
-from genair_core.tables import to_matrix
+from genair_core.tables import VECTOR_SPACES, to_matrix
 from storage.calibration import AdapterFiles
 from storage.checkpoints import save_weights
 from storage.store import Store, TableInfo, atomic_write
@@ -186,9 +186,10 @@ def read_user_ids(store: Store) -> dict[int, str]:
     return dict(zip(index["user_idx"].to_pylist(), index["user_id"].to_pylist(), strict=True))
 
 
-def read_catalog_vectors(store: Store) -> tuple[list[str], np.ndarray]:
-    """The pooled vector of every item in today's catalog (`items`): item ids and (N, d)."""
+def read_catalog_vectors(store: Store, space: str = "raw") -> tuple[list[str], np.ndarray]:
+    """The vector of every item in today's catalog (`items`) in `space` (the pooled vectors by
+    default; genair_core.tables.VECTOR_SPACES): item ids and (N, d)."""
     catalog = store.read_table("items", columns=["item_id"])["item_id"]
-    vectors = store.read_table("item_embeddings", columns=["item_id", "vector"])
+    vectors = store.read_table(VECTOR_SPACES[space], columns=["item_id", "vector"])
     vectors = vectors.filter(pc.is_in(vectors["item_id"], value_set=catalog))
     return vectors["item_id"].to_pylist(), to_matrix(vectors["vector"])

@@ -10,6 +10,7 @@ import pyarrow as pa
 
 from genair_core.tables import (
     ARCHETYPE_FAILURES,
+    COLD_START_TARGETS,
     COOCCURRENCE,
     EVAL_NEGATIVES,
     EVAL_RANKS,
@@ -54,6 +55,8 @@ PART_DATASETS: dict[str, pa.Schema | Sized] = {
     "metrics": METRICS,
     "eval_ranks": EVAL_RANKS,
     "training_log": TRAINING_LOG,
+    # partition: one scoring method (a run, or a baseline and its seed), key: the time T
+    "cold_start_targets": COLD_START_TARGETS,
 }
 
 # Delta Lake tables under delta/<name>/ (storage.delta): the nightly exports, one version per

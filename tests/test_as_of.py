@@ -11,9 +11,11 @@ import pytest
 from scripted_pipeline import TitleEngines, add_item, scripted_pipeline, scripted_refresh
 from scripted_pipeline import write_catalog_dataset as catalog
 
+from flows.cold_start import genair_cold_start
 from flows.params import RefreshParams
 from genair_core.tables import VECTOR_SPACES, to_matrix
 from storage import delta
+from storage.recommenders import finished_runs
 from storage.store import Store
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -38,12 +40,10 @@ def config(tmp_path: Path) -> Path:
     path.write_text(text.replace('name = "files"\n', f'name = "files"\n{AS_OF}', 1))
     for item_id in NEW:
         add_item(path, item_id, f"Movie {item_id}")
-    later = [
-        f"u{user:02d},{item_id},{T + 1 + 100 * user + i}"
-        for i, (item_id, users) in enumerate(NEW.items())
-        for user in users
-    ]
-    later.append(f"u00,m05,{T + 9000}")  # a later interaction with an old item
+    # m90 in the first half of the time after T (validation), m91 in the second (test).
+    later = [f"u{user:02d},m90,{T + 1 + 100 * user}" for user in NEW["m90"]]
+    later += [f"u{user:02d},m91,{T + 5000 + 100 * user}" for user in NEW["m91"]]
+    later.append(f"u00,m05,{T + 2000}")  # a later interaction with an old item
     events = path.parent / "events.csv"
     events.write_text(events.read_text() + "\n".join(later) + "\n")
     return path
@@ -93,3 +93,26 @@ def test_a_replay_as_of_t_then_a_refresh_adds_what_came_later(config: Path) -> N
         # and a later interaction with it counts as seen.
         offered = {r["user_id"] for r in lists if r["item_id"] == item_id}
         assert offered == users - {f"u{u:02d}" for u in takers}
+
+    # The cold-start evaluation of the runs trained as of T: every later interaction a target.
+    weights = {run: store.best_weights_path(run).read_bytes() for run in finished_runs(store)}
+    as_of = datetime.fromtimestamp(T, UTC).isoformat()
+    summary = genair_cold_start(as_of=as_of, config_path=str(config))["cold-start"]
+    assert summary["chosen"] == "sasrec-genair"
+    rows = {
+        partition: store.read_parts("cold_start_targets", partition).to_pylist()
+        for partition in ("sasrec-id-s1", "sasrec-genair-s1", "content-raw-s0", "popularity-s0")
+    }
+    assert all(len(r) == 21 for r in rows.values())  # 20 on the new items, 1 on m05
+    assert sum(r["kind"] == "new" for r in rows["sasrec-id-s1"]) == 20
+    assert all(r["ndcg@10"] == 0 for r in rows["sasrec-id-s1"] if r["kind"] == "new")
+    assert all(r["ndcg@10"] == 0 for r in rows["popularity-s0"] if r["kind"] == "new")
+    assert any(r["ndcg@10"] > 0 for r in rows["sasrec-genair-s1"] if r["kind"] == "new")
+    report = Path(summary["report"]).read_text()
+    assert "| `sasrec-genair` | 1 |" in report
+    assert "`sasrec-genair` against `content-" in report
+    # Nothing was trained: the weights are those trained as of T.
+    assert {run: store.best_weights_path(run).read_bytes() for run in weights} == weights
+    again = genair_cold_start(as_of=as_of, config_path=str(config))["cold-start"]
+    assert again["chosen"] == summary["chosen"]
+    assert len(store.part_paths("cold_start_targets")) == 2 + 3 + 3  # runs, random, others

@@ -119,7 +119,9 @@ def test_ranks_count_the_unseen_candidates_at_or_above_the_target(log):
     # Among new items only (n2, w, z, n1): the same two above it.
     assert got["a", "z"]["new_only_ndcg@10"] == pytest.approx(1 / np.log2(4))
     assert got["c", "y"]["rank"] == 3  # n2, w, z; n1 seen
-    assert np.isnan(got["c", "y"]["new_only_ndcg@10"])  # a warm target: no new-only view
+    assert got["c", "y"]["new_only_ndcg@10"] is None  # a warm target: no new-only view
+    assert got["c", "y"]["old_only_ndcg@10"] == pytest.approx(1 / np.log2(2))  # new ones out
+    assert got["a", "z"]["old_only_ndcg@10"] is None
     assert all(r["top_holds_new"] for r in rows)
 
 
