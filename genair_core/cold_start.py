@@ -365,13 +365,17 @@ def per_user(scored: Sequence[Scored], window: str, kind: str, metric: str) -> d
     return {u: float(np.mean([m[u] for m in by_seed if u in m])) for u in users}
 
 
-def results_table(scored: Sequence[Scored], window: str) -> list[dict[str, object]]:
+def results_table(
+    scored: Sequence[Scored], window: str, against: str | None = None
+) -> list[dict[str, object]]:
     """One row per method: each view's mean over users (per user first, seeds averaged), the
     spread of the per-seed means, the share of targets whose top 10 holds a new item and the
-    share of targets that are new."""
+    share of targets that are new; with `against` (a method), the paired Wilcoxon p-value of
+    each method's new-target NDCG@10 against it, over the users both have."""
     methods: dict[str, list[Scored]] = {}
     for s in scored:
         methods.setdefault(s.method, []).append(s)
+    baseline = per_user(methods[against], window, "new", "ndcg@10") if against else {}
     rows = []
     for method, runs in methods.items():
         row: dict[str, object] = {"method": method, "seeds": len(runs)}
@@ -387,6 +391,13 @@ def results_table(scored: Sequence[Scored], window: str) -> list[dict[str, objec
         new = pc.equal(chosen[0]["kind"], "new")
         row["targets new"] = pc.mean(pc.cast(new, pa.float64())).as_py()
         row["targets"] = chosen[0].num_rows
+        ours = per_user(runs, window, "new", "ndcg@10")
+        users = sorted(ours.keys() & baseline.keys())
+        row["p new"] = (
+            paired_test(np.array([ours[u] for u in users]), np.array([baseline[u] for u in users]))
+            if users and method != against
+            else None
+        )
         rows.append(row)
     return rows
 
@@ -482,7 +493,7 @@ _HEADERS = {
 
 def render_results(rows: Sequence[Mapping[str, object]], window: str) -> list[str]:
     """A Markdown table of `results_table` rows: mean over users (± the spread of the seeds)."""
-    header = ["method", "seeds", *_HEADERS.values(), "top-10 holds new"]
+    header = ["method", "seeds", *_HEADERS.values(), "top-10 holds new", "p (new NDCG@10)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [f"`{row['method']}`", str(row["seeds"])]
@@ -493,6 +504,7 @@ def render_results(rows: Sequence[Mapping[str, object]], window: str) -> list[st
                 cell += f" ± {spread:.4f}"
             cells.append(cell)
         cells.append(f"{100 * float(row['top-10 holds new']):.1f}%")
+        cells.append("–" if row.get("p new") is None else f"{row['p new']:.2g}")
         lines.append("| " + " | ".join(cells) + " |")
     first = rows[0] if rows else {"targets": 0, "targets new": 0.0}
     lines.append("")

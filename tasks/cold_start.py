@@ -110,16 +110,23 @@ def _report(store: Store, as_of: datetime, log: ColdStartLog, results: list[Scor
         "per user, then over users; ± the spread of the seeds.",
         "",
     ]
-    for window in ("test", "valid"):
-        lines += [f"## {window.capitalize()} window", ""]
-        lines += render_results(results_table(results, window), window)
-        lines.append("")
     summary: dict[str, object] = {"as_of": as_of.isoformat(), "methods": len(results)}
     try:
         v = verdict(results)
     except ValueError as err:
-        lines.append(f"No verdict: {err}.")
+        v, against = None, None
+        tail = [f"No verdict: {err}."]
     else:
+        against = v.content
+        tail = []
+    for window in ("test", "valid"):
+        lines += [f"## {window.capitalize()} window", ""]
+        lines += render_results(results_table(results, window, against), window)
+        if against:
+            lines.append(f"p: paired Wilcoxon against `{against}` over the users both score.")
+        lines.append("")
+    lines += tail
+    if v is not None:
         lines += [
             "## Targets (test window, chosen on the validation window)",
             "",
