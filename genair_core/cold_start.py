@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
@@ -292,17 +292,26 @@ def choose_as_of(
     interacted with, and each half of the time after it holds at least `min_new_targets`
     interactions with those items, a user's first interaction aside."""
     seconds = _seconds(interactions["timestamp"])
+    users = pc.dictionary_encode(interactions["user_id"]).combine_chunks().indices.to_numpy()
+    items = pc.dictionary_encode(interactions["item_id"]).combine_chunks().indices.to_numpy()
+    first_seen = np.full(items.max() + 1, np.iinfo(np.int64).max)
+    np.minimum.at(first_seen, items, seconds)
+    # A user's first interaction (by time, then item id, as the log orders them) is no target.
+    item_ids = interactions["item_id"].to_numpy(zero_copy_only=False)
+    order = np.lexsort((item_ids, seconds, users))
+    is_first = np.zeros(len(seconds), dtype=bool)
+    is_first[order[np.r_[True, users[order][1:] != users[order][:-1]]]] = True
+    item_first = first_seen[items]
     end, start = int(seconds.max()), int(seconds.min())
-    catalog = pc.unique(interactions["item_id"]).to_pylist()
-    cut = datetime.fromtimestamp(end - end % 86_400, tz=UTC)
-    while cut.timestamp() > start:
-        log = ColdStartLog.of(interactions, cut, [], catalog)
-        new_targets = log.kind == 0
-        halves = [int((new_targets & (log.window == w)).sum()) for w in range(len(WINDOWS))]
-        new_items = int((log.kind_of_item == 0).sum())
-        if new_items >= min_new_share * len(catalog) and min(halves) >= min_new_targets:
-            return cut
-        cut -= timedelta(days=1)
+    cut = end - end % 86_400
+    while cut > start:
+        half = cut + (end - cut) / 2
+        on_new = (item_first > cut) & ~is_first
+        halves = (int((on_new & (seconds <= half)).sum()), int((on_new & (seconds > half)).sum()))
+        new_items = int((first_seen > cut).sum())
+        if new_items >= min_new_share * len(first_seen) and min(halves) >= min_new_targets:
+            return datetime.fromtimestamp(cut, tz=UTC)
+        cut -= 86_400
     raise ValueError(
         f"no day of the log leaves {min_new_share:.0%} of the items new with "
         f"{min_new_targets} new-item targets in each half of the time after it"
