@@ -211,6 +211,36 @@ class FixedScores:
         return torch.from_numpy(self.scores).expand(len(targets), -1)
 
 
+@dataclass(frozen=True)
+class MixedScores:
+    """A remedy for cold items: the sequence model's score plus `weight` times the content-only
+    score on the items with fewer than `few` interactions up to T (every new item), each score
+    standardised per target over the candidates. Items the model cannot score stay unscored."""
+
+    model: Scorer
+    content: Scorer
+    weight: float
+    few: int = 5
+
+    def __call__(self, log: ColdStartLog, targets: np.ndarray) -> torch.Tensor:
+        model, content = self.model(log, targets), self.content(log, targets)
+        cold = torch.from_numpy(FixedScores.popularity(log).scores < self.few)
+        cold[0] = False
+        mixed = _standardised(model) + self.weight * _standardised(content)
+        return torch.where(cold & torch.isfinite(model), mixed, _standardised(model))
+
+
+def _standardised(scores: torch.Tensor) -> torch.Tensor:
+    """Each row's finite scores over the candidates (column 0 aside) to mean 0 and deviation 1."""
+    finite = torch.isfinite(scores)
+    finite[:, 0] = False
+    values = torch.where(finite, scores, 0.0)
+    count = finite.sum(dim=1, keepdim=True).clamp(min=1)
+    mean = values.sum(dim=1, keepdim=True) / count
+    spread = (torch.where(finite, scores - mean, 0.0) ** 2).sum(dim=1, keepdim=True) / count
+    return (scores - mean) / spread.sqrt().clamp(min=1e-12)
+
+
 def evaluate(log: ColdStartLog, scorer: Scorer) -> pa.Table:
     """One row per target (genair_core.tables.COLD_START_TARGETS): user, window, kind, and its
     NDCG@10 and HR@10 against the whole catalog; for a new target among the new items only, for
@@ -416,8 +446,9 @@ def _kind(kind: str) -> str | None:
 
 
 def variant_of(method: str) -> str | None:
-    """The variant of a run's method (`sasrec-genair-warm` -> `genair-warm`); None: a baseline."""
-    backbone, _, variant = method.partition("-")
+    """The variant of a run's method (`sasrec-genair-warm` -> `genair-warm`, and so with a
+    remedy: `sasrec-genair+mix0.5`); None: a baseline."""
+    backbone, _, variant = method.partition("+")[0].partition("-")
     return variant if backbone in ("sasrec", "gru4rec", "bert4rec") else None
 
 

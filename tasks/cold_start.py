@@ -13,15 +13,19 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
 from genair_core.cold_start import (
+    GENAIR_FAMILY,
     ColdStartLog,
     ContentScores,
     FixedScores,
+    MixedScores,
     ModelScores,
     Scored,
     Scorer,
     evaluate,
+    per_user,
     render_results,
     results_table,
+    variant_of,
     verdict,
 )
 from genair_core.serving import ServedRun, serving_model
@@ -39,14 +43,20 @@ from tasks.settings import ConfigError, Settings
 COLD_START_VERSION = 1
 TABLE = "cold_start_targets"
 INPUTS = ("items", "interactions", "item_embeddings", "calibrated_embeddings")
+MIX_WEIGHTS = (0.25, 0.5, 1.0, 2.0)
 
 
 @task(name="evaluate-cold-start", **TASK_DEFAULTS)
 def evaluate_cold_start(
-    settings: Settings, as_of: datetime, baseline_seeds: tuple[int, ...] = (44, 45, 46)
+    settings: Settings,
+    as_of: datetime,
+    baseline_seeds: tuple[int, ...] = (44, 45, 46),
+    mix_weights: tuple[float, ...] = MIX_WEIGHTS,
 ) -> dict[str, object]:
-    """Score every interaction after `as_of` with each finished run (all trained as of then) and
-    with the baselines; write the rows, the report `cold_start.md` and an artifact."""
+    """Score every interaction after `as_of` with the baselines, each finished run (all trained
+    as of then) and each GenAIR-family run mixed with the content-only score on cold items
+    (`mix_weights`; genair_core.cold_start.MixedScores); write the rows, the report
+    `cold_start.md` and an artifact."""
     store = store_for(settings)
     logger = get_run_logger()
     runs = validation_ndcg(store, finished_runs(store))
@@ -62,30 +72,16 @@ def evaluate_cold_start(
     log = ColdStartLog.of(interactions, as_of, next(iter(orders)), catalog_ids)
     tables = store.table_hashes(list(INPUTS))
 
-    # (method, seed, the run's id or "", the scorer's maker: called only when the step runs)
-    methods: list[tuple[str, int, str, Callable[[], Scorer]]] = []
-    for name, scored in runs.items():
-        served = served_run(settings, store, stored[name], scored)
-        method = f"{scored['backbone']}-{scored['variant']}"
-        scorer = partial(_model_scores, served, catalog_ids, raw)
-        methods.append((method, int(scored["seed"]), served.run_id, scorer))
-    for seed in baseline_seeds:
-        methods.append(("random-new", seed, "", partial(FixedScores.random_new, log, seed)))
-    methods += [
-        ("popularity", 0, "", partial(FixedScores.popularity, log)),
-        ("content-raw", 0, "", partial(ContentScores.of, log, catalog_ids, raw)),
-        ("content-calibrated", 0, "", partial(ContentScores.of, log, calibrated_ids, calibrated)),
-    ]
-
-    results = []
     key = as_of.strftime("%Y%m%dT%H%M%SZ")
-    for method, seed, run_id, make_scorer in methods:
+    results: list[Scored] = []
+
+    def score(method: str, seed: int, run_id: str, make_scorer: Callable[[], Scorer]) -> None:
+        """One method's rows: a step of its own, skipped when its inputs are unchanged; the
+        scorer is made only when the step runs (a skipped run builds no model)."""
         partition = f"{method}-s{seed}"
         inputs = fingerprint(COLD_START_VERSION, as_of.isoformat(), run_id, tables)
 
-        def produce(
-            partition: str = partition, make_scorer: Callable[[], Scorer] = make_scorer
-        ) -> tuple[dict, dict]:
+        def produce() -> tuple[dict, dict]:
             rows = evaluate(log, make_scorer())
             info = store.write_part(TABLE, partition, key, rows)
             return {TABLE: info}, {"targets": rows.num_rows}
@@ -94,11 +90,44 @@ def evaluate_cold_start(
         results.append(Scored(method, seed, store.read_parts(TABLE, partition)))
         logger.info("cold start: %s scored", partition)
 
+    content = {
+        "content-raw": partial(ContentScores.of, log, catalog_ids, raw),
+        "content-calibrated": partial(ContentScores.of, log, calibrated_ids, calibrated),
+    }
+    for seed in baseline_seeds:
+        score("random-new", seed, "", partial(FixedScores.random_new, log, seed))
+    score("popularity", 0, "", partial(FixedScores.popularity, log))
+    for method, make_scorer in content.items():
+        score(method, 0, "", make_scorer)
+    # The remedy mixes in the content space that is better on the validation window.
+    space = max(content, key=lambda m: _valid_new_ndcg(results, m))
+    for name, scored in runs.items():
+        served = served_run(settings, store, stored[name], scored)
+        method, seed = f"{scored['backbone']}-{scored['variant']}", int(scored["seed"])
+        model = partial(_model_scores, served, catalog_ids, raw)
+        score(method, seed, served.run_id, model)
+        if variant_of(method) not in GENAIR_FAMILY:
+            continue
+        for weight in mix_weights:
+            mixed = partial(_mixed, model, content[space], weight)
+            score(f"{method}+mix{weight:g}", seed, f"{served.run_id}+{space}", mixed)
+
     return _report(store, as_of, log, results)
 
 
 def _model_scores(served: ServedRun, catalog_ids: list[str], raw: object) -> ModelScores:
     return ModelScores(*serving_model(served, catalog_ids, raw))
+
+
+def _mixed(
+    model: Callable[[], Scorer], content: Callable[[], Scorer], weight: float
+) -> MixedScores:
+    return MixedScores(model(), content(), weight)
+
+
+def _valid_new_ndcg(results: list[Scored], method: str) -> float:
+    users = per_user([r for r in results if r.method == method], "valid", "new", "ndcg@10")
+    return sum(users.values()) / len(users) if users else float("-inf")
 
 
 def _report(store: Store, as_of: datetime, log: ColdStartLog, results: list[Scored]) -> dict:

@@ -98,7 +98,8 @@ def test_a_replay_as_of_t_then_a_refresh_adds_what_came_later(config: Path) -> N
     weights = {run: store.best_weights_path(run).read_bytes() for run in finished_runs(store)}
     as_of = datetime.fromtimestamp(T, UTC).isoformat()
     summary = genair_cold_start(as_of=as_of, config_path=str(config))["cold-start"]
-    assert summary["chosen"] == "sasrec-genair"
+    # The GenAIR-family method best on the validation window: the run or one of its mixes.
+    assert summary["chosen"].partition("+")[0] == "sasrec-genair"
     rows = {
         partition: store.read_parts("cold_start_targets", partition).to_pylist()
         for partition in ("sasrec-id-s1", "sasrec-genair-s1", "content-raw-s0", "popularity-s0")
@@ -110,9 +111,10 @@ def test_a_replay_as_of_t_then_a_refresh_adds_what_came_later(config: Path) -> N
     assert any(r["ndcg@10"] > 0 for r in rows["sasrec-genair-s1"] if r["kind"] == "new")
     report = Path(summary["report"]).read_text()
     assert "| `sasrec-genair` | 1 |" in report
-    assert "`sasrec-genair` against `content-" in report
+    assert f"`{summary['chosen']}` against `content-" in report
     # Nothing was trained: the weights are those trained as of T.
     assert {run: store.best_weights_path(run).read_bytes() for run in weights} == weights
     again = genair_cold_start(as_of=as_of, config_path=str(config))["cold-start"]
     assert again["chosen"] == summary["chosen"]
-    assert len(store.part_paths("cold_start_targets")) == 2 + 3 + 3  # runs, random, others
+    # The runs, genair mixed with content at 4 weights, random (3 seeds), the other baselines.
+    assert len(store.part_paths("cold_start_targets")) == 2 + 4 + 3 + 3

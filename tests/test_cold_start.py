@@ -16,6 +16,7 @@ from genair_core.cold_start import (
     ColdStartLog,
     ContentScores,
     FixedScores,
+    MixedScores,
     ModelScores,
     choose_as_of,
     evaluate,
@@ -170,3 +171,22 @@ def test_t_is_the_latest_midnight_leaving_enough_new_items_and_targets():
     assert (log.kind_of_item == 0).sum() >= 3
     with pytest.raises(ValueError, match="no day of the log"):
         choose_as_of(table, min_new_share=0.9)
+
+
+def test_the_mix_adds_the_content_score_on_cold_items_only(log):
+    rng = np.random.default_rng(1)
+    model_scores = rng.normal(size=len(CATALOG) + 1).astype(np.float32)
+    content_scores = rng.normal(size=len(CATALOG) + 1).astype(np.float32)
+    mixed = MixedScores(FixedScores(model_scores), FixedScores(content_scores), 0.5, few=2)
+    got = mixed(log, np.arange(2)).numpy()[0]
+
+    def z(x: np.ndarray) -> np.ndarray:
+        return (x - x[1:].mean()) / x[1:].std()
+
+    counts = FixedScores.popularity(log).scores  # x: 2 interactions up to T, v and y: 1
+    cold = counts < 2
+    expected = np.where(cold, z(model_scores) + 0.5 * z(content_scores), z(model_scores))
+    np.testing.assert_allclose(got[1:], expected[1:], rtol=1e-5, atol=1e-5)
+    assert got[1 + log.candidate_ids.index("x")] == pytest.approx(
+        z(model_scores)[1 + log.candidate_ids.index("x")], abs=1e-5
+    )
