@@ -4,6 +4,8 @@ included, after a refresh has brought those items in (genair_core.cold_start; do
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from prefect import flow
 
 from flows.params import ColdStartParams
@@ -15,13 +17,14 @@ FLOW_NAME = "genair-cold-start"
 
 @flow(name=FLOW_NAME)
 def genair_cold_start(
-    as_of: str, config_path: str | None = None, profile: str | None = None
+    as_of: datetime, config_path: str | None = None, profile: str | None = None
 ) -> dict[str, dict]:
     """Evaluate the finished runs of this storage root, trained as of `as_of`, on every
     interaction after it.
 
     Args:
-        as_of: the time the runs were trained as of (`[dataset] as_of` of that run), ISO 8601.
+        as_of: the time the runs were trained as of (`[dataset] as_of` of that run); without
+            an offset, UTC.
         config_path: the genair.toml to run with (empty: genair.toml in the working directory).
         profile: a [profiles.NAME] bundle of settings from the config file; empty: none.
     """

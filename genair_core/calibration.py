@@ -25,8 +25,9 @@ the calibrated vectors are compared with the raw ones', and a collapsed space is
 
 Reruns (`decide`): the stored adapter is reused — new and changed items are projected through it,
 no retraining — while its input space (dimension and PCA bases) is the same and the co-occurrence
-table drifted by at most `max_drift`. Drift is the share of the stored table's pairs that were
-added, removed or changed count since training; pairs are keyed by their two item_ids (item
+table drifted by at most `max_drift`. Drift is the number of pairs added, removed or changed
+count since training over the stored table's pairs (above 1 when more pairs were added than it
+held); pairs are keyed by their two item_ids (item
 indices move when the catalog grows). The stored side is a bottom-k sketch (`PairSketch`): the k
 pairs with the smallest 64-bit key hashes and their counts. Up to k pairs the drift is exact;
 beyond, it is measured on the pairs whose hash falls below the sketch's threshold, a uniform
@@ -116,7 +117,8 @@ class PairSketch:
         return self.n_pairs <= len(self.keys)
 
     def drift(self, current: PairSketch) -> float:
-        """Share of this table's pairs that `current` added, removed or changed the count of.
+        """The pairs `current` added, removed or changed the count of, over this table's pairs
+        (above 1 when it added more than this table holds).
 
         Exact when both tables fitted in their sketches; otherwise measured on the pairs whose
         hash lies below both sketches' thresholds, a uniform sample of the pairs."""

@@ -222,9 +222,10 @@ class CalibrationConfig(Section):
     # one thread gives the same vectors on every run (threaded reductions reorder float sums; seen
     # in the golden test), and it leaves the other core to whatever else the machine runs.
     cpu_threads: int = Field(1, ge=0)
-    # Retrain when more than this share of the stored table's pairs were added, removed or
-    # changed count; below it, new items are projected through the stored adapter.
-    max_drift: float = Field(0.1, ge=0, le=1)
+    # Retrain when the pairs added, removed or changed count since training exceed this share
+    # of the stored table's pairs (above 1 when more were added than it held); at or below it,
+    # new items are projected through the stored adapter. `inf`: never retrain on drift.
+    max_drift: float = Field(0.1, ge=0)
     retrain: bool = False  # retrain even when the stored adapter is still valid
     # Collapse guard: the calibrated space is refused (not written) when its mean pairwise cosine
     # exceeds max_mean_cosine, or its effective rank falls below min_rank_share × the raw

@@ -13,8 +13,8 @@ Each call:
    every run already finished reused (a run's key covers its tables, so they must be and are the
    tables as of T again);
 3. `genair refresh --recommenders never` without as_of: the later items' archetypes, pooled with
-   the stored bases and projected through the adapter trained as of T (`max_drift = 1`: no
-   interaction after T retrains it);
+   the stored bases and projected through the adapter trained as of T (`max_drift = inf`: the
+   pairs after T never retrain it, however many);
 4. `genair cold-start --as-of T`: every finished run and the baselines score every interaction
    after T (reports/cold_start.md).
 The wall time of each step is appended to ROOT/timings.jsonl.
@@ -46,6 +46,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[44])
     parser.add_argument("--llm-max-new-tokens", type=int, default=None)
+    parser.add_argument(
+        "--recalibrate",
+        action="store_true",
+        help="retrain the adapter in the run as of T (a root whose adapter saw later pairs)",
+    )
     return parser.parse_args()
 
 
@@ -62,7 +67,7 @@ def config_text(args: argparse.Namespace, as_of: datetime | None, seeds: list[in
         lines += ["[llm]", f"max_new_tokens = {args.llm_max_new_tokens}"]
     lines += [
         "[calibration]",
-        "max_drift = 1.0",
+        "max_drift = inf",
         "[recommenders]",
         f"backbones = {json.dumps(args.backbones)}",
         f"variants = {json.dumps(args.variants)}",
@@ -71,11 +76,14 @@ def config_text(args: argparse.Namespace, as_of: datetime | None, seeds: list[in
     return "\n".join(lines) + "\n"
 
 
-def genair(args: argparse.Namespace, step: str, *command: str) -> None:
+def genair(
+    args: argparse.Namespace, step: str, *command: str, env: dict[str, str] | None = None
+) -> None:
     started = time.monotonic()
     print(f"{datetime.now():%H:%M:%S} genair {' '.join(command)}", flush=True)
     config = args.root / "genair.toml"
-    done = subprocess.run([str(BIN / "genair"), "--config", str(config), *command])
+    command_env = {**os.environ, **(env or {})}
+    done = subprocess.run([str(BIN / "genair"), "--config", str(config), *command], env=command_env)
     seconds = time.monotonic() - started
     with open(args.root / "timings.jsonl", "a") as out:
         record = {"step": step, "seeds": args.seeds, "seconds": round(seconds, 1)}
@@ -102,7 +110,8 @@ def main() -> None:
         study.write_text(json.dumps({"as_of": as_of.isoformat(), "dataset": args.dataset}))
     print(f"T = {as_of.isoformat()}", flush=True)
     config.write_text(config_text(args, as_of, args.seeds))
-    genair(args, "train as of T", "run")
+    retrain = {"GENAIR_CALIBRATION__RETRAIN": "true"} if args.recalibrate else None
+    genair(args, "train as of T", "run", env=retrain)
     config.write_text(config_text(args, None, args.seeds))
     genair(args, "refresh to the end of the log", "refresh", "--recommenders", "never")
     genair(args, "cold-start evaluation", "cold-start", "--as-of", as_of.isoformat())

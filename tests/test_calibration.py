@@ -243,6 +243,16 @@ def test_drift_is_exact_on_small_tables_and_symmetric_in_pair_order():
         size=4096,
     )
     assert base.drift(grown) == pytest.approx(0.1)  # 100 pairs added to 1000
+    tripled = sketch_pairs(
+        item_hashes([f"a{k}" for k in range(3000)]),
+        item_hashes([f"b{k}" for k in range(3000)]),
+        np.concatenate([np.random.default_rng(0).integers(1, 9, size=1000), np.ones(2000)]),
+        size=4096,
+    )
+    # 2,000 pairs added to 1,000: above 1, so a max_drift of 1 still retrains (a refresh of a
+    # long log after an `as_of` run did); `inf` never does.
+    assert base.drift(tripled) == pytest.approx(2.0)
+    assert CalibrationConfig(max_drift=float("inf")).max_drift > base.drift(tripled)
 
 
 def test_drift_on_a_sampled_sketch_estimates_the_share():
