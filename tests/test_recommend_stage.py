@@ -164,3 +164,22 @@ def test_a_run_trained_before_item_orders_were_stored_is_served_on_the_tables_it
         scripted_refresh(
             RefreshParams(config_path=str(config), recommenders="never"), TitleEngines()
         )
+
+
+def test_serving_an_id_run_warns_once_per_export_and_lists_no_new_item(config, caplog):
+    config.write_text(config.read_text() + '\n[recommend]\nserve = "sasrec-id-bce-s1"\n')
+    scripted_pipeline(str(config), TitleEngines())
+    add_item(config, "m99", "Movie New")
+    events = config.parent / "events.csv"
+    events.write_text(events.read_text() + "u00,m99,999999\n")
+    summary = scripted_refresh(
+        RefreshParams(config_path=str(config), recommenders="never"), TitleEngines()
+    )
+    assert summary["recommend"]["served_run"] == "sasrec-id-bce-s1"
+    warnings = [r for r in caplog.records if "cannot appear" in r.getMessage()]
+    assert len(warnings) == 2  # one for each of the two exports, not one per user or batch
+    assert all(r.levelname == "WARNING" for r in warnings)
+    rows = delta.read_version(Store(config.parent / "data"), "recommendations").to_pylist()
+    assert {r["model_run"] for r in rows} == {"sasrec-id-bce-s1"}
+    assert "m99" not in {r["item_id"] for r in rows}
+    assert not any(r["is_new_item"] for r in rows)
