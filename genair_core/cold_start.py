@@ -58,6 +58,8 @@ class ColdStartLog:
     ptr: np.ndarray
     items: np.ndarray
     seconds: np.ndarray  # (P,) int64: each interaction's time
+    is_first: np.ndarray  # (P,) bool: the user's first interaction, which has no history
+    first_seen: np.ndarray  # (N + 1,) int64: each item's first interaction (never: int64 max)
     position: np.ndarray  # (M,) int64
     user: np.ndarray  # (M,) int64
     window: np.ndarray  # (M,) int8: index into WINDOWS
@@ -106,6 +108,8 @@ class ColdStartLog:
             ptr,
             items,
             seconds,
+            is_first,
+            first_seen,
             position,
             user_codes[position].astype(np.int64),
             window,
@@ -166,6 +170,10 @@ class ContentScores:
 
     vectors: np.ndarray
 
+    def __post_init__(self) -> None:
+        padded = np.concatenate([np.zeros((1, self.vectors.shape[1])), self.vectors])
+        object.__setattr__(self, "_table", padded)  # row 0: the padding's zeros
+
     @classmethod
     def of(cls, log: ColdStartLog, item_ids: Sequence[str], vectors: np.ndarray) -> ContentScores:
         """From the vectors of `item_ids` (any order; every candidate's among them)."""
@@ -176,7 +184,7 @@ class ContentScores:
         return cls(vectors[[row[i] for i in log.candidate_ids]])
 
     def __call__(self, log: ColdStartLog, targets: np.ndarray) -> torch.Tensor:
-        table = np.concatenate([np.zeros((1, self.vectors.shape[1])), self.vectors])
+        table = self._table
         ptr, flat = gather(log.items, *log.history(targets))
         known = (flat > 0).astype(np.float64)  # an item outside the catalog has no vector
         counts = np.add.reduceat(known, ptr[:-1]) if flat.size else np.zeros(len(targets))
@@ -321,22 +329,16 @@ def choose_as_of(
     """The latest midnight (UTC) after which at least `min_new_share` of the items are first
     interacted with, and each half of the time after it holds at least `min_new_targets`
     interactions with those items, a user's first interaction aside."""
-    seconds = _seconds(interactions["timestamp"])
-    users = pc.dictionary_encode(interactions["user_id"]).combine_chunks().indices.to_numpy()
-    items = pc.dictionary_encode(interactions["item_id"]).combine_chunks().indices.to_numpy()
-    first_seen = np.full(items.max() + 1, np.iinfo(np.int64).max)
-    np.minimum.at(first_seen, items, seconds)
-    # A user's first interaction (by time, then item id, as the log orders them) is no target.
-    item_ids = interactions["item_id"].to_numpy(zero_copy_only=False)
-    order = np.lexsort((item_ids, seconds, users))
-    is_first = np.zeros(len(seconds), dtype=bool)
-    is_first[order[np.r_[True, users[order][1:] != users[order][:-1]]]] = True
-    item_first = first_seen[items]
-    end, start = int(seconds.max()), int(seconds.min())
+    catalog = pc.unique(interactions["item_id"]).to_pylist()
+    log = ColdStartLog.of(interactions, datetime.fromtimestamp(0, tz=UTC), [], catalog)
+    first_seen = log.first_seen[1:]
+    item_first = log.first_seen[log.items]
+    end, start = int(log.seconds.max()), int(log.seconds.min())
     cut = end - end % 86_400
     while cut > start:
         half = cut + (end - cut) / 2
-        on_new = (item_first > cut) & ~is_first
+        on_new = (item_first > cut) & ~log.is_first
+        seconds = log.seconds
         halves = (int((on_new & (seconds <= half)).sum()), int((on_new & (seconds > half)).sum()))
         new_items = int((first_seen > cut).sum())
         if new_items >= min_new_share * len(first_seen) and min(halves) >= min_new_targets:
@@ -404,6 +406,22 @@ def per_user(scored: Sequence[Scored], window: str, kind: str, metric: str) -> d
     return {u: float(np.mean([m[u] for m in by_seed if u in m])) for u in users}
 
 
+def valid_new_ndcg(scored: Sequence[Scored], method: str) -> float:
+    """`method`'s new-target NDCG@10 on the validation window (-inf without such a target): what
+    every choice is made on."""
+    users = per_user([s for s in scored if s.method == method], "valid", "new", "ndcg@10")
+    return float(np.mean(list(users.values()))) if users else float("-inf")
+
+
+def _paired(ours: Mapping[str, float], theirs: Mapping[str, float]) -> tuple[float, list[str]]:
+    """The paired test's p-value over the users both hold, and those users (p 1.0: none)."""
+    users = sorted(ours.keys() & theirs.keys())
+    if not users:
+        return 1.0, users
+    a, b = np.array([ours[u] for u in users]), np.array([theirs[u] for u in users])
+    return paired_test(a, b), users
+
+
 def results_table(
     scored: Sequence[Scored], window: str, against: str | None = None
 ) -> list[dict[str, object]]:
@@ -430,13 +448,8 @@ def results_table(
         new = pc.equal(chosen[0]["kind"], "new")
         row["targets new"] = pc.mean(pc.cast(new, pa.float64())).as_py()
         row["targets"] = chosen[0].num_rows
-        ours = per_user(runs, window, "new", "ndcg@10")
-        users = sorted(ours.keys() & baseline.keys())
-        row["p new"] = (
-            paired_test(np.array([ours[u] for u in users]), np.array([baseline[u] for u in users]))
-            if users and method != against
-            else None
-        )
+        p_value, users = _paired(per_user(runs, window, "new", "ndcg@10"), baseline)
+        row["p new"] = p_value if users and method != against else None
         rows.append(row)
     return rows
 
@@ -485,22 +498,17 @@ def verdict(scored: Sequence[Scored]) -> Verdict:
     for s in scored:
         methods.setdefault(s.method, []).append(s)
 
-    def valid_new(method: str) -> float:
-        users = per_user(methods[method], "valid", "new", "ndcg@10")
-        return float(np.mean(list(users.values()))) if users else float("-inf")
-
     family = [m for m in methods if variant_of(m) in GENAIR_FAMILY]
     content = [m for m in CONTENT if m in methods]
     if not family or not content:
         raise ValueError("a verdict needs a GenAIR-family run and a content-only baseline")
-    best = max(family, key=lambda m: (valid_new(m), m))
-    space = max(content, key=lambda m: (valid_new(m), m))
+    best = max(family, key=lambda m: (valid_new_ndcg(scored, m), m))
+    space = max(content, key=lambda m: (valid_new_ndcg(scored, m), m))
     ours = per_user(methods[best], "test", "new", "ndcg@10")
     theirs = per_user(methods[space], "test", "new", "ndcg@10")
-    users = sorted(ours.keys() & theirs.keys())
+    p_value, users = _paired(ours, theirs)
     if not users:
         raise ValueError("the test window holds no target on a new item")
-    a, b = np.array([ours[u] for u in users]), np.array([theirs[u] for u in users])
 
     def test_mean(kind: str, metric: str) -> float:
         values = per_user(methods[best], "test", kind, metric)
@@ -509,9 +517,9 @@ def verdict(scored: Sequence[Scored]) -> Verdict:
     return Verdict(
         best,
         space,
-        float(a.mean()),
-        float(b.mean()),
-        paired_test(a, b),
+        float(np.mean([ours[u] for u in users])),
+        float(np.mean([theirs[u] for u in users])),
+        p_value,
         len(users),
         test_mean("warm", "ndcg@10"),
         test_mean("warm", "old_only_ndcg@10"),

@@ -22,9 +22,9 @@ from genair_core.cold_start import (
     Scored,
     Scorer,
     evaluate,
-    per_user,
     render_results,
     results_table,
+    valid_new_ndcg,
     variant_of,
     verdict,
 )
@@ -100,7 +100,7 @@ def evaluate_cold_start(
     for method, make_scorer in content.items():
         score(method, 0, "", make_scorer)
     # The remedy mixes in the content space that is better on the validation window.
-    space = max(content, key=lambda m: _valid_new_ndcg(results, m))
+    space = max(content, key=lambda m: valid_new_ndcg(results, m))
     for name, scored in runs.items():
         served = served_run(settings, store, stored[name], scored)
         method, seed = f"{scored['backbone']}-{scored['variant']}", int(scored["seed"])
@@ -123,11 +123,6 @@ def _mixed(
     model: Callable[[], Scorer], content: Callable[[], Scorer], weight: float
 ) -> MixedScores:
     return MixedScores(model(), content(), weight)
-
-
-def _valid_new_ndcg(results: list[Scored], method: str) -> float:
-    users = per_user([r for r in results if r.method == method], "valid", "new", "ndcg@10")
-    return sum(users.values()) / len(users) if users else float("-inf")
 
 
 def _report(store: Store, as_of: datetime, log: ColdStartLog, results: list[Scored]) -> dict:
