@@ -50,11 +50,11 @@ from bench_machine import decode_flop_per_token, vllm_matmul_rate
 from machine_info import cpu_description
 
 from genair_core.config import DatasetConfig, LlmConfig
-from genair_core.datasets.movielens import MovieLens100K
-from genair_core.engines import VllmEngine, engine_options, generation_settings
-from genair_core.engines.base import completion_span, load_eos_token_ids, request_seed
-from genair_core.engines.gguf import GGUF_TO_SAFETENSORS
-from genair_core.prompts import PROMPT_VERSION, build_prompt, render_chat
+from genair_core.data.datasets.movielens import MovieLens100K
+from genair_core.llm.engines import VllmEngine, engine_options, generation_settings
+from genair_core.llm.engines.base import completion_span, load_eos_token_ids, request_seed
+from genair_core.llm.engines.gguf import GGUF_TO_SAFETENSORS
+from genair_core.llm.prompts import PROMPT_VERSION, build_prompt, render_chat
 from storage.datasets import open_movielens_100k
 from storage.model_cache import resolve_model
 
@@ -440,7 +440,7 @@ def run_sampler_study(args, model_dir: Path, prompts: list[str]) -> None:
     `--repeats` times; the fastest run is reported."""
     from vllm import SamplingParams
 
-    from genair_core.engines.vllm_sampling import sampling_extra_args
+    from genair_core.llm.engines.vllm_sampling import sampling_extra_args
 
     with Section("vLLM: generator start-up") as startup:
         engine = vllm_engine(args, model_dir)
@@ -513,7 +513,11 @@ def run_sampler_micro(args, model_dir: Path, prompts: list[str]) -> None:
     from vllm.v1.sample.ops.penalties import apply_all_penalties
     from vllm.v1.sample.ops.topk_topp_sampler import apply_top_k_top_p
 
-    from genair_core.engines.vllm_sampling import SeenTokenPenalty, TopKTopP, sampling_extra_args
+    from genair_core.llm.engines.vllm_sampling import (
+        SeenTokenPenalty,
+        TopKTopP,
+        sampling_extra_args,
+    )
 
     model, tokenizer = reference_load(model_dir, args.dtype)
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
@@ -587,7 +591,7 @@ def run_sampler_micro(args, model_dir: Path, prompts: list[str]) -> None:
 
 def top_k_top_p_exact(scaled: torch.Tensor) -> torch.Tensor:
     """top_p 0.9 without top-k on a copy (for the nucleus sizes the micro-benchmark reports)."""
-    from genair_core.engines.sampling import top_k_top_p
+    from genair_core.llm.engines.sampling import top_k_top_p
 
     n = scaled.shape[0]
     return top_k_top_p(scaled.clone(), torch.zeros(n, dtype=torch.long), torch.full((n,), 0.9))

@@ -20,9 +20,9 @@ import pyarrow.parquet as pq
 import torch
 from machine_info import cpu_description
 
-from genair_core.calibration import calibration_inputs, train_adapter
 from genair_core.config import CalibrationConfig
 from genair_core.devices import resolve_device
+from genair_core.item_space.calibration import calibration_inputs, train_adapter
 from genair_core.tables import to_fixed_list
 
 

@@ -17,8 +17,8 @@ import pyarrow as pa
 from bench_machine import best_of
 from machine_info import cpu_description
 
-from genair_core.cooccurrence import cooccurrence, cooccurrence_reference
-from genair_core.preprocess import split_sequences
+from genair_core.data.cooccurrence import cooccurrence, cooccurrence_reference
+from genair_core.data.preprocess import split_sequences
 from genair_core.tables import INTERACTIONS
 
 

@@ -10,9 +10,9 @@ Item embeddings cluster by topic; uniform noise in 128-d has no neighbourhoods a
 unrealistically hard case for any graph index, so it would understate HNSW's recall.
 Queries are `--queries` fresh points of the same mixture (not in the index).
 
-Both indexes are built with genair_core.index.new_index (what the pipeline builds). Measured:
-build seconds; single-query throughput (one query per call, as `genair similar` asks; exact on
-`--single` queries, since each scans all N); batched throughput (all queries in one call);
+Both indexes are built with genair_core.item_space.index.new_index (what the pipeline builds).
+Measured: build seconds; single-query throughput (one query per call, as `genair similar` asks;
+exact on `--single` queries, since each scans all N); batched throughput (all queries in one call);
 HNSW's recall@10 against the exact top 10 at each `--ef-search`; memory as the serialized index
 size and the RSS growth of the build. FAISS threads: `--threads` (default: every core) for
 builds and batches; single queries run on one thread in both indexes.
@@ -35,7 +35,7 @@ import numpy as np
 from machine_info import cpu_description
 
 from genair_core.config import IndexConfig
-from genair_core.index import new_index, normalized
+from genair_core.item_space.index import new_index, normalized
 
 K = 10
 

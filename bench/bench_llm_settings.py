@@ -23,9 +23,9 @@ from bench_archetypes import load_items
 from machine_info import cpu_description
 
 from genair_core.config import LlmConfig
-from genair_core.engines import VllmEngine, engine_options, generation_settings
-from genair_core.engines.gguf import GGUF_TO_SAFETENSORS
-from genair_core.prompts import build_prompt, render_chat
+from genair_core.llm.engines import VllmEngine, engine_options, generation_settings
+from genair_core.llm.engines.gguf import GGUF_TO_SAFETENSORS
+from genair_core.llm.prompts import build_prompt, render_chat
 from storage.model_cache import resolve_model
 
 

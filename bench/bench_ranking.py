@@ -22,10 +22,10 @@ import torch
 from machine_info import cpu_description
 
 from genair_core.config import ModelConfig, PoolingConfig
+from genair_core.data.sequences import UserSequences
 from genair_core.metrics import full_ranks
-from genair_core.models import build_model
-from genair_core.sequences import UserSequences
-from genair_core.training import EVAL_BATCH_SIZE, rank_users
+from genair_core.recommenders.models import build_model
+from genair_core.recommenders.training import EVAL_BATCH_SIZE, rank_users
 from storage.recommenders import read_run_tables
 from storage.store import Store
 

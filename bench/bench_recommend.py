@@ -5,10 +5,10 @@
 
 End to end = the four steps of the `recommend` stage for a user: the served model's forward pass
 over the user's last max_len interactions, scoring every candidate, the top K with the user's
-seen items excluded (genair_core.ranking: `top_k_unseen`, or `ApproximateTopK`), and the write
-(here one Parquet file with pyarrow into a temporary folder; the stage writes a Delta table).
-Each step is timed on its own over the users stated in the output, and the end-to-end rate is
-1 / (sum of the steps' seconds per user). The two searches rank the same user vectors; FAISS's
+seen items excluded (genair_core.recommenders.ranking: `top_k_unseen`, or `ApproximateTopK`), and
+the write (here one Parquet file with pyarrow into a temporary folder; the stage writes a Delta
+table). Each step is timed on its own over the users stated in the output, and the end-to-end rate
+is 1 / (sum of the steps' seconds per user). The two searches rank the same user vectors; FAISS's
 recall@10 is measured against the exact lists after the seen items are filtered out of both.
 Once-a-night costs (the item table through the adapter, the HNSW build) are reported apart.
 
@@ -55,9 +55,9 @@ from bench_machine import matmul_rate
 from machine_info import cpu_description
 
 from genair_core.config import DatasetConfig, ModelConfig, StorageConfig
-from genair_core.models import build_model
-from genair_core.ranking import ApproximateTopK, recall_at_k, top_k_unseen
-from genair_core.serving import PrecomputedItems
+from genair_core.recommenders.models import build_model
+from genair_core.recommenders.ranking import ApproximateTopK, recall_at_k, top_k_unseen
+from genair_core.recommenders.serving import PrecomputedItems
 from storage.datasets import ML100K_INTER_MEMBER
 from storage.sources import read_recbole_atomic
 from storage.wheel_cache import ensure_wheel
@@ -241,8 +241,8 @@ def main(argv: list[str] | None = None) -> None:
         model = build_model(
             "sasrec", "genair", config, n_items, llm_like_table(n_items, args.seed), input_dims=384
         ).eval()
-        # As the recommend stage serves (genair_core.serving): the item table through the adapter
-        # once, looked up by the forward pass.
+        # As the recommend stage serves (genair_core.recommenders.serving): the item table through
+        # the adapter once, looked up by the forward pass.
         table_s, model.encoder = timed(PrecomputedItems, model.encoder)
         candidates = model.encoder.all_items()[1:]
         forward_s, vectors = timed(forward, model, ptr, items, users, args.forward_batch)

@@ -25,12 +25,12 @@ import torch
 import torch.nn.functional as F
 from machine_info import cpu_description
 
-from genair_core import training
 from genair_core.config import ModelConfig, PoolingConfig, TrainingConfig
-from genair_core.models import build_model
-from genair_core.models.transformer import Dropout
-from genair_core.sequences import UserSequences
-from genair_core.training import FitSettings, fit
+from genair_core.data.sequences import UserSequences
+from genair_core.recommenders import training
+from genair_core.recommenders.models import build_model
+from genair_core.recommenders.models.transformer import Dropout
+from genair_core.recommenders.training import FitSettings, fit
 from storage.checkpoints import RunCheckpoints
 from storage.recommenders import read_run_tables
 from storage.store import Store

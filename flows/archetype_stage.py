@@ -11,8 +11,8 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import PrefectFuture
 from prefect.logging import get_run_logger
 
-from genair_core.archetypes import ArchetypeBatch, ArchetypePlan
-from genair_core.engines import EnginePool
+from genair_core.llm.archetypes import ArchetypeBatch, ArchetypePlan
+from genair_core.llm.engines import EnginePool
 from tasks.archetypes import drop_replaced, generate_archetype_batch, record_engine_failure
 from tasks.common import with_retries
 from tasks.pooling import pool_item_embeddings

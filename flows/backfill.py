@@ -19,7 +19,7 @@ from prefect import flow
 from flows.params import BackfillParams
 from flows.pipeline import StageRun, run_stages
 from flows.stages import BACKFILL, stages_of
-from genair_core.engines import EngineFactory, make_engine
+from genair_core.llm.engines import EngineFactory, make_engine
 from tasks.archetypes import plan_archetypes, report_backfill_plan
 from tasks.common import exclusive_run
 from tasks.settings import RecommenderPolicy

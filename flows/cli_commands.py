@@ -74,7 +74,7 @@ def _check_items_known(settings: Settings, item_ids: list[str]) -> None:
     there is no catalog yet, the flow says what is missing)."""
     if not item_ids:
         return
-    from genair_core.backfill import check_known_items
+    from genair_core.llm.backfill import check_known_items
     from storage.sql import known_item_ids
     from storage.store import Store
 
@@ -115,7 +115,7 @@ def run_flow(args: argparse.Namespace, settings: Settings, flow: Callable[[], di
 
 
 def _summary_text(settings: Settings, summary: dict) -> str:
-    from genair_core.run_summary import render_run_summary
+    from genair_core.report.run_summary import render_run_summary
 
     return render_run_summary(summary, *_last_run(settings))
 
@@ -123,7 +123,7 @@ def _summary_text(settings: Settings, summary: dict) -> str:
 def _overview(settings: Settings, summary: dict) -> str:
     """The end of a run on the terminal: the run and its stages, the results table when the
     run trained or tabulated recommenders, and where the report and the tables are."""
-    from genair_core.run_summary import render_run_overview, results_table
+    from genair_core.report.run_summary import render_run_overview, results_table
     from storage.report import report_html_path
     from storage.store import Store
 
@@ -256,7 +256,7 @@ def format_status(held: dict) -> str:
 
 def similar(args: argparse.Namespace, settings: Settings) -> int:
     from flows.similar import similar_items
-    from genair_core.index import ItemLookupError
+    from genair_core.item_space.index import ItemLookupError
     from storage.index import IndexFileError
     from storage.store import MissingTableError
 

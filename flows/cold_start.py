@@ -1,6 +1,6 @@
 """genair-cold-start: the models trained as of T score every interaction after it, new items
-included, after a refresh has brought those items in (genair_core.cold_start; docs/results.md,
-"Cold start", says how the study runs the three steps)."""
+included, after a refresh has brought those items in (genair_core.recommenders.cold_start;
+docs/results.md, "Cold start", says how the study runs the three steps)."""
 
 from __future__ import annotations
 

@@ -17,8 +17,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from flows.stages import STAGES
-from genair_core.backfill import Backfill
 from genair_core.config import as_utc
+from genair_core.llm.backfill import Backfill
 from tasks.settings import RecommenderPolicy, Settings, load_settings
 
 StageName = Literal[STAGES]  # type: ignore[valid-type]  # the names in flows.stages, in order
@@ -67,7 +67,7 @@ class RefreshParams(FlowParams):
 
 
 class BackfillParams(FlowParams):
-    """genair-backfill: exactly one of `items`, `since`, `all_items` (genair_core.backfill
+    """genair-backfill: exactly one of `items`, `since`, `all_items` (genair_core.llm.backfill
     checks it)."""
 
     items: list[str] = []

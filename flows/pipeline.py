@@ -16,9 +16,9 @@ from prefect import Task, flow
 
 from flows.params import FullParams, StageName
 from flows.stages import FULL, STAGES, Stage, between, stages_of
-from genair_core.archetypes import ArchetypePlan
-from genair_core.backfill import Backfill
-from genair_core.engines import EngineFactory, make_engine
+from genair_core.llm.archetypes import ArchetypePlan
+from genair_core.llm.backfill import Backfill
+from genair_core.llm.engines import EngineFactory, make_engine
 from genair_core.tables import VECTOR_SPACES
 from tasks.archetypes import plan_archetypes
 from tasks.common import exclusive_run, with_retries

@@ -20,7 +20,7 @@ from prefect.logging import get_run_logger
 from flows.params import RefreshParams
 from flows.pipeline import StageRun, run_stages
 from flows.stages import REFRESH, stages_of
-from genair_core.engines import EngineFactory, make_engine
+from genair_core.llm.engines import EngineFactory, make_engine
 from tasks.common import exclusive_run
 from tasks.settings import RecommenderPolicy
 

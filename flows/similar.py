@@ -17,7 +17,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from genair_core.index import SimilarItem, neighbours, pick_item, prepare_for_search, similar_rows
+from genair_core.item_space.index import (
+    SimilarItem,
+    neighbours,
+    pick_item,
+    prepare_for_search,
+    similar_rows,
+)
 from storage import delta
 from storage.index import IndexFileError, IndexFiles
 from storage.items import archetype_texts, find_items, titles
@@ -40,8 +46,9 @@ def similar_items(
 ) -> SimilarResult:
     """The `k` items most similar to ITEM (an item_id or a piece of a title) in `space`.
 
-    Raises genair_core.index.ItemLookupError when ITEM names no item or several (`candidates`),
-    storage.index.IndexFileError when the space's index is missing or fails its check."""
+    Raises genair_core.item_space.index.ItemLookupError when ITEM names no item or several
+    (`candidates`), storage.index.IndexFileError when the space's index is missing or fails its
+    check."""
     store = Store(settings.storage.root)
     files = IndexFiles(store, space)
     item_id = pick_item(item, find_items(store, item))

@@ -122,7 +122,7 @@ def as_utc(value: object) -> object:
 class DatasetConfig(Section):
     name: Literal["movielens-100k", "movielens-1m", "amazon-reviews", "files"] = "movielens-100k"
     max_field_chars: int = Field(10_000, ge=100)  # a longer field rejects its row
-    # Replay the catalog and the log as they stood at this time (genair_core.ingest); a date is
+    # Replay the catalog and the log as they stood at this time (genair_core.data.ingest); a date is
     # its midnight, a time without an offset is UTC.
     as_of: datetime | None = None
     movielens: MovieLensConfig = MovieLensConfig()
@@ -150,7 +150,7 @@ class PreprocessConfig(Section):
 class LlmConfig(Section):
     """Archetype generation and hidden-state embeddings (docs/engines.md).
 
-    The one set of defaults of the engines' settings: `genair_core.engines.generation_settings`
+    The one set of defaults of the engines' settings: `genair_core.llm.engines.generation_settings`
     maps a section onto an engine's GenerationSettings, which has no defaults of its own.
     """
 
@@ -198,8 +198,9 @@ class PoolingConfig(Section):
 
 
 class CalibrationConfig(Section):
-    """The calibration job (genair_core/calibration.py): an adapter trained on co-occurring pairs
-    (in-batch softmax) plus α · the behavioural calibration loss, and its collapse guard."""
+    """The calibration job (genair_core/item_space/calibration.py): an adapter trained on
+    co-occurring pairs (in-batch softmax) plus α · the behavioural calibration loss, and its
+    collapse guard."""
 
     hidden: int = Field(128, ge=2)  # h: Linear(d → 2h) → LayerNorm → GELU → Linear(2h → h)
     epochs: int = Field(20, ge=1)
@@ -235,9 +236,10 @@ class CalibrationConfig(Section):
 
 
 class IndexConfig(Section):
-    """The FAISS indexes over the calibrated and the raw item vectors (genair_core/index.py):
-    cosine as inner product of L2-normalised vectors, exact up to `exact_max_items`, HNSW above.
-    Measurements behind the defaults: docs/benchmarks.md, "FAISS index"."""
+    """The FAISS indexes over the calibrated and the raw item vectors
+    (genair_core/item_space/index.py): cosine as inner product of L2-normalised vectors, exact up
+    to `exact_max_items`, HNSW above. Measurements behind the defaults: docs/benchmarks.md, "FAISS
+    index"."""
 
     # Exact search (IndexFlatIP) up to this many items, HNSW above: where exact search stops
     # paying is measured in docs/benchmarks.md, "Where exact search stops".
@@ -251,7 +253,7 @@ class IndexConfig(Section):
 
 class SimilarItemsConfig(Section):
     """The nightly "more like this" feed: every item's top `k` neighbours in one FAISS index,
-    the Delta table `similar_items` (genair_core.index.all_neighbours, storage.delta)."""
+    the Delta table `similar_items` (genair_core.item_space.index.all_neighbours, storage.delta)."""
 
     k: int = Field(20, ge=1)
     space: Literal["calibrated", "raw"] = "calibrated"
@@ -259,7 +261,7 @@ class SimilarItemsConfig(Section):
 
 
 class ModelConfig(Section):
-    """A backbone's shape (genair_core/models/); the item count comes from the data."""
+    """A backbone's shape (genair_core/recommenders/models/); the item count comes from the data."""
 
     hidden: int = Field(128, ge=1)
     max_len: int = Field(200, ge=2)
@@ -271,7 +273,7 @@ class ModelConfig(Section):
 
 
 class TrainingConfig(Section):
-    """How a run trains (genair_core/training.py); the seed comes from the run grid."""
+    """How a run trains (genair_core/recommenders/training.py); the seed comes from the run grid."""
 
     # Softmax over all items; the reference trains "bce", one sampled negative a target
     # ([profiles.paper]). Batch 32 gives 4x the reference's updates an epoch for the same compute:
@@ -375,8 +377,8 @@ def _override(common: SectionT, own: dict[str, Any]) -> SectionT:
 
 
 class RecommendConfig(Section):
-    """The nightly export of every user's top-K list (genair_core/serving.py, the `recommend`
-    stage) into the Delta table `recommendations`."""
+    """The nightly export of every user's top-K list (genair_core/recommenders/serving.py, the
+    `recommend` stage) into the Delta table `recommendations`."""
 
     # "auto": the finished run in this storage root, whatever its tag, with the best validation
     # NDCG@10 among the variants that can score an item they never trained on; or a run's name

@@ -10,7 +10,7 @@ SASRec's authors train it.
 The calibration loss:
 
 Over the n distinct positive target items of a batch, with ẽ the L2-normalised adapter outputs
-and s the co-occurrence weight of `genair_core.cooccurrence` (0 for pairs never seen together):
+and s the co-occurrence weight of `genair_core.data.cooccurrence` (0 for pairs never seen together):
 
     w_ij = exp(−τ · s_ij),    L_cal = −1 / (n (n − 1)) · Σ_{i≠j} w_ij ‖ẽ_i − ẽ_j‖²
 

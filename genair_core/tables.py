@@ -2,7 +2,7 @@
 table genair writes, and how a vector column becomes a matrix and back. A table's schema lives
 here and nowhere else; storage.schemas registers them under their table names.
 
-Readers in storage yield `RawRecord`s that genair_core.datasets map to canonical rows; the
+Readers in storage yield `RawRecord`s that genair_core.data.datasets map to canonical rows; the
 stages in genair_core build tables of these schemas, which storage writes as they are.
 """
 
@@ -39,8 +39,9 @@ class RawRecord:
     detail: str = ""
 
 
-# The canonical values a dataset maps a catalog row / an interaction row to (genair_core.datasets);
-# ingest adds content_hash and the provenance (source, line) to make ITEMS and INTERACTIONS rows.
+# The canonical values a dataset maps a catalog row / an interaction row to
+# (genair_core.data.datasets); ingest adds content_hash and the provenance (source, line) to make
+# ITEMS and INTERACTIONS rows.
 CATALOG_FIELDS = (
     "item_id",
     "title",
@@ -201,8 +202,9 @@ def item_embeddings_schema(dim: int) -> pa.Schema:
 
 
 def calibrated_embeddings_schema(dim: int) -> pa.Schema:
-    """Item vectors through the calibration adapter (genair_core.calibration), L2-normalised:
-    `dim` = calibration.hidden (128 by default). `version` names the adapter that made them."""
+    """Item vectors through the calibration adapter (genair_core.item_space.calibration),
+    L2-normalised: `dim` = calibration.hidden (128 by default). `version` names the adapter that
+    made them."""
     return pa.schema(
         [
             pa.field("item_id", pa.string(), nullable=False),
@@ -271,9 +273,9 @@ TRAINING_LOG = pa.schema(
 )
 
 
-# Cold start (genair_core.cold_start): one row per interaction after T scored by one method. The
-# views a target has no part in are null: new_only_* for a target on an item that is not new,
-# old_only_* (the new items left out of the candidates) for one that is.
+# Cold start (genair_core.recommenders.cold_start): one row per interaction after T scored by one
+# method. The views a target has no part in are null: new_only_* for a target on an item that is
+# not new, old_only_* (the new items left out of the candidates) for one that is.
 COLD_START_TARGETS = pa.schema(
     [
         pa.field("user_id", pa.string(), nullable=False),
@@ -291,9 +293,9 @@ COLD_START_TARGETS = pa.schema(
 )
 
 
-# Next-item retrieval in item space (genair_core.retrieval): one row per space, split and metric.
-# split "valid" | "test" rows are mean metrics over `users` with paired p-values; split "vectors"
-# rows describe the space itself (items, item_coverage, dimension, mean_pairwise_cosine,
+# Next-item retrieval in item space (genair_core.item_space.retrieval): one row per space, split
+# and metric. split "valid" | "test" rows are mean metrics over `users` with paired p-values; split
+# "vectors" rows describe the space itself (items, item_coverage, dimension, mean_pairwise_cosine,
 # effective_rank), with users and the p-values null.
 RETRIEVAL_METRICS = pa.schema(
     [

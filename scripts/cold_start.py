@@ -6,7 +6,8 @@
         --backbones sasrec --variants id genair --seeds 44
 
 Each call:
-1. the first time only: ingests the whole log and chooses T (genair_core.cold_start.choose_as_of:
+1. the first time only: ingests the whole log and chooses T
+(genair_core.recommenders.cold_start.choose_as_of:
    the latest midnight UTC with at least 5% of the items new and 200 new-item targets in each
    half of the time after it), kept in ROOT/study.json;
 2. `genair run` as of T (`[dataset] as_of`): archetypes, calibration and the runs of these seeds,
@@ -31,7 +32,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from genair_core.cold_start import choose_as_of
+from genair_core.recommenders.cold_start import choose_as_of
 from storage.store import Store
 
 BIN = Path(sys.executable).parent

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
+from genair_core.data.sequences import UserSequences
 from genair_core.metrics import rank_metrics
-from genair_core.results import RunResult, summarize_runs
-from genair_core.scoring import test_user_groups
-from genair_core.sequences import UserSequences
+from genair_core.recommenders.scoring import test_user_groups
+from genair_core.report.results import RunResult, summarize_runs
 from storage.recommenders import read_run_tables, read_test_results
 from storage.sql import connect
 from storage.store import Store

@@ -8,7 +8,7 @@
     plain, metadata = load_bases(path)    # the same plain dicts; PcaBasis.from_dict rebuilds one
 
 A basis is a plain dict here: the arrays `mean`, `components`, `explained_variance_ratio` and the
-ints `n_fit`, `seed` (what genair_core.pooling.PcaBasis.to_dict gives). A recipe's file is
+ints `n_fit`, `seed` (what genair_core.llm.pooling.PcaBasis.to_dict gives). A recipe's file is
 `<root>/models/pca/<model>-<prompt version>-<settings id>.safetensors` (`bases_path`), and its
 metadata names the three ids. Inside the file, basis `name` is three float32 tensors
 `name.mean` (D,), `name.components` (k, D) and `name.explained_variance_ratio` (k,), and the

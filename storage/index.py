@@ -3,7 +3,7 @@
 Layout of one space's index (space: "calibrated" or "raw"):
 
     indexes/<space>/index.faiss     faiss.write_index of the CPU index (IndexIDMap2)
-    indexes/<space>/ids.parquet     faiss_id -> item_id (genair_core.index.IDS)
+    indexes/<space>/ids.parquet     faiss_id -> item_id (genair_core.item_space.index.IDS)
     indexes/<space>/manifest.json   what was indexed and how, and the SHA-256 of both files
 
 Each file is written to a temporary name beside it and renamed into place; the manifest goes

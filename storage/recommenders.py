@@ -1,7 +1,7 @@
 """What the recommender stages read and write besides whole tables: their inputs as Arrow tables
-and numpy arrays (genair_core.run_inputs builds its sequences, frozen item table and co-occurrence
-lookup from them), the calibration adapter a `genair-warm` run starts from, a run's parts and best
-weights, and the finished runs' test results."""
+and numpy arrays (genair_core.recommenders.run_inputs builds its sequences, frozen item table and
+co-occurrence lookup from them), the calibration adapter a `genair-warm` run starts from, a run's
+parts and best weights, and the finished runs' test results."""
 
 from __future__ import annotations
 
@@ -20,14 +20,15 @@ from storage.calibration import AdapterFiles
 from storage.checkpoints import save_weights
 from storage.store import Store, TableInfo, atomic_write
 
-# The columns of sequences that genair_core.sequences.UserSequences reads.
+# The columns of sequences that genair_core.data.sequences.UserSequences reads.
 USER_SEQUENCE_COLUMNS = ["user_idx", "position", "item_idx", "split"]
 FINAL = "final"  # the part key of a run's rows: one part per run, replaced by a rerun
 
 
 @dataclass
 class LoadedRunTables:
-    """A run's tables as read for it: the fields genair_core.run_inputs.RunTables names."""
+    """A run's tables as read for it: the fields genair_core.recommenders.run_inputs.RunTables
+    names."""
 
     n_items: int
     sequences: pa.Table  # user_idx, position, item_idx, split
@@ -66,8 +67,8 @@ def read_calibration_adapter(
     store: Store, settings_id: str
 ) -> tuple[dict[str, np.ndarray], dict[str, object]]:
     """The tensors and manifest the calibration job stored for `settings_id`
-    (genair_core.calibration.settings_id of the calibration settings), which a `genair-warm` run
-    starts from (genair_core.run_spec.WarmStart.from_stored)."""
+    (genair_core.item_space.calibration.settings_id of the calibration settings), which a
+    `genair-warm` run starts from (genair_core.recommenders.run_spec.WarmStart.from_stored)."""
     files = AdapterFiles(store, settings_id)
     stored = files.read()
     if stored is None:

@@ -1,5 +1,5 @@
 """What the retrieval stage reads: its tables as Arrow tables and numpy arrays, the fields
-genair_core.retrieval.RetrievalTables names. The calibrated space is optional: before the
+genair_core.item_space.retrieval.RetrievalTables names. The calibrated space is optional: before the
 calibrate stage has written calibrated_embeddings, the stage compares the other spaces."""
 
 from __future__ import annotations

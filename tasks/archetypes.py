@@ -16,7 +16,7 @@ from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 
 from genair_core import progress
-from genair_core.archetypes import (
+from genair_core.llm.archetypes import (
     ArchetypeBatch,
     ArchetypePlan,
     ArchetypeRecipe,
@@ -29,9 +29,9 @@ from genair_core.archetypes import (
     make_archetypes,
     make_plan,
 )
-from genair_core.backfill import Backfill
-from genair_core.engines import EnginePool
-from genair_core.engines.gguf import GGUF_TO_SAFETENSORS
+from genair_core.llm.backfill import Backfill
+from genair_core.llm.engines import EnginePool
+from genair_core.llm.engines.gguf import GGUF_TO_SAFETENSORS
 from storage.archetype_tables import (
     drop_replaced_archetypes,
     read_archetype_state,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import task
 from prefect.logging import get_run_logger
 
-from genair_core.calibration import (
+from genair_core.item_space.calibration import (
     CALIBRATION_VERSION,
     Adapter,
     calibrate,

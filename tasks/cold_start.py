@@ -1,6 +1,6 @@
-"""The cold-start evaluation (genair_core.cold_start) over a storage root whose runs were trained
-as of T and whose tables were refreshed since: every finished run and the baselines, each one a
-step of its own (skipped when its inputs are unchanged), then the report."""
+"""The cold-start evaluation (genair_core.recommenders.cold_start) over a storage root whose runs
+were trained as of T and whose tables were refreshed since: every finished run and the baselines,
+each one a step of its own (skipped when its inputs are unchanged), then the report."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
-from genair_core.cold_start import (
+from genair_core.recommenders.cold_start import (
     GENAIR_FAMILY,
     ColdStartLog,
     ContentScores,
@@ -28,7 +28,7 @@ from genair_core.cold_start import (
     variant_of,
     verdict,
 )
-from genair_core.serving import ServedRun, serving_model
+from genair_core.recommenders.serving import ServedRun, serving_model
 from storage.recommenders import (
     finished_runs,
     read_catalog_vectors,
@@ -55,7 +55,7 @@ def evaluate_cold_start(
 ) -> dict[str, object]:
     """Score every interaction after `as_of` with the baselines, each finished run (all trained
     as of then) and each GenAIR-family run mixed with the content-only score on cold items
-    (`mix_weights`; genair_core.cold_start.MixedScores); write the rows, the report
+    (`mix_weights`; genair_core.recommenders.cold_start.MixedScores); write the rows, the report
     `cold_start.md` and an artifact."""
     store = store_for(settings)
     logger = get_run_logger()

@@ -20,7 +20,7 @@ from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 from prefect.states import State
 
-from genair_core.prompts import PROMPT_VERSION
+from genair_core.llm.prompts import PROMPT_VERSION
 from storage.model_cache import default_model_dir, model_id
 from storage.runs import (
     COMPLETED,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import task
 
-from genair_core.cooccurrence import COOCCURRENCE_VERSION, cooccurrence, cooccurrence_summary
+from genair_core.data.cooccurrence import COOCCURRENCE_VERSION, cooccurrence, cooccurrence_summary
 from storage.store import fingerprint
 from tasks.common import TASK_DEFAULTS, run_step, store_for
 from tasks.settings import Settings

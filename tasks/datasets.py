@@ -1,5 +1,5 @@
 """The datasets genair reads, one row per `dataset.name`: the mapping of its rows to canonical
-values (genair_core.datasets) paired with the opener of its files (storage.datasets).
+values (genair_core.data.datasets) paired with the opener of its files (storage.datasets).
 
 A name is looked up here and nowhere else. The pairing lives in this layer because it is the
 first that may import both halves: genair_core never imports storage, and storage takes only
@@ -14,7 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from genair_core.config import DatasetConfig
-from genair_core.datasets import AmazonReviews, Dataset, FilesDataset, MovieLens1M, MovieLens100K
+from genair_core.data.datasets import (
+    AmazonReviews,
+    Dataset,
+    FilesDataset,
+    MovieLens1M,
+    MovieLens100K,
+)
 from storage.datasets import (
     DatasetFiles,
     open_amazon_reviews,

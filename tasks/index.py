@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import task
 from prefect.logging import get_run_logger
 
-from genair_core.index import INDEX_VERSION, build_item_index, build_params
+from genair_core.item_space.index import INDEX_VERSION, build_item_index, build_params
 from storage.index import IndexFiles
 from storage.store import fingerprint
 from tasks.common import TASK_DEFAULTS, run_step, store_for

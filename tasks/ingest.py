@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import task
 from prefect.logging import get_run_logger
 
-from genair_core.ingest import INGEST_VERSION, AsOf, Held, first_interactions, ingest
+from genair_core.data.ingest import INGEST_VERSION, AsOf, Held, first_interactions, ingest
 from storage.items import item_versions
 from storage.sources import input_fingerprint
 from storage.sql import rejects_by_reason

@@ -5,8 +5,8 @@ from __future__ import annotations
 from prefect import task
 from prefect.logging import get_run_logger
 
-from genair_core.archetypes import ArchetypeRecipe
-from genair_core.pooling import must_fit, pool_archetypes
+from genair_core.llm.archetypes import ArchetypeRecipe
+from genair_core.llm.pooling import must_fit, pool_archetypes
 from storage.bases import BasesFile
 from storage.sources import input_fingerprint
 from storage.sql import current_archetypes

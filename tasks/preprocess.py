@@ -6,9 +6,9 @@ from __future__ import annotations
 from prefect import task
 from prefect.logging import get_run_logger
 
-from genair_core.data_limits import check_negatives, check_pca_dims
-from genair_core.preprocess import PREPROCESS_VERSION, split_sequences
-from genair_core.run_inputs import RunInputs
+from genair_core.data.limits import check_negatives, check_pca_dims
+from genair_core.data.preprocess import PREPROCESS_VERSION, split_sequences
+from genair_core.recommenders.run_inputs import RunInputs
 from genair_core.tables import INTERACTION_FIELDS
 from storage.recommenders import read_run_tables, read_user_ids
 from storage.store import fingerprint
@@ -46,7 +46,7 @@ def check_data_limits(
     settings: Settings, evaluates: bool, force: bool = False
 ) -> dict[str, object]:
     """Stop the run (a ConfigError: one line, exit 2) when a setting asks for more than the split
-    tables hold, and warn where the run adapts (genair_core.data_limits). The negatives are
+    tables hold, and warn where the run adapts (genair_core.data.limits). The negatives are
     checked only when this run `evaluates` the recommenders. The warnings are repeated when the
     check is skipped on unchanged inputs."""
     store = store_for(settings)

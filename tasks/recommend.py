@@ -1,5 +1,6 @@
 """The `recommend` stage: every user's top-K list from the served recommender, new items
-included, committed as one version of the Delta table `recommendations` (genair_core.serving)."""
+included, committed as one version of the Delta table `recommendations`
+(genair_core.recommenders.serving)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
 from genair_core.config import ModelConfig
-from genair_core.run_spec import RunSpec
-from genair_core.serving import (
+from genair_core.recommenders.run_spec import RunSpec
+from genair_core.recommenders.serving import (
     ServedRun,
     choose_served_run,
     recommend,

@@ -10,13 +10,13 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
-from genair_core.calibration import calibration_settings_id
-from genair_core.data_limits import check_negatives
-from genair_core.experiment import train_run
-from genair_core.run_inputs import RunInputs, eval_negatives
-from genair_core.run_spec import RunSpec, WarmStart
-from genair_core.run_summary import latest_metrics
-from genair_core.scoring import recommender_results, score_run
+from genair_core.data.limits import check_negatives
+from genair_core.item_space.calibration import calibration_settings_id
+from genair_core.recommenders.experiment import train_run
+from genair_core.recommenders.run_inputs import RunInputs, eval_negatives
+from genair_core.recommenders.run_spec import RunSpec, WarmStart
+from genair_core.recommenders.scoring import recommender_results, score_run
+from genair_core.report.run_summary import latest_metrics
 from storage.checkpoints import RunCheckpoints
 from storage.recommenders import (
     FINAL,

@@ -8,8 +8,9 @@ from pathlib import Path
 
 from prefect import task
 
-from genair_core.report import build_report, render_report_html
-from genair_core.run_spec import RunSpec
+from genair_core.recommenders.run_spec import RunSpec
+from genair_core.report.model import build_report
+from genair_core.report.page import render_report_html
 from storage.items import titles
 from storage.report import read_report_tables, write_report_html
 from tasks.common import TASK_DEFAULTS, run_logger, store_for

@@ -7,7 +7,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
-from genair_core.retrieval import RETRIEVAL_VERSION, retrieval_evaluation
+from genair_core.item_space.retrieval import RETRIEVAL_VERSION, retrieval_evaluation
 from storage.retrieval import CALIBRATED, read_retrieval_tables, retrieval_input_tables
 from storage.store import fingerprint
 from tasks.common import TASK_DEFAULTS, run_step, store_for

@@ -9,7 +9,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
-from genair_core.run_summary import render_run_summary
+from genair_core.report.run_summary import render_run_summary
 from storage.runs import read_run, read_steps
 from tasks.common import TASK_DEFAULTS, store_for
 from tasks.settings import Settings

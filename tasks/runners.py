@@ -30,7 +30,7 @@ from distributed import WorkerPlugin, get_worker
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from genair_core.config import LlmConfig
-from genair_core.engines import ArchetypeEngine, EngineFactory, EnginePool
+from genair_core.llm.engines import ArchetypeEngine, EngineFactory, EnginePool
 from tasks.settings import PrefectConfig
 
 

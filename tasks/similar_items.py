@@ -9,7 +9,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
-from genair_core.index import NEIGHBOURS_VERSION, all_neighbours, prepare_for_search
+from genair_core.item_space.index import NEIGHBOURS_VERSION, all_neighbours, prepare_for_search
 from storage import delta
 from storage.index import IndexFiles
 from storage.store import fingerprint

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from genair_core.config import DatasetConfig
-from genair_core.ingest import ingest
+from genair_core.data.ingest import ingest
 from tasks.datasets import make_dataset, open_dataset
 
 

@@ -18,8 +18,8 @@ from flows.params import BackfillParams, RefreshParams
 from flows.pipeline import run_pipeline
 from flows.refresh import run_refresh
 from flows.stages import STAGES
-from genair_core.engines import EngineFactory
-from genair_core.engines.base import Completion
+from genair_core.llm.engines import EngineFactory
+from genair_core.llm.engines.base import Completion
 
 
 @flow(name="genair-pipeline-scripted", validate_parameters=False)

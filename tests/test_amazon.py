@@ -8,7 +8,7 @@ import pytest
 from ingest_files import ingest_files
 
 from genair_core.config import AmazonConfig, DatasetConfig
-from genair_core.datasets import AmazonReviews
+from genair_core.data.datasets import AmazonReviews
 from storage.sources import SourceFormatError
 from tasks.datasets import make_dataset, open_dataset
 

@@ -14,8 +14,8 @@ from prefect.logging import disable_run_logger
 from scripted_pipeline import scripted_pipeline
 from small_dataset import write_small_dataset
 
-from genair_core.engines import EnginePool, GenerationSettings
-from genair_core.engines.base import Completion
+from genair_core.llm.engines import EnginePool, GenerationSettings
+from genair_core.llm.engines.base import Completion
 from storage.bases import BasesFile
 from storage.sql import connect
 from storage.store import Store

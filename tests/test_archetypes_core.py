@@ -1,8 +1,9 @@
-"""genair_core.archetypes on small hand-made inputs."""
+"""genair_core.llm.archetypes on small hand-made inputs."""
 
 import pytest
 
-from genair_core.archetypes import (
+from genair_core.config import LlmConfig
+from genair_core.llm.archetypes import (
     ArchetypeRecipe,
     archetype_recipe,
     batch_items,
@@ -14,9 +15,8 @@ from genair_core.archetypes import (
     pending,
     plan_batches,
 )
-from genair_core.config import LlmConfig
-from genair_core.engines import generation_settings
-from genair_core.prompts import PROMPT_VERSION, build_prompt
+from genair_core.llm.engines import generation_settings
+from genair_core.llm.prompts import PROMPT_VERSION, build_prompt
 
 RECIPE = ArchetypeRecipe("m@1", "p1-x", "g-1", "vllm")
 

@@ -17,9 +17,9 @@ from small_dataset import write_small_dataset
 from flows.backfill import genair_backfill
 from flows.params import BackfillParams
 from flows.refresh import genair_nightly_refresh
-from genair_core.archetypes import ArchetypeRecipe, make_plan
-from genair_core.backfill import Backfill, check_known_items
 from genair_core.config import LlmConfig
+from genair_core.llm.archetypes import ArchetypeRecipe, make_plan
+from genair_core.llm.backfill import Backfill, check_known_items
 from genair_core.tables import PROVENANCE_COLUMNS
 from storage.archetype_tables import drop_replaced_archetypes
 from storage.sql import connect

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from genair_core.pooling import PcaBasis, basis_id, fit_basis
+from genair_core.llm.pooling import PcaBasis, basis_id, fit_basis
 from storage.bases import (
     BasesFile,
     BasesFileError,

@@ -10,7 +10,8 @@ import pytest
 import torch
 from prefect.logging import disable_run_logger
 
-from genair_core.calibration import (
+from genair_core.config import CalibrationConfig, StorageConfig
+from genair_core.item_space.calibration import (
     Adapter,
     CollapsedSpaceError,
     calibrate,
@@ -22,7 +23,6 @@ from genair_core.calibration import (
     sketch_pairs,
     spread,
 )
-from genair_core.config import CalibrationConfig, StorageConfig
 from genair_core.tables import to_fixed_list, to_matrix
 from storage.calibration import AdapterFileError, AdapterFiles
 from storage.store import Store

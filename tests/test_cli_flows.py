@@ -83,7 +83,8 @@ def test_a_run_ends_with_the_results_table_and_the_report(tmp_path, prefect_harn
     assert main(["--config", str(config), "run", "--from", "negatives"]) == 0
     out = capsys.readouterr().out
     assert "recommenders, test, full ranking (mean ± std over seeds):" in out
-    # The table of reports/recommenders.md (genair_core.results), then the popularity baseline.
+    # The table of reports/recommenders.md (genair_core.report.results), then the popularity
+    # baseline.
     header = "| Backbone | Variant | Seeds | HR@10 | NDCG@10 |\n| --- | --- | --- | ---: | ---: |\n"
     rows = out.split(header)[1].splitlines()
     assert rows[0].startswith("| sasrec | id | 1 | 0.")

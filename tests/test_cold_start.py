@@ -1,5 +1,5 @@
-"""genair_core.cold_start on a hand-made log: which interactions are targets, of what kind and
-window; the baselines against plain numpy; an `id` model scores 0 on new items."""
+"""genair_core.recommenders.cold_start on a hand-made log: which interactions are targets, of what
+kind and window; the baselines against plain numpy; an `id` model scores 0 on new items."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pyarrow as pa
 import pytest
 import torch
 
-from genair_core.cold_start import (
+from genair_core.config import ModelConfig
+from genair_core.recommenders.cold_start import (
     KINDS,
     WINDOWS,
     ColdStartLog,
@@ -22,9 +23,8 @@ from genair_core.cold_start import (
     evaluate,
     user_means,
 )
-from genair_core.config import ModelConfig
-from genair_core.models import build_model
-from genair_core.serving import ServedRun, serving_model
+from genair_core.recommenders.models import build_model
+from genair_core.recommenders.serving import ServedRun, serving_model
 
 T = datetime.fromtimestamp(4, UTC)
 # user, item, time. As of T: x and y trained, v present but never trained (the k-core dropped

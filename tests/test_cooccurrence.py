@@ -9,8 +9,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from genair_core.cooccurrence import cooccurrence, cooccurrence_reference, cooccurrence_summary
-from genair_core.preprocess import split_sequences
+from genair_core.data.cooccurrence import cooccurrence, cooccurrence_reference, cooccurrence_summary
+from genair_core.data.preprocess import split_sequences
 from genair_core.tables import COOCCURRENCE, INTERACTIONS, SEQUENCES
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)

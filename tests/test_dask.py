@@ -13,7 +13,7 @@ from small_dataset import write_small_dataset
 from test_archetype_stage import EngineScript, set_title
 
 from flows.archetype_stage import generate_archetypes
-from genair_core.engines import EngineFactory, EnginePool, make_engine
+from genair_core.llm.engines import EngineFactory, EnginePool, make_engine
 from storage.sql import connect
 from storage.store import Store
 from tasks.archetypes import plan_archetypes

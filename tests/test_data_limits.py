@@ -14,8 +14,8 @@ from small_dataset import files_config
 
 from flows.cli import main as genair
 from genair_core.config import PoolingConfig
-from genair_core.data_limits import check_negatives, check_pca_dims, fewest_unseen_items
-from genair_core.sequences import UserSequences
+from genair_core.data.limits import check_negatives, check_pca_dims, fewest_unseen_items
+from genair_core.data.sequences import UserSequences
 from storage.store import Store
 from tasks.settings import ConfigError
 

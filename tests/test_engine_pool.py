@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from genair_core.config import LlmConfig
-from genair_core.engines import EnginePool, generation_settings
+from genair_core.llm.engines import EnginePool, generation_settings
 
 MODEL = Path("/models/m")
 

@@ -22,18 +22,18 @@ from transformers import (
 )
 
 from genair_core.config import LlmConfig
-from genair_core.datasets import MovieLens100K
-from genair_core.engines import (
+from genair_core.data.datasets import MovieLens100K
+from genair_core.environment import SOCKET_FOLDER_PREFIX, SOCKET_PATH_MAX, socket_parent
+from genair_core.llm.engines import (
     ENGINES,
     HFEngine,
     engine_options,
     generation_settings,
     make_engine,
 )
-from genair_core.engines.base import completion_span, request_seed
-from genair_core.engines.hf_engine import _RepetitionPenalty, _SeededGumbel, _TemperatureTopP
-from genair_core.environment import SOCKET_FOLDER_PREFIX, SOCKET_PATH_MAX, socket_parent
-from genair_core.prompts import build_prompt
+from genair_core.llm.engines.base import completion_span, request_seed
+from genair_core.llm.engines.hf_engine import _RepetitionPenalty, _SeededGumbel, _TemperatureTopP
+from genair_core.llm.prompts import build_prompt
 from storage.datasets import ML100K_ITEM_MEMBER
 from storage.sources import read_recbole_atomic
 
@@ -213,7 +213,7 @@ MAX_REL_ERR = 1e-5
 
 @pytest.fixture(scope="module")
 def default_model_dir(test_cache_dir: Path) -> Path:
-    from genair_core.engines.gguf import GGUF_TO_SAFETENSORS
+    from genair_core.llm.engines.gguf import GGUF_TO_SAFETENSORS
     from storage.model_cache import ensure_default_model
 
     return ensure_default_model(test_cache_dir, GGUF_TO_SAFETENSORS)

@@ -9,7 +9,7 @@ import pytest
 from ingest_files import ingest_files
 
 from genair_core.config import DatasetConfig, FilesConfig, InteractionColumns, ItemColumns
-from genair_core.datasets import FilesDataset
+from genair_core.data.datasets import FilesDataset
 from storage.sources import SourceFormatError
 from tasks.datasets import DATASETS, make_dataset, open_dataset
 

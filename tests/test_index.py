@@ -13,10 +13,10 @@ import pyarrow as pa
 import pytest
 from prefect.logging import disable_run_logger
 
-import genair_core.index as core_index
+import genair_core.item_space.index as core_index
 import tasks.index as index_task
 from genair_core.config import IndexConfig
-from genair_core.index import (
+from genair_core.item_space.index import (
     build_index,
     build_item_index,
     faiss_ids,

@@ -1,4 +1,5 @@
-"""genair_core.ingest: every bad row becomes exactly one reject, good rows survive unchanged."""
+"""genair_core.data.ingest: every bad row becomes exactly one reject, good rows survive
+unchanged."""
 
 import hashlib
 from datetime import UTC, datetime
@@ -7,8 +8,8 @@ import pyarrow as pa
 import pytest
 
 from genair_core.config import DatasetConfig, FilesConfig, InteractionColumns, ItemColumns
-from genair_core.datasets import FilesDataset
-from genair_core.ingest import REASONS, AsOf, Held, content_hash, first_interactions, ingest
+from genair_core.data.datasets import FilesDataset
+from genair_core.data.ingest import REASONS, AsOf, Held, content_hash, first_interactions, ingest
 from genair_core.tables import RawRecord
 from storage.schemas import TABLES
 from tasks.datasets import make_dataset, open_dataset

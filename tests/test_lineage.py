@@ -11,7 +11,7 @@ from prefect import flow
 from scripted_pipeline import TitleEngines, scripted_pipeline, write_catalog_dataset
 
 from flows.cli import main as genair
-from genair_core.prompts import PROMPT_VERSION
+from genair_core.llm.prompts import PROMPT_VERSION
 from storage.runs import COMPLETED, CRASHED, FAILED, RUNNING, RunRecord, read_run, write_run
 from storage.sql import query
 from storage.store import Store

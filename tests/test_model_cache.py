@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from genair_core.engines.gguf import GGUF_TO_SAFETENSORS
+from genair_core.llm.engines.gguf import GGUF_TO_SAFETENSORS
 from storage import model_cache
 from storage.model_cache import (
     DIGESTS,

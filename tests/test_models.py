@@ -3,8 +3,14 @@
 import pytest
 import torch
 
-from genair_core.models import BACKBONES, VARIANTS, ModelConfig, UnknownNameError, build_model
-from genair_core.models.item_encoders import AdapterEncoder, frozen_table
+from genair_core.recommenders.models import (
+    BACKBONES,
+    VARIANTS,
+    ModelConfig,
+    UnknownNameError,
+    build_model,
+)
+from genair_core.recommenders.models.item_encoders import AdapterEncoder, frozen_table
 
 N_ITEMS, DIM = 12, 8
 

@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 import pytest
 
 from genair_core.config import DatasetConfig
-from genair_core.datasets import MovieLens100K
-from genair_core.ingest import ingest
+from genair_core.data.datasets import MovieLens100K
+from genair_core.data.ingest import ingest
 from storage.datasets import ML100K_INTER_MEMBER, ML100K_ITEM_MEMBER
 from storage.sources import read_recbole_atomic
 from tasks.datasets import make_dataset, open_dataset

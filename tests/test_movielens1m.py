@@ -9,8 +9,8 @@ import pyarrow as pa
 import pytest
 
 from genair_core.config import DatasetConfig
-from genair_core.datasets import MovieLens1M
-from genair_core.ingest import ingest
+from genair_core.data.datasets import MovieLens1M
+from genair_core.data.ingest import ingest
 from storage.datasets import (
     ML1M_INTER_MEMBER,
     ML1M_ITEM_MEMBER,

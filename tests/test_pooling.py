@@ -6,7 +6,7 @@ import pytest
 from sklearn.decomposition import PCA
 
 from genair_core.config import PoolingConfig
-from genair_core.pooling import (
+from genair_core.llm.pooling import (
     PcaBasis,
     basis_id,
     fit_basis,

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from genair_core.preprocess import kcore_mask, split_sequences
+from genair_core.data.preprocess import kcore_mask, split_sequences
 from genair_core.tables import INTERACTIONS, ITEM_INDEX, SEQUENCES, USER_INDEX
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)

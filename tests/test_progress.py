@@ -13,9 +13,9 @@ from test_training import CONFIG, SEED, data, new_model  # noqa: F401  (data: a 
 
 from flows.progress_view import ProgressView, StepLogHandler
 from genair_core import progress
-from genair_core.calibration import calibrate, calibration_inputs
+from genair_core.item_space.calibration import calibrate, calibration_inputs
 from genair_core.progress import Event
-from genair_core.training import FitSettings, fit
+from genair_core.recommenders.training import FitSettings, fit
 from storage.checkpoints import RunCheckpoints
 
 

@@ -6,8 +6,8 @@ import pytest
 from tokenizers import Tokenizer, models
 from transformers import PreTrainedTokenizerFast
 
-from genair_core import prompts
-from genair_core.prompts import PROMPT_VERSION, build_prompt, prompt_version, render_chat
+from genair_core.llm import prompts
+from genair_core.llm.prompts import PROMPT_VERSION, build_prompt, prompt_version, render_chat
 
 INSTRUCTION = (
     "Based on the following attributes, identify the types of users this item would appeal to: \n "

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from genair_core.config import ModelConfig
-from genair_core.models import build_model
-from genair_core.ranking import (
+from genair_core.recommenders.models import build_model
+from genair_core.recommenders.ranking import (
     TIE_MARGIN,
     ApproximateTopK,
     _drop_seen,

@@ -8,7 +8,7 @@ from genair_core.config import (
     RecommenderConfig,
     TrainingConfig,
 )
-from genair_core.run_spec import TRAINING_VERSION, RunSpec
+from genair_core.recommenders.run_spec import TRAINING_VERSION, RunSpec
 
 RUNS = [(b, v) for b in ("sasrec", "bert4rec", "gru4rec") for v in ("id", "genair", "gen-only")]
 # The code defaults before they became the default run's: these tests' run names and keys.

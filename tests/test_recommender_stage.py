@@ -13,7 +13,7 @@ from small_dataset import write_small_dataset
 import flows.training
 import tasks.recommenders
 from flows.pipeline import genair_full
-from genair_core.scoring import score_run
+from genair_core.recommenders.scoring import score_run
 from storage.recommenders import read_run_ranks, read_run_tables
 from storage.store import Store
 from tasks.recommenders import train_recommender

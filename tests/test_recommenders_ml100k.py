@@ -5,7 +5,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-import genair_core.training
+import genair_core.recommenders.training
 from flows.pipeline import genair_full
 from genair_core.tables import to_fixed_list
 from storage.schemas import item_embeddings_schema
@@ -135,7 +135,7 @@ def test_a_rerun_with_unchanged_inputs_trains_nothing(trained):
 def test_a_retried_task_resumes_from_its_last_checkpoint(trained, monkeypatch):
     config, store, _ = trained
     monkeypatch.setenv("GENAIR_RECOMMENDERS__VARIANTS", '["id"]')
-    real_epoch = genair_core.training._train_epoch
+    real_epoch = genair_core.recommenders.training._train_epoch
     calls = []
 
     def flaky(*args, **kwargs):
@@ -144,7 +144,7 @@ def test_a_retried_task_resumes_from_its_last_checkpoint(trained, monkeypatch):
             raise ConnectionError("the disk went away")  # transient: Prefect retries the task
         return real_epoch(*args, **kwargs)
 
-    monkeypatch.setattr(genair_core.training, "_train_epoch", flaky)
+    monkeypatch.setattr(genair_core.recommenders.training, "_train_epoch", flaky)
     before = metric(store, "sasrec-id-ce-s44", "ndcg@10")
     genair_full(config_path=str(config), start="negatives", force=True)
     # The forced rerun starts over (epoch 1), fails in epoch 3 and is retried by Prefect from

@@ -26,8 +26,14 @@ import pytest
 from scripted_pipeline import TitleEngines, scripted_pipeline, write_catalog_dataset
 
 from genair_core.config import EvaluationConfig
-from genair_core.report import Missing, build_report, render_report_html
-from genair_core.report.model import category_labels, project_2d, results_section
+from genair_core.report.model import (
+    Missing,
+    build_report,
+    category_labels,
+    project_2d,
+    results_section,
+)
+from genair_core.report.page import render_report_html
 from storage.report import ReportTables
 from tasks.report import write_report
 from tasks.settings import Settings, load_settings

@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
-from genair_core.results import (
+from genair_core.report.results import (
     BETTER,
     WORSE,
     RunResult,
@@ -177,7 +177,7 @@ def test_render_is_deterministic_and_handles_no_rows():
 
 
 def test_group_table_tests_each_group_on_its_own_users():
-    from genair_core.results import render_group_table
+    from genair_core.report.results import render_group_table
 
     # Users 0-99 are the tail: genair hits all of them on both seeds, id only the first 20 and
     # 40. On the head (100-299) both hit the same 50 users.

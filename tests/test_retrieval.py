@@ -1,6 +1,6 @@
-"""Next-item retrieval in item space (genair_core.retrieval, tasks.retrieval): exact ranks on a
-hand-made case, history masking, the behavioural baselines, the paired test's direction, the
-collapse diagnostics, and the stage through `.fn()`."""
+"""Next-item retrieval in item space (genair_core.item_space.retrieval, tasks.retrieval): exact
+ranks on a hand-made case, history masking, the behavioural baselines, the paired test's direction,
+the collapse diagnostics, and the stage through `.fn()`."""
 
 import math
 
@@ -10,9 +10,9 @@ import pytest
 from prefect.logging import disable_run_logger
 from small_dataset import write_small_dataset
 
-import genair_core.retrieval as retrieval
-from genair_core.metrics import effective_rank, mean_pairwise_cosine
-from genair_core.retrieval import (
+import genair_core.item_space.retrieval as retrieval
+from genair_core.data.sequences import UserSequences
+from genair_core.item_space.retrieval import (
     CooccurrenceSpace,
     PopularitySpace,
     Queries,
@@ -22,7 +22,7 @@ from genair_core.retrieval import (
     retrieval_metric_rows,
     space_ranks,
 )
-from genair_core.sequences import UserSequences
+from genair_core.metrics import effective_rank, mean_pairwise_cosine
 from genair_core.tables import to_fixed_list
 from storage.store import Store
 from tasks.retrieval import evaluate_retrieval

@@ -16,8 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from genair_core.archetypes import archetype_recipe
-from genair_core.calibration import calibration_settings_id
 from genair_core.config import (
     CalibrationConfig,
     LlmConfig,
@@ -25,9 +23,11 @@ from genair_core.config import (
     RecommenderConfig,
     TrainingConfig,
 )
-from genair_core.engines.gguf import GGUF_TO_SAFETENSORS
-from genair_core.prompts import PROMPT_VERSION
-from genair_core.run_spec import MODEL_KEY, TRAINING_KEY, KeyedFields, RunSpec
+from genair_core.item_space.calibration import calibration_settings_id
+from genair_core.llm.archetypes import archetype_recipe
+from genair_core.llm.engines.gguf import GGUF_TO_SAFETENSORS
+from genair_core.llm.prompts import PROMPT_VERSION
+from genair_core.recommenders.run_spec import MODEL_KEY, TRAINING_KEY, KeyedFields, RunSpec
 from storage.model_cache import ensure_default_model, model_id
 from storage.store import fingerprint
 from tasks.settings import Settings, load_settings
@@ -159,7 +159,8 @@ def test_the_default_model_converts_to_the_pinned_model_id(tmp_path, test_cache_
 )
 def test_every_model_and_training_setting_is_keyed_or_deliberately_not(keyed, section):
     """A new field of ModelConfig or TrainingConfig fails here until it is listed in
-    genair_core.run_spec: in `added` (keyed while not at its default) or in `not_keyed`."""
+    genair_core.recommenders.run_spec: in `added` (keyed while not at its default) or in
+    `not_keyed`."""
     assert keyed.undecided(section) == []
 
 

@@ -1,10 +1,11 @@
-"""The end of a run on the terminal: the stages and the results table (genair_core.run_summary)."""
+"""The end of a run on the terminal: the stages and the results table
+(genair_core.report.run_summary)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from genair_core.run_summary import render_run_overview, results_table
+from genair_core.report.run_summary import render_run_overview, results_table
 
 
 def metric(backbone, variant, seed, name, value, split="test", protocol="full", group="all"):

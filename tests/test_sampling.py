@@ -17,7 +17,7 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from genair_core.engines.sampling import penalize_seen, top_k_top_p
+from genair_core.llm.engines.sampling import penalize_seen, top_k_top_p
 
 VOCAB = 4096
 
@@ -120,7 +120,11 @@ def test_vllm_sampler_with_processors_draws_the_reference_distribution(k: int) -
     from vllm.v1.sample.metadata import SamplingMetadata
     from vllm.v1.sample.sampler import Sampler
 
-    from genair_core.engines.vllm_sampling import SeenTokenPenalty, TopKTopP, sampling_extra_args
+    from genair_core.llm.engines.vllm_sampling import (
+        SeenTokenPenalty,
+        TopKTopP,
+        sampling_extra_args,
+    )
 
     n_rows, draws = 2048, 24
     logits = model_like_logits(1, seed=5, spread=2.0)
@@ -177,7 +181,11 @@ def test_processors_follow_vllm_batch_moves_and_new_output_tokens() -> None:
     from vllm.v1.sample.logits_processor import BatchUpdate
     from vllm.v1.sample.logits_processor.interface import MoveDirectionality
 
-    from genair_core.engines.vllm_sampling import SeenTokenPenalty, TopKTopP, sampling_extra_args
+    from genair_core.llm.engines.vllm_sampling import (
+        SeenTokenPenalty,
+        TopKTopP,
+        sampling_extra_args,
+    )
 
     def penalised(proc: SeenTokenPenalty, n_rows: int) -> list[set[int]]:
         out = proc.apply(torch.ones(n_rows, 16))

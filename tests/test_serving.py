@@ -1,5 +1,5 @@
-"""Serving a trained model on today's catalog (genair_core.serving): the model rebuilt over the
-current items, new ones included, with the trained weights unchanged; and the lists."""
+"""Serving a trained model on today's catalog (genair_core.recommenders.serving): the model rebuilt
+over the current items, new ones included, with the trained weights unchanged; and the lists."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from genair_core.config import ModelConfig
-from genair_core.models import build_model
-from genair_core.serving import (
+from genair_core.recommenders.models import build_model
+from genair_core.recommenders.serving import (
     ServedRun,
     choose_served_run,
     recommend,

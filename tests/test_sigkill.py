@@ -24,7 +24,7 @@ import psutil
 import pytest
 
 from genair_core.environment import socket_parent
-from genair_core.run_spec import RunSpec
+from genair_core.recommenders.run_spec import RunSpec
 from genair_core.tables import to_matrix
 from storage.schemas import PART_DATASETS
 from storage.store import Store

@@ -14,7 +14,7 @@ from prefect.logging import disable_run_logger
 import tasks.index as index_task
 from flows.cli import main
 from flows.similar import similar_items
-from genair_core.index import ItemLookupError
+from genair_core.item_space.index import ItemLookupError
 from genair_core.tables import ITEM_INDEX, ITEMS, item_embeddings_schema, to_fixed_list
 from storage.store import Store
 from tasks.settings import load_settings

@@ -18,7 +18,7 @@ from flows.cli import main
 from flows.params import RefreshParams
 from flows.similar import similar_items
 from genair_core.config import IndexConfig
-from genair_core.index import IDS, all_neighbours, build_index, neighbours
+from genair_core.item_space.index import IDS, all_neighbours, build_index, neighbours
 from storage import delta
 from storage.index import IndexFiles
 from storage.runs import read_runs

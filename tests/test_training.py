@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from genair_core.config import ModelConfig, TrainingConfig
-from genair_core.experiment import resume_from
+from genair_core.data.sequences import UserSequences
 from genair_core.losses import CooccurrenceLookup
 from genair_core.metrics import full_ranks, sample_negatives, sampled_ranks
-from genair_core.models import build_model
-from genair_core.sequences import UserSequences
-from genair_core.training import (
+from genair_core.recommenders.experiment import resume_from
+from genair_core.recommenders.models import build_model
+from genair_core.recommenders.training import (
     FitSettings,
     TrainingStopped,
     _sample_negatives,

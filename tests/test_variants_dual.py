@@ -11,13 +11,13 @@ import torch
 from prefect.logging import disable_run_logger
 from small_dataset import write_small_dataset
 
-from genair_core.calibration import calibration_settings_id
 from genair_core.config import CalibrationConfig, ModelConfig, RecommenderConfig
+from genair_core.item_space.calibration import calibration_settings_id
 from genair_core.losses import CooccurrenceLookup, calibration_loss
-from genair_core.models import VARIANTS, build_model
-from genair_core.models.item_encoders import AdapterEncoder, DualEncoder
-from genair_core.results import variant_sort_key
-from genair_core.run_spec import RunSpec, WarmStart
+from genair_core.recommenders.models import VARIANTS, build_model
+from genair_core.recommenders.models.item_encoders import AdapterEncoder, DualEncoder
+from genair_core.recommenders.run_spec import RunSpec, WarmStart
+from genair_core.report.results import variant_sort_key
 from genair_core.tables import to_fixed_list
 from storage.recommenders import read_calibration_adapter
 from storage.store import Store

@@ -1,7 +1,4 @@
-"""The run report: one self-contained HTML page of results, training curves, item spaces,
-archetypes and the run's manifest (storage.report reads its inputs, tasks.report writes it)."""
-
-from genair_core.report.model import Missing, Report, ReportSources, build_report
-from genair_core.report.page import render_report_html
-
-__all__ = ["Missing", "Report", "ReportSources", "build_report", "render_report_html"]
+"""What a run reports: runs aggregated into the results table (`results`), the run summary at the
+end of a run (`run_summary`), and one self-contained HTML page of results, training curves, item
+spaces, archetypes and the run's manifest (`model` builds it, `page` renders it; storage.report
+reads its inputs, tasks.report writes it)."""

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from genair_core.report.model import OTHER, ItemMap, TrainingCurve
-from genair_core.results import VARIANT_ORDER, table_order
+from genair_core.report.results import VARIANT_ORDER, table_order
 from genair_core.tables import VECTOR_SPACES
 
 # One colour per variant in every chart (matplotlib's tab10), other variants after them.

@@ -17,9 +17,9 @@ import pyarrow as pa
 from threadpoolctl import threadpool_limits
 
 from genair_core.config import EvaluationConfig
-from genair_core.index import neighbours
+from genair_core.item_space.index import neighbours
 from genair_core.metrics import rank_metrics
-from genair_core.results import RESULT_METRICS, RunResult, summarize_runs, table_order
+from genair_core.report.results import RESULT_METRICS, RunResult, summarize_runs, table_order
 
 PROTOCOLS = ("full", "sampled")
 MAP_LABELS = 9  # the most frequent labels get a colour each on the item map; the rest are "other"
@@ -305,8 +305,8 @@ def archetype_examples(
     k: int = 5,
 ) -> list[ArchetypeExample] | Missing:
     """Each example item (item_id, title, metadata, archetype, interactions) with its `k` nearest
-    neighbours in each space's FAISS index (genair_core.index.neighbours, as `genair similar`
-    finds them; an index given as a string is missing, and says why). `titles` looks up the
+    neighbours in each space's FAISS index (genair_core.item_space.index.neighbours, as `genair
+    similar` finds them; an index given as a string is missing, and says why). `titles` looks up the
     neighbours' titles."""
     if not examples:
         return Missing(

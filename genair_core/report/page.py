@@ -16,7 +16,7 @@ from genair_core.report.model import (
     RunManifest,
     TrainingCurve,
 )
-from genair_core.results import BETTER, GROUPS, RESULT_METRICS, WORSE, seeds_phrase
+from genair_core.report.results import BETTER, GROUPS, RESULT_METRICS, WORSE, seeds_phrase
 
 RUN_FIELDS = (
     "run_id",

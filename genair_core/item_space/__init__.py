@@ -1,0 +1,2 @@
+"""The item space: the behavioural calibration adapter, FAISS indexes, and next-item retrieval in
+each space."""
