@@ -6,7 +6,7 @@ from __future__ import annotations
 from prefect import task
 from prefect.logging import get_run_logger
 
-from genair_core.data.limits import check_negatives, check_pca_dims
+from genair_core.data.limits import check_negatives, check_pca_dims, check_top_k
 from genair_core.data.preprocess import PREPROCESS_VERSION, split_sequences
 from genair_core.recommenders.run_inputs import RunInputs
 from genair_core.tables import INTERACTION_FIELDS
@@ -38,7 +38,7 @@ def split_interactions(settings: Settings, force: bool = False) -> dict[str, obj
     return run_step(store, "split", inputs, produce, force=force)
 
 
-DATA_LIMITS_VERSION = 1
+DATA_LIMITS_VERSION = 2
 
 
 @task(name="check-data-limits", **TASK_DEFAULTS)
@@ -53,8 +53,9 @@ def check_data_limits(
     negatives = settings.recommenders.evaluation.negatives if evaluates else None
     pca = (settings.pooling.input_dims, settings.pooling.gen_dims, settings.recommenders.variants)
     llm = (settings.llm.items, settings.llm.max_items)
+    top_k = (settings.recommend.k, settings.similar_items.k)
     tables = store.table_hashes(["items", "user_index", "sequences"])
-    inputs = fingerprint(DATA_LIMITS_VERSION, negatives, pca, llm, *tables.values())
+    inputs = fingerprint(DATA_LIMITS_VERSION, negatives, pca, llm, top_k, *tables.values())
 
     def produce() -> tuple[dict, dict]:
         data = RunInputs.from_tables(read_run_tables(store, ["sequences"])).data
@@ -69,7 +70,8 @@ def check_data_limits(
             problems += check_negatives(negatives, data, user_ids)
         if problems:
             raise ConfigError("\n".join(problems))
-        return {}, {"users": data.n_users, "items": items, "warnings": list(limits.warnings)}
+        warnings = [*limits.warnings, *check_top_k(*top_k, items)]
+        return {}, {"users": data.n_users, "items": items, "warnings": warnings}
 
     summary = run_step(store, "check", inputs, produce, force=force)
     for warning in summary["warnings"]:

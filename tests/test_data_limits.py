@@ -14,7 +14,12 @@ from small_dataset import files_config
 
 from flows.cli import main as genair
 from genair_core.config import PoolingConfig
-from genair_core.data.limits import check_negatives, check_pca_dims, fewest_unseen_items
+from genair_core.data.limits import (
+    check_negatives,
+    check_pca_dims,
+    check_top_k,
+    fewest_unseen_items,
+)
 from genair_core.data.sequences import UserSequences
 from storage.store import Store
 from tasks.settings import ConfigError
@@ -62,9 +67,20 @@ def test_pca_dims_adapt_with_a_warning_or_stop_for_the_half_variants():
     )
 
 
+def test_top_k_lists_longer_than_the_catalog_warn_naming_the_setting():
+    assert check_top_k(50, 20, 51) == []
+    assert check_top_k(51, 51, 51) == [
+        "similar_items.k is 51, but the catalog has 51 items: its lists hold at most 50"
+    ]
+    assert check_top_k(52, 20, 51) == [
+        "recommend.k is 52, but the catalog has 51 items: its lists hold at most 51"
+    ]
+
+
 @pytest.fixture
 def small_catalog(tmp_path: Path) -> Path:
-    """61 items, 40 users of 6-10 interactions, and the default negatives and PCA dims."""
+    """61 items, 40 users of 6-10 interactions, the default negatives and PCA dims, and lists
+    longer than the catalog."""
     write_catalog_dataset(tmp_path, items=ITEMS, users=40)
     config = tmp_path / "genair.toml"
     config.write_text(
@@ -89,6 +105,8 @@ def small_catalog(tmp_path: Path) -> Path:
             max_len = 8
             [recommenders.training]
             max_epochs = 1
+            [recommend]
+            k = 70
             """,
         )
     )
@@ -121,6 +139,7 @@ def test_a_small_catalog_runs_with_the_value_it_was_told(small_catalog, caplog):
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(w.startswith("pooling.input_dims is 384, but the 61 items'") for w in warnings)
     assert any(w.startswith("pooling.gen_dims is 384, but the 61 items'") for w in warnings)
+    assert "recommend.k is 70, but the catalog has 61 items: its lists hold at most 61" in warnings
     assert summary["negatives"]["per_user"] == told
     results = (small_catalog.parent / "data/reports/recommenders.md").read_text()
     assert "sasrec" in results

@@ -12,6 +12,9 @@ or stops it with one line that names the setting and a value that works:
   key holds the dims except the half variants' (`input-only`, `gen-only`), which split the item
   vector at `pooling.input_dims`: with a half variant in the grid, a capped basis stops the run
   instead, since the split would fall outside the vector.
+- `recommend.k` and `similar_items.k` adapt: a list cannot hold more items than there are to
+  list, so it is shorter (a user's list also leaves out the items the user has seen), with a
+  warning when the catalog itself is smaller than K. No run key holds either.
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from genair_core.config import PoolingConfig
-from genair_core.models import get_variant
-from genair_core.sequences import UserSequences
+from genair_core.data.sequences import UserSequences
+from genair_core.recommenders.models import get_variant
 
 
 @dataclass(frozen=True)
@@ -90,3 +93,14 @@ def check_pca_dims(config: PoolingConfig, n_items: int, variants: Sequence[str])
             for name, asked in capped
         )
     )
+
+
+def check_top_k(recommend_k: int, similar_k: int, n_items: int) -> list[str]:
+    """Warnings for the top-K lists the catalog's `n_items` items cannot fill: a user's list
+    ranks at most every item, an item's neighbours every other one."""
+    fits = (("recommend.k", recommend_k, n_items), ("similar_items.k", similar_k, n_items - 1))
+    return [
+        f"{name} is {k}, but the catalog has {n_items} items: its lists hold at most {most}"
+        for name, k, most in fits
+        if k > most
+    ]
