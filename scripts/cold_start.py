@@ -7,9 +7,9 @@
 
 Each call:
 1. the first time only: ingests the whole log and chooses T
-(genair_core.recommenders.cold_start.choose_as_of:
-   the latest midnight UTC with at least 5% of the items new and 200 new-item targets in each
-   half of the time after it), kept in ROOT/study.json;
+   (genair_core.recommenders.cold_start.choose_as_of: the latest midnight UTC with at least 5% of
+   the items new and 200 new-item targets in each half of the time after it), kept in
+   ROOT/study.json;
 2. `genair run` as of T (`[dataset] as_of`): archetypes, calibration and the runs of these seeds,
    every run already finished reused (a run's key covers its tables, so they must be and are the
    tables as of T again);

@@ -3,9 +3,8 @@ it, new items included, against the whole catalog (the protocol of "Let It Go? N
 RecSys 2025).
 
     log = ColdStartLog.of(interactions, as_of, trained_ids, catalog_ids)
-    scores = ModelScores(model, items)              # a served run
-    (genair_core.recommenders.serving) rows = evaluate(log, scores)                    # one row
-    per target
+    scores = ModelScores(model, items)     # a served run (genair_core.recommenders.serving)
+    rows = evaluate(log, scores)           # one row per target
 
 - **Targets**: every interaction after T. Its history is the user's interactions before it,
   those after T included, as a service refreshed nightly sees them; a user's first interaction

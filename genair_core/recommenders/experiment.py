@@ -1,9 +1,9 @@
 """One recommender run end to end: build its model, train it (resumable), evaluate its best
 epoch, and hand back the rows it adds to the eval_ranks and training_log tables.
 
-    run = RunSpec.of(RecommenderConfig(), "sasrec", "genair", seed=44)  #
-    genair_core.recommenders.run_spec tables = read_run_tables(store, run.tables)  #
-    storage.recommenders columns = run.columns(run_key, dataset="movielens-100k")
+    run = RunSpec.of(RecommenderConfig(), "sasrec", "genair", seed=44)  # recommenders.run_spec
+    tables = read_run_tables(store, run.tables)  # storage.recommenders
+    columns = run.columns(run_key, dataset="movielens-100k")
     trained = train_run(run, tables, checkpointer, columns, input_dims=384, device="cpu")
 
 The run's metrics are scored from its stored ranks afterwards
