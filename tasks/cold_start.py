@@ -4,9 +4,9 @@ each one a step of its own (skipped when its inputs are unchanged), then the rep
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
-from functools import partial
+from functools import cache, partial
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
@@ -17,11 +17,13 @@ from genair_core.recommenders.cold_start import (
     ColdStartLog,
     ContentScores,
     FixedScores,
+    LastBatch,
     MixedScores,
     ModelScores,
     Scored,
     Scorer,
-    evaluate,
+    Standardised,
+    evaluate_all,
     render_results,
     results_table,
     valid_new_ndcg,
@@ -44,6 +46,7 @@ COLD_START_VERSION = 1
 TABLE = "cold_start_targets"
 INPUTS = ("items", "interactions", "item_embeddings", "calibrated_embeddings")
 MIX_WEIGHTS = (0.25, 0.5, 1.0, 2.0)
+MakeScorers = Callable[[], dict[str, Scorer]]
 
 
 @task(name="evaluate-cold-start", **TASK_DEFAULTS)
@@ -75,42 +78,52 @@ def evaluate_cold_start(
     key = as_of.strftime("%Y%m%dT%H%M%SZ")
     results: list[Scored] = []
 
-    def score(method: str, seed: int, run_id: str, make_scorer: Callable[[], Scorer]) -> None:
-        """One method's rows: a step of its own, skipped when its inputs are unchanged; the
-        scorer is made only when the step runs (a skipped run builds no model)."""
-        partition = f"{method}-s{seed}"
-        inputs = fingerprint(COLD_START_VERSION, as_of.isoformat(), run_id, tables)
+    def score(seed: int, methods: Mapping[str, str], make_scorers: MakeScorers) -> None:
+        """Each of `methods` (name -> the id its rows depend on) a step of its own, skipped when
+        its inputs are unchanged; the first to run scores all of them in one pass
+        (evaluate_all), so a run's forward pass serves its mixes too. Scorers are made only
+        when a step runs (a skipped run builds no model)."""
+        done: dict[str, object] = {}
+        for method, run_id in methods.items():
+            partition = f"{method}-s{seed}"
 
-        def produce() -> tuple[dict, dict]:
-            rows = evaluate(log, make_scorer())
-            info = store.write_part(TABLE, partition, key, rows)
-            return {TABLE: info}, {"targets": rows.num_rows}
+            def produce(method: str = method, partition: str = partition) -> tuple[dict, dict]:
+                if method not in done:
+                    done.update(evaluate_all(log, make_scorers()))
+                rows = done.pop(method)
+                info = store.write_part(TABLE, partition, key, rows)
+                return {TABLE: info}, {"targets": rows.num_rows}
 
-        run_step(store, f"cold-start-{partition}", inputs, produce)
-        results.append(Scored(method, seed, store.read_parts(TABLE, partition)))
-        logger.info("cold start: %s scored", partition)
+            inputs = fingerprint(COLD_START_VERSION, as_of.isoformat(), run_id, tables)
+            run_step(store, f"cold-start-{partition}", inputs, produce)
+            results.append(Scored(method, seed, store.read_parts(TABLE, partition)))
+            logger.info("cold start: %s scored", partition)
 
     content = {
         "content-raw": partial(ContentScores.of, log, catalog_ids, raw),
         "content-calibrated": partial(ContentScores.of, log, calibrated_ids, calibrated),
     }
     for seed in baseline_seeds:
-        score("random-new", seed, "", partial(FixedScores.random_new, log, seed))
-    score("popularity", 0, "", partial(FixedScores.popularity, log))
-    for method, make_scorer in content.items():
-        score(method, 0, "", make_scorer)
+        random_new = partial(FixedScores.random_new, log, seed)
+        score(seed, {"random-new": ""}, lambda make=random_new: {"random-new": make()})
+    score(0, {"popularity": ""}, lambda: {"popularity": FixedScores.popularity(log)})
+    for method, make_content in content.items():
+        score(0, {method: ""}, lambda method=method, make=make_content: {method: make()})
     # The remedy mixes in the content space that is better on the validation window.
     space = max(content, key=lambda m: valid_new_ndcg(results, m))
+
+    @cache
+    def standard_content() -> Scorer:
+        return LastBatch(Standardised(content[space]()))
+
     for name, scored in runs.items():
         served = served_run(settings, store, stored[name], scored)
         method, seed = f"{scored['backbone']}-{scored['variant']}", int(scored["seed"])
+        methods = {method: served.run_id}
+        if variant_of(method) in GENAIR_FAMILY:
+            methods |= {f"{method}+mix{w:g}": f"{served.run_id}+{space}" for w in mix_weights}
         model = partial(_model_scores, served, catalog_ids, raw)
-        score(method, seed, served.run_id, model)
-        if variant_of(method) not in GENAIR_FAMILY:
-            continue
-        for weight in mix_weights:
-            mixed = partial(_mixed, model, content[space], weight)
-            score(f"{method}+mix{weight:g}", seed, f"{served.run_id}+{space}", mixed)
+        score(seed, methods, partial(_run_and_mixes, method, model, standard_content, mix_weights))
 
     return _report(store, as_of, log, results)
 
@@ -119,10 +132,22 @@ def _model_scores(served: ServedRun, catalog_ids: list[str], raw: object) -> Mod
     return ModelScores(*serving_model(served, catalog_ids, raw))
 
 
-def _mixed(
-    model: Callable[[], Scorer], content: Callable[[], Scorer], weight: float
-) -> MixedScores:
-    return MixedScores(model(), content(), weight)
+def _run_and_mixes(
+    method: str,
+    make_model: Callable[[], Scorer],
+    content: Callable[[], Scorer],
+    weights: tuple[float, ...],
+) -> dict[str, Scorer]:
+    """A run's scorer and, for a GenAIR-family run, its mixes with the standardised content-only
+    scores (`content`), all sharing one forward pass a batch."""
+    model = LastBatch(make_model())
+    if variant_of(method) not in GENAIR_FAMILY:
+        return {method: model}
+    standard_model = LastBatch(Standardised(model))
+    return {
+        method: model,
+        **{f"{method}+mix{w:g}": MixedScores(standard_model, content(), w) for w in weights},
+    }
 
 
 def _report(store: Store, as_of: datetime, log: ColdStartLog, results: list[Scored]) -> dict:

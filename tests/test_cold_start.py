@@ -17,10 +17,14 @@ from genair_core.recommenders.cold_start import (
     ColdStartLog,
     ContentScores,
     FixedScores,
+    LastBatch,
     MixedScores,
     ModelScores,
+    Standardised,
     choose_as_of,
     evaluate,
+    evaluate_all,
+    top_by_index,
     user_means,
 )
 from genair_core.recommenders.models import build_model
@@ -177,7 +181,8 @@ def test_the_mix_adds_the_content_score_on_cold_items_only(log):
     rng = np.random.default_rng(1)
     model_scores = rng.normal(size=len(CATALOG) + 1).astype(np.float32)
     content_scores = rng.normal(size=len(CATALOG) + 1).astype(np.float32)
-    mixed = MixedScores(FixedScores(model_scores), FixedScores(content_scores), 0.5, few=2)
+    model, content = FixedScores(model_scores), FixedScores(content_scores)
+    mixed = MixedScores(Standardised(model), Standardised(content), 0.5, few=2)
     got = mixed(log, np.arange(2)).numpy()[0]
 
     def z(x: np.ndarray) -> np.ndarray:
@@ -190,3 +195,48 @@ def test_the_mix_adds_the_content_score_on_cold_items_only(log):
     assert got[1 + log.candidate_ids.index("x")] == pytest.approx(
         z(model_scores)[1 + log.candidate_ids.index("x")], abs=1e-5
     )
+
+
+def test_one_pass_over_several_scorers_gives_each_one_its_own_rows_and_shares_their_scores(log):
+    rng = np.random.default_rng(2)
+    calls = []
+
+    def model(log: ColdStartLog, batch: np.ndarray) -> torch.Tensor:
+        calls.append(len(batch))
+        return FixedScores(rng_scores)(log, batch)
+
+    rng_scores = rng.normal(size=len(CATALOG) + 1).astype(np.float32)
+    vectors = rng.normal(size=(len(CATALOG), 4))
+    content = ContentScores.of(log, CATALOG, vectors)
+    shared_model, shared_content = LastBatch(model), LastBatch(Standardised(content))
+    scorers = {
+        "model": shared_model,
+        "content": content,
+        **{
+            f"mix{w:g}": MixedScores(LastBatch(Standardised(shared_model)), shared_content, w)
+            for w in (0.5, 2.0)
+        },
+    }
+    together = evaluate_all(log, scorers)
+    assert calls == [len(log.position)]  # one batch here, the model scored once for all four
+    assert together["model"].equals(evaluate(log, FixedScores(rng_scores)))
+    assert together["content"].equals(evaluate(log, content))
+    for w in (0.5, 2.0):
+        alone = MixedScores.of(FixedScores(rng_scores), content, w)
+        assert together[f"mix{w:g}"].equals(evaluate(log, alone))
+    assert not together["mix0.5"].equals(together["mix2"])
+
+
+def test_the_top_k_breaks_ties_at_the_kth_score_by_the_lower_column():
+    scores = torch.tensor(
+        [
+            [0.0, 3, 1, 1, 1, 2, 1],  # 3, 2, then two of the four tied 1s: columns 2 and 3
+            [0.0, -torch.inf, -torch.inf, 5, -torch.inf, -torch.inf, -torch.inf],
+            [0.0, 1, 1, 1, 1, 1, 1],
+        ]
+    )
+    got = top_by_index(scores, 4)
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :4]
+    expected = torch.zeros_like(got).scatter_(1, order, True)
+    assert got.tolist() == expected.tolist()
+    assert got[0].nonzero().flatten().tolist() == [1, 2, 3, 5]

@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 
 import numpy as np
 import pyarrow as pa
@@ -219,34 +220,62 @@ class FixedScores:
         return torch.from_numpy(self.scores).expand(len(targets), -1)
 
 
+class LastBatch:
+    """A scorer that keeps its last batch's scores: the methods built on it and scored in one
+    pass (`evaluate_all`) compute them once. The batch is known by identity, as `evaluate_all`
+    hands the same array to every method."""
+
+    def __init__(self, scorer: Scorer) -> None:
+        self.scorer = scorer
+        self._targets: np.ndarray | None = None
+        self._scores = torch.empty(0)
+
+    def __call__(self, log: ColdStartLog, targets: np.ndarray) -> torch.Tensor:
+        if targets is not self._targets:
+            self._targets, self._scores = targets, self.scorer(log, targets)
+        return self._scores
+
+
+@dataclass(frozen=True)
+class Standardised:
+    """A scorer's scores, each row's finite ones over the candidates (column 0 aside) to mean 0
+    and deviation 1; -inf stays -inf."""
+
+    scorer: Scorer
+
+    def __call__(self, log: ColdStartLog, targets: np.ndarray) -> torch.Tensor:
+        scores = self.scorer(log, targets)
+        finite = torch.isfinite(scores)
+        finite[:, 0] = False
+        values = torch.where(finite, scores, 0.0)
+        count = finite.sum(dim=1, keepdim=True).clamp(min=1)
+        mean = values.sum(dim=1, keepdim=True) / count
+        spread = (torch.where(finite, scores - mean, 0.0) ** 2).sum(dim=1, keepdim=True) / count
+        return (scores - mean) / spread.sqrt().clamp(min=1e-12)
+
+
 @dataclass(frozen=True)
 class MixedScores:
     """A remedy for cold items: the sequence model's score plus `weight` times the content-only
-    score on the items with fewer than `few` interactions up to T (every new item), each score
-    standardised per target over the candidates. Items the model cannot score stay unscored."""
+    score on the items with fewer than `few` interactions up to T (every new item). Both scorers
+    give standardised scores (`Standardised`, in a `LastBatch` where several mixes share them).
+    Items the model cannot score stay unscored."""
 
     model: Scorer
     content: Scorer
     weight: float
     few: int = 5
 
+    @classmethod
+    def of(cls, model: Scorer, content: Scorer, weight: float) -> MixedScores:
+        """From a model's and the content-only scorer's raw scores."""
+        return cls(Standardised(model), Standardised(content), weight)
+
     def __call__(self, log: ColdStartLog, targets: np.ndarray) -> torch.Tensor:
         model, content = self.model(log, targets), self.content(log, targets)
         cold = torch.from_numpy(FixedScores.popularity(log).scores < self.few)
         cold[0] = False
-        mixed = _standardised(model) + self.weight * _standardised(content)
-        return torch.where(cold & torch.isfinite(model), mixed, _standardised(model))
-
-
-def _standardised(scores: torch.Tensor) -> torch.Tensor:
-    """Each row's finite scores over the candidates (column 0 aside) to mean 0 and deviation 1."""
-    finite = torch.isfinite(scores)
-    finite[:, 0] = False
-    values = torch.where(finite, scores, 0.0)
-    count = finite.sum(dim=1, keepdim=True).clamp(min=1)
-    mean = values.sum(dim=1, keepdim=True) / count
-    spread = (torch.where(finite, scores - mean, 0.0) ** 2).sum(dim=1, keepdim=True) / count
-    return (scores - mean) / spread.sqrt().clamp(min=1e-12)
+        return torch.where(cold & torch.isfinite(model), model + self.weight * content, model)
 
 
 def evaluate(log: ColdStartLog, scorer: Scorer) -> pa.Table:
@@ -254,55 +283,74 @@ def evaluate(log: ColdStartLog, scorer: Scorer) -> pa.Table:
     NDCG@10 and HR@10 against the whole catalog; for a new target among the new items only, for
     another with the new items left out of the candidates; whether its top 10 holds a new
     item."""
-    n = len(log.position)
-    ranks = np.zeros(n, dtype=np.int64)
-    new_ranks = np.zeros(n, dtype=np.int64)
-    old_ranks = np.zeros(n, dtype=np.int64)
-    top_has_new = np.zeros(n, dtype=bool)
+    return evaluate_all(log, {"": scorer})[""]
+
+
+def evaluate_all(log: ColdStartLog, scorers: Mapping[str, Scorer]) -> dict[str, pa.Table]:
+    """`evaluate` for several scorers in one pass over the targets: each batch's histories are
+    gathered once, and scorers that share a `LastBatch` compute its scores once."""
+    ranks = {name: _TargetRanks.empty(len(log.position)) for name in scorers}
     is_new = torch.from_numpy(log.kind_of_item == 0)
     # Targets by history length, so each forward pass is as wide as its longest history.
     lengths = log.position - log.ptr[log.user]
     by_length = np.argsort(lengths, kind="stable")
-    for start in range(0, n, BATCH):
+    for start in range(0, len(by_length), BATCH):
         batch = by_length[start : start + BATCH]
-        scores = scorer(log, batch).clone()
-        scores[:, 0] = -torch.inf
-        starts, ends = log.history(batch)
-        ptr, seen = gather(log.items, starts, ends)
+        ptr, seen = gather(log.items, *log.history(batch))
         targets = torch.from_numpy(log.items[log.position[batch]])
         exclude = (torch.from_numpy(ptr), torch.from_numpy(seen))
-        ranks[batch] = full_ranks(scores, targets, *exclude).numpy()
-        among_new = scores.masked_fill(~is_new, -torch.inf)
-        new_ranks[batch] = full_ranks(among_new, targets, *exclude).numpy()
-        without_new = scores.masked_fill(is_new, -torch.inf)
-        old_ranks[batch] = full_ranks(without_new, targets, *exclude).numpy()
-        masked = scores.clone()
         owner = torch.repeat_interleave(torch.arange(len(batch)), torch.from_numpy(np.diff(ptr)))
-        masked[owner, torch.from_numpy(seen)] = -torch.inf
-        top = _top_by_index(masked, AT)
-        # An item scored -inf is not recommended, only left over (an `id` model's new items).
-        shown = is_new[top] & torch.isfinite(masked.gather(1, top))
-        top_has_new[batch] = shown.any(dim=1).numpy()
-    full = rank_metrics(ranks, (AT,))
-    among = rank_metrics(new_ranks, (AT,))
-    without = rank_metrics(old_ranks, (AT,))
-    new = log.kind == 0
-    return pa.table(
-        {
-            "user_id": pa.array(log.user_ids, pa.string()).take(pa.array(log.user)),
-            "window": pa.array(np.asarray(WINDOWS)[log.window]),
-            "kind": pa.array(np.asarray(KINDS)[log.kind]),
-            "rank": pa.array(ranks),
-            f"ndcg@{AT}": pa.array(full[f"ndcg@{AT}"]),
-            f"hr@{AT}": pa.array(full[f"hr@{AT}"]),
-            f"new_only_ndcg@{AT}": pa.array(among[f"ndcg@{AT}"], mask=~new),
-            f"new_only_hr@{AT}": pa.array(among[f"hr@{AT}"], mask=~new),
-            f"old_only_ndcg@{AT}": pa.array(without[f"ndcg@{AT}"], mask=new),
-            f"old_only_hr@{AT}": pa.array(without[f"hr@{AT}"], mask=new),
-            "top_holds_new": pa.array(top_has_new),
-        },
-        schema=COLD_START_TARGETS,
-    )
+        for name, scorer in scorers.items():
+            scores = scorer(log, batch).clone()
+            scores[:, 0] = -torch.inf
+            found = ranks[name]
+            found.full[batch] = full_ranks(scores, targets, *exclude).numpy()
+            among_new = scores.masked_fill(~is_new, -torch.inf)
+            found.new_only[batch] = full_ranks(among_new, targets, *exclude).numpy()
+            without_new = scores.masked_fill(is_new, -torch.inf)
+            found.old_only[batch] = full_ranks(without_new, targets, *exclude).numpy()
+            scores[owner, torch.from_numpy(seen)] = -torch.inf
+            # An item scored -inf is not recommended, only left over (an `id` model's new items).
+            shown = top_by_index(scores, AT) & is_new & torch.isfinite(scores)
+            found.top_holds_new[batch] = shown.any(dim=1).numpy()
+    return {name: found.table(log) for name, found in ranks.items()}
+
+
+@dataclass(frozen=True)
+class _TargetRanks:
+    """Each target's 0-based ranks in the three views, and whether its top 10 holds a new item."""
+
+    full: np.ndarray
+    new_only: np.ndarray
+    old_only: np.ndarray
+    top_holds_new: np.ndarray
+
+    @classmethod
+    def empty(cls, n: int) -> _TargetRanks:
+        zeros = partial(np.zeros, n, dtype=np.int64)
+        return cls(zeros(), zeros(), zeros(), np.zeros(n, dtype=bool))
+
+    def table(self, log: ColdStartLog) -> pa.Table:
+        full = rank_metrics(self.full, (AT,))
+        among = rank_metrics(self.new_only, (AT,))
+        without = rank_metrics(self.old_only, (AT,))
+        new = log.kind == 0
+        return pa.table(
+            {
+                "user_id": pa.array(log.user_ids, pa.string()).take(pa.array(log.user)),
+                "window": pa.array(np.asarray(WINDOWS)[log.window]),
+                "kind": pa.array(np.asarray(KINDS)[log.kind]),
+                "rank": pa.array(self.full),
+                f"ndcg@{AT}": pa.array(full[f"ndcg@{AT}"]),
+                f"hr@{AT}": pa.array(full[f"hr@{AT}"]),
+                f"new_only_ndcg@{AT}": pa.array(among[f"ndcg@{AT}"], mask=~new),
+                f"new_only_hr@{AT}": pa.array(among[f"hr@{AT}"], mask=~new),
+                f"old_only_ndcg@{AT}": pa.array(without[f"ndcg@{AT}"], mask=new),
+                f"old_only_hr@{AT}": pa.array(without[f"hr@{AT}"], mask=new),
+                "top_holds_new": pa.array(self.top_holds_new),
+            },
+            schema=COLD_START_TARGETS,
+        )
 
 
 def user_means(rows: pa.Table, metric: str, window: str, kind: str | None) -> dict[str, float]:
@@ -362,12 +410,13 @@ def _index_map(candidate_ids: Sequence[str], model_ids: Sequence[str]) -> np.nda
     return np.array([0, *(position.get(i, 0) for i in candidate_ids)], dtype=np.int64)
 
 
-def _top_by_index(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """(B, k) the columns of the k highest scores of each row, ties by the lower column."""
-    n = scores.shape[1]
-    # Within a tie, a lower column first: sort by score, then stable by column.
-    order = torch.sort(scores, dim=1, descending=True, stable=True).indices
-    return order[:, : min(k, n)]
+def top_by_index(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, N) True at the k highest scores of each row, ties at the k-th by the lower column."""
+    kth = torch.topk(scores, min(k, scores.shape[1]), dim=1).values[:, -1:]
+    above = scores > kth
+    tied = scores == kth
+    room = k - above.sum(dim=1, keepdim=True)
+    return above | (tied & (torch.cumsum(tied, dim=1) <= room))
 
 
 # --- the results ------------------------------------------------------------------------------
