@@ -270,6 +270,9 @@ class ModelConfig(Section):
     dropout: float = Field(0.5, ge=0, lt=1)
     mask_prob: float = Field(0.6, gt=0, lt=1)  # BERT4Rec's cloze masking rate
     mask_last_prob: float = Field(0.0, ge=0, le=1)  # BERT4Rec: sequences with only the last masked
+    # Dropout on the adapter's hidden layer while training (frozen variants): a remedy tried for
+    # cold items, which reach the model only through the adapter.
+    adapter_dropout: float = Field(0.0, ge=0, lt=1)
 
 
 class TrainingConfig(Section):

@@ -3,7 +3,9 @@
     .venv/bin/python scripts/cold_start.py --root /tmp/cold100k --seeds 44      # one chunk
     .venv/bin/python scripts/cold_start.py --root /tmp/cold100k --seeds 45 46   # the next ones
     .venv/bin/python scripts/cold_start.py --root /tmp/cold1m --dataset movielens-1m \\
-        --backbones sasrec --variants id genair --seeds 44
+        --backbones sasrec --variants id genair-id --seeds 44
+    .venv/bin/python scripts/cold_start.py --root /tmp/cold100k --variants genair-id \\
+        --adapter-dropout 0.5 --tag adrop --seeds 44 45 46       # a remedy, runs named apart
 
 Each call:
 1. the first time only: ingests the whole log and chooses T
@@ -48,6 +50,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seeds", nargs="+", type=int, default=[44])
     parser.add_argument("--llm-max-new-tokens", type=int, default=None)
     parser.add_argument(
+        "--adapter-dropout",
+        type=float,
+        default=0.0,
+        help="train these runs with [recommenders.model] adapter_dropout (give them a --tag)",
+    )
+    parser.add_argument("--tag", default="", help="[recommenders] tag: runs named apart")
+    parser.add_argument(
         "--recalibrate",
         action="store_true",
         help="retrain the adapter in the run as of T (a root whose adapter saw later pairs)",
@@ -74,6 +83,10 @@ def config_text(args: argparse.Namespace, as_of: datetime | None, seeds: list[in
         f"variants = {json.dumps(args.variants)}",
         f"seeds = {json.dumps(seeds)}",
     ]
+    if args.tag:
+        lines.append(f'tag = "{args.tag}"')
+    if args.adapter_dropout:
+        lines += ["[recommenders.model]", f"adapter_dropout = {args.adapter_dropout}"]
     return "\n".join(lines) + "\n"
 
 

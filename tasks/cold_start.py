@@ -24,8 +24,10 @@ from genair_core.recommenders.cold_start import (
     Scorer,
     Standardised,
     evaluate_all,
+    method_name,
     render_results,
     results_table,
+    run_tag,
     valid_new_ndcg,
     variant_of,
     verdict,
@@ -118,7 +120,8 @@ def evaluate_cold_start(
 
     for name, scored in runs.items():
         served = served_run(settings, store, stored[name], scored)
-        method, seed = f"{scored['backbone']}-{scored['variant']}", int(scored["seed"])
+        seed = int(scored["seed"])
+        method = method_name(scored["backbone"], scored["variant"], run_tag(name, seed))
         methods = {method: served.run_id}
         if variant_of(method) in GENAIR_FAMILY:
             methods |= {f"{method}+mix{w:g}": f"{served.run_id}+{space}" for w in mix_weights}

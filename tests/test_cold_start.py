@@ -24,8 +24,11 @@ from genair_core.recommenders.cold_start import (
     choose_as_of,
     evaluate,
     evaluate_all,
+    method_name,
+    run_tag,
     top_by_index,
     user_means,
+    variant_of,
 )
 from genair_core.recommenders.models import build_model
 from genair_core.recommenders.serving import ServedRun, serving_model
@@ -240,3 +243,13 @@ def test_the_top_k_breaks_ties_at_the_kth_score_by_the_lower_column():
     expected = torch.zeros_like(got).scatter_(1, order, True)
     assert got.tolist() == expected.tolist()
     assert got[0].nonzero().flatten().tolist() == [1, 2, 3, 5]
+
+
+def test_a_tagged_run_is_a_method_of_its_own_with_its_variant():
+    assert run_tag("sasrec-genair-id-ce-s44", 44) == ""
+    assert run_tag("sasrec-genair-id-ce-s45-adrop", 45) == "adrop"
+    method = method_name("sasrec", "genair-id", "adrop")
+    assert method == "sasrec-genair-id@adrop" != method_name("sasrec", "genair-id")
+    assert variant_of(method) == variant_of(f"{method}+mix0.5") == "genair-id"
+    assert variant_of("gru4rec-genair-warm") == "genair-warm"
+    assert variant_of("content-raw") is None

@@ -177,3 +177,21 @@ def test_unknown_names_list_the_valid_ones():
         build_model("sasrec", "llm2", config, N_ITEMS, input_dims=DIM // 2)
     with pytest.raises(ValueError, match="item_embeddings"):
         build_model("sasrec", "genair", config, N_ITEMS, table=None, input_dims=DIM // 2)
+
+
+@pytest.mark.parametrize("variant", ["genair", "genair-id"])
+def test_adapter_dropout_acts_only_while_training_and_leaves_the_weights_as_without(variant):
+    plain, dropped = model("sasrec", variant), model("sasrec", variant, adapter_dropout=0.5)
+    assert plain.state_dict().keys() == dropped.state_dict().keys()
+    for name, weights in plain.state_dict().items():
+        torch.testing.assert_close(dropped.state_dict()[name], weights, rtol=0, atol=0)
+    items = torch.tensor([[1, 2, 3, 0], [4, 5, 6, 7]])
+    # Evaluation (and serving) never drops: the same scores as the model without dropout.
+    torch.testing.assert_close(dropped.encoder.all_items(), plain.encoder.all_items())
+    torch.testing.assert_close(dropped(items), plain(items))
+    dropped.train()
+    torch.manual_seed(3)
+    trained_view = dropped.encoder.all_items()
+    assert not torch.allclose(trained_view[1:], plain.encoder.all_items()[1:])
+    assert torch.all(trained_view[0] == 0)  # padding stays zero
+    assert torch.all(dropped.encoder(items)[0, 3] == 0)

@@ -507,10 +507,21 @@ def _kind(kind: str) -> str | None:
     return None if kind == "all" else kind
 
 
+def method_name(backbone: str, variant: str, tag: str = "") -> str:
+    """A run's method: `sasrec-genair-id`, or with its tag (runs of other settings, named
+    apart by `[recommenders] tag`): `sasrec-genair-id@adrop`."""
+    return f"{backbone}-{variant}@{tag}" if tag else f"{backbone}-{variant}"
+
+
+def run_tag(run_name: str, seed: int) -> str:
+    """The tag a run's name ends with (genair_core.recommenders.run_spec.RunSpec.name), or ""."""
+    return run_name.partition(f"-s{seed}")[2].removeprefix("-")
+
+
 def variant_of(method: str) -> str | None:
-    """The variant of a run's method (`sasrec-genair-warm` -> `genair-warm`, and so with a
-    remedy: `sasrec-genair+mix0.5`); None: a baseline."""
-    backbone, _, variant = method.partition("+")[0].partition("-")
+    """The variant of a run's method (`sasrec-genair-warm` -> `genair-warm`, and so with a tag
+    or a remedy: `sasrec-genair@adrop+mix0.5`); None: a baseline."""
+    backbone, _, variant = method.partition("+")[0].partition("@")[0].partition("-")
     return variant if backbone in ("sasrec", "gru4rec", "bert4rec") else None
 
 

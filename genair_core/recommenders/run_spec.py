@@ -78,6 +78,7 @@ MODEL_KEY = KeyedFields(
         "mask_prob",
         "mask_last_prob",
     ),
+    added=("adapter_dropout",),
 )
 TRAINING_KEY = KeyedFields(
     always=("loss", "batch_size", "lr", "max_epochs", "patience", "tau", "alpha"),

@@ -53,6 +53,7 @@ def build_model(
         input_dims,
         adapter_weights=adapter_weights,
         trained_items=trained_items,
+        adapter_dropout=config.adapter_dropout,
     )
     return BACKBONES[backbone](config, encoder)
 

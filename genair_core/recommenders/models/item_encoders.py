@@ -82,10 +82,12 @@ class AdapterEncoder(nn.Module):
     """Frozen item vectors (n_items + 1, d) through Linear(d→2h) → LayerNorm → GELU → Linear(2h→h).
 
     The table is a buffer: it is saved with checkpoints, never trained. Padding maps to zero
-    rather than to adapter(0), which would be the biases."""
+    rather than to adapter(0), which would be the biases. `dropout`: on the hidden layer, while
+    training (each distinct item of a batch gets one mask)."""
 
-    def __init__(self, table: torch.Tensor, hidden: int) -> None:
+    def __init__(self, table: torch.Tensor, hidden: int, dropout: float = 0.0) -> None:
         super().__init__()
+        self.dropout = dropout
         if table.dim() != 2 or not torch.all(table[0] == 0):
             raise ValueError("the frozen table must be (n_items + 1, d) with row 0 all zeros")
         self.n_items = table.shape[0] - 1
@@ -100,7 +102,13 @@ class AdapterEncoder(nn.Module):
 
     def adapt(self, items: torch.Tensor) -> torch.Tensor:
         """Adapter outputs of real items (no padding handling): what calibration spreads apart."""
-        return self.adapter(self.table[items])
+        return self._through_adapter(self.table[items])
+
+    def _through_adapter(self, vectors: torch.Tensor) -> torch.Tensor:
+        if not (self.training and self.dropout):
+            return self.adapter(vectors)
+        hidden = nn.functional.dropout(self.adapter[:-1](vectors), self.dropout, training=True)
+        return self.adapter[-1](hidden)
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:
         # Each distinct item goes through the adapter once: a batch holds ~12k positions but far
@@ -110,7 +118,7 @@ class AdapterEncoder(nn.Module):
         return vectors * (items != 0).unsqueeze(-1)
 
     def all_items(self) -> torch.Tensor:
-        vectors = self.adapter(self.table)
+        vectors = self._through_adapter(self.table)
         return torch.cat([torch.zeros_like(vectors[:1]), vectors[1:]])
 
 
@@ -128,8 +136,10 @@ class DualEncoder(AdapterEncoder):
     items would otherwise push never-seen items around) — and are represented by their LLM view
     alone. `adapt` stays the LLM view: the calibration loss spreads that view, not the IDs."""
 
-    def __init__(self, table: torch.Tensor, hidden: int, trained: torch.Tensor) -> None:
-        super().__init__(table, hidden)
+    def __init__(
+        self, table: torch.Tensor, hidden: int, trained: torch.Tensor, dropout: float = 0.0
+    ) -> None:
+        super().__init__(table, hidden, dropout)
         if trained.shape != (self.n_items + 1,):
             raise ValueError(
                 f"`trained` must have one flag per item and padding ({self.n_items + 1}), "
@@ -188,10 +198,12 @@ def make_encoder(
     *,
     adapter_weights: Mapping[str, np.ndarray | torch.Tensor] | None = None,
     trained_items: torch.Tensor | None = None,
+    adapter_dropout: float = 0.0,
 ) -> IdEncoder | AdapterEncoder:
     """The variant's encoder. `adapter_weights`: the calibration adapter's state dict
     (`genair-warm` only); `trained_items` (n_items + 1,) bool: which items occur in training
-    sequences (`genair-id`; default: all)."""
+    sequences (`genair-id`; default: all); `adapter_dropout`: on the adapter's hidden layer
+    while training."""
     if not variant.frozen:
         return IdEncoder(n_items, hidden)
     if table is None:
@@ -205,9 +217,9 @@ def make_encoder(
     if variant.ids:
         if trained_items is None:
             trained_items = torch.ones(n_items + 1, dtype=torch.bool)
-        encoder: AdapterEncoder = DualEncoder(vectors, hidden, trained_items)
+        encoder: AdapterEncoder = DualEncoder(vectors, hidden, trained_items, adapter_dropout)
     else:
-        encoder = AdapterEncoder(vectors, hidden)
+        encoder = AdapterEncoder(vectors, hidden, adapter_dropout)
     if variant.warm:
         if adapter_weights is None:
             raise ValueError(f"variant {variant.name!r} needs the calibration adapter's weights")
