@@ -20,6 +20,7 @@ from genair_core.recommenders.cold_start import (
     LastBatch,
     MixedScores,
     ModelScores,
+    Scored,
     Standardised,
     choose_as_of,
     evaluate,
@@ -29,6 +30,7 @@ from genair_core.recommenders.cold_start import (
     top_by_index,
     user_means,
     variant_of,
+    verdict,
 )
 from genair_core.recommenders.models import build_model
 from genair_core.recommenders.serving import ServedRun, serving_model
@@ -253,3 +255,43 @@ def test_a_tagged_run_is_a_method_of_its_own_with_its_variant():
     assert variant_of(method) == variant_of(f"{method}+mix0.5") == "genair-id"
     assert variant_of("gru4rec-genair-warm") == "genair-warm"
     assert variant_of("content-raw") is None
+
+
+def scored_rows(method: str, new: float, warm: float, warm_out: float) -> Scored:
+    """Four users, each with one new and one warm target in both windows, scoring these."""
+    rows = [
+        {
+            "user_id": f"u{u}",
+            "window": window,
+            "kind": kind,
+            "ndcg@10": value,
+            "old_only_ndcg@10": warm_out if kind == "warm" else None,
+        }
+        for u in range(4)
+        for window in ("valid", "test")
+        for kind, value in (("new", new + 0.01 * u), ("warm", warm))
+    ]
+    return Scored(method, 44, pa.Table.from_pylist(rows))
+
+
+def test_the_verdict_chooses_on_validation_among_all_or_among_those_keeping_warm_targets():
+    scored = [
+        scored_rows("content-raw", new=0.01, warm=0.02, warm_out=0.02),
+        scored_rows("content-calibrated", new=0.02, warm=0.02, warm_out=0.02),
+        # The best on new targets gives up the warm ones (-90% with the new items in) ...
+        scored_rows("sasrec-genair+mix2", new=0.30, warm=0.01, warm_out=0.10),
+        # ... this one keeps them within 5% (-4%).
+        scored_rows("sasrec-genair-id@adrop", new=0.10, warm=0.096, warm_out=0.10),
+        scored_rows("sasrec-genair-id", new=0.05, warm=0.09, warm_out=0.10),  # -10%
+        scored_rows("sasrec-id", new=0.0, warm=0.12, warm_out=0.12),  # not in the family
+    ]
+    chosen = verdict(scored)
+    assert (chosen.method, chosen.content) == ("sasrec-genair+mix2", "content-calibrated")
+    assert chosen.warm_change == pytest.approx(-0.9)
+    kept = verdict(scored, warm_within=0.05)
+    assert kept.method == "sasrec-genair-id@adrop"
+    assert kept.new_ndcg == pytest.approx(0.115)  # the mean over the four users
+    assert kept.new_to_warm == pytest.approx(0.115 / 0.096)
+    assert kept.beats_content == (kept.p_value < 0.05)
+    with pytest.raises(ValueError, match="GenAIR-family"):
+        verdict(scored, warm_within=0.001)

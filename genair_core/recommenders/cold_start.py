@@ -462,6 +462,19 @@ def valid_new_ndcg(scored: Sequence[Scored], method: str) -> float:
     return float(np.mean(list(users.values()))) if users else float("-inf")
 
 
+def mean_over_users(scored: Sequence[Scored], window: str, kind: str, metric: str) -> float:
+    """The metric per user, then over users (nan without a target of that kind)."""
+    users = per_user(scored, window, kind, metric)
+    return float(np.mean(list(users.values()))) if users else float("nan")
+
+
+def warm_change(scored: Sequence[Scored], window: str) -> float:
+    """The relative change of a method's warm-target NDCG@10 when the new items join the
+    candidates (target 3's measure)."""
+    with_new = mean_over_users(scored, window, "warm", "ndcg@10")
+    return with_new / mean_over_users(scored, window, "warm", "old_only_ndcg@10") - 1
+
+
 def _paired(ours: Mapping[str, float], theirs: Mapping[str, float]) -> tuple[float, list[str]]:
     """The paired test's p-value over the users both hold, and those users (p 1.0: none)."""
     users = sorted(ours.keys() & theirs.keys())
@@ -553,12 +566,18 @@ class Verdict:
         return self.warm_ndcg / self.warm_ndcg_without_new - 1
 
 
-def verdict(scored: Sequence[Scored]) -> Verdict:
+def verdict(scored: Sequence[Scored], warm_within: float | None = None) -> Verdict:
+    """The GenAIR-family method with the best new-target NDCG@10 on the validation window, and
+    the content-only space likewise, measured on the test window. `warm_within`: choose only
+    among the methods whose warm-target NDCG@10 on validation moves by at most this share when
+    the new items join the candidates (target 3 held on validation); None: among all."""
     methods: dict[str, list[Scored]] = {}
     for s in scored:
         methods.setdefault(s.method, []).append(s)
 
     family = [m for m in methods if variant_of(m) in GENAIR_FAMILY]
+    if warm_within is not None:
+        family = [m for m in family if abs(warm_change(methods[m], "valid")) <= warm_within]
     content = [m for m in CONTENT if m in methods]
     if not family or not content:
         raise ValueError("a verdict needs a GenAIR-family run and a content-only baseline")
@@ -571,8 +590,7 @@ def verdict(scored: Sequence[Scored]) -> Verdict:
         raise ValueError("the test window holds no target on a new item")
 
     def test_mean(kind: str, metric: str) -> float:
-        values = per_user(methods[best], "test", kind, metric)
-        return float(np.mean(list(values.values()))) if values else float("nan")
+        return mean_over_users(methods[best], "test", kind, metric)
 
     return Verdict(
         best,
