@@ -106,7 +106,7 @@ def test_the_import_walker_sees_imports_inside_functions_and_relative_ones(tmp_p
     assert [m for _, m in _imports(module, root=tmp_path)] == [
         "os",
         "storage.store",
-        "genair_core.recommenders.models",
+        "genair_core.models",
         "genair_core.tables",
         "tasks.common",
         "flows",
