@@ -103,7 +103,8 @@ def _record_failed_item(
 ) -> None:
     """A batch of one that kept failing: its item is recorded as a failure and skipped; too many
     such items stop the run."""
-    record_engine_failure(settings, plan.context, batch, f"{type(error).__name__}: {error}")
+    record = with_retries(record_engine_failure, settings.prefect)
+    record(settings, plan.context, batch, f"{type(error).__name__}: {error}")
     counts["failed"] += 1
     if counts["failed"] > settings.llm.max_failed_items:
         raise RuntimeError(

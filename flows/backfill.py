@@ -21,7 +21,7 @@ from flows.pipeline import StageRun, run_stages
 from flows.stages import BACKFILL, stages_of
 from genair_core.llm.engines import EngineFactory, make_engine
 from tasks.archetypes import plan_archetypes, report_backfill_plan
-from tasks.common import exclusive_run
+from tasks.common import exclusive_run, with_retries
 from tasks.settings import RecommenderPolicy
 
 FLOW_NAME = BACKFILL
@@ -73,10 +73,10 @@ def run_backfill(
     stages = stages_of(FLOW_NAME, policy)
     selection = params.selection()
     if params.dry_run:
-        plan = plan_archetypes(settings, selection)
+        plan = with_retries(plan_archetypes, settings.prefect)(settings, selection)
         names = [stage.name for stage in stages]
         then = names[names.index("archetypes") + 1 :]
-        return {"dry_run": report_backfill_plan(plan, then)}
+        return {"dry_run": with_retries(report_backfill_plan, settings.prefect)(plan, then)}
     parameters = {
         **params.model_dump(mode="json"),
         "recommenders": policy,

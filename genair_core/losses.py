@@ -21,7 +21,8 @@ The pair weights come from a symmetric CSR copy of the co-occurrence table on th
 (`CooccurrenceLookup`): a batch reads only the rows of its own items, so neither time nor memory
 depend on an n_items × n_items matrix, which a catalog of millions of items could not hold. Up to
 DENSE_MAX_ITEMS items (64 MiB) the lookup keeps that matrix instead: a batch of MovieLens-100K
-holds most of its items, so reading their rows cost 45 ms a step, a tenth of an epoch. The
+holds most of its items, so reading their rows one by one cost a tenth of an epoch
+(docs/benchmarks.md, "Figures measured in passing"). The
 loss itself is one (n, h) × (h, n) matmul through ‖a − b‖² = 2 − 2 a·b on unit vectors.
 `calibration_loss_reference` keeps the reference code's per-pair Python loop for tests and the
 benchmark.

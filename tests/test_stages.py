@@ -3,6 +3,7 @@ added with a thin task and a row, and runs with the configured retries."""
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import re
 from pathlib import Path
@@ -37,6 +38,18 @@ COMMANDS = {FULL: "run", REFRESH: "refresh", BACKFILL: "backfill"}
 def test_docs_pipeline_holds_the_stage_table():
     docs = (ROOT / "docs" / "pipeline.md").read_text()
     assert markdown_table() in docs, "paste `python -m flows.stages` into docs/pipeline.md"
+
+
+def test_docs_pipeline_names_every_prefect_task():
+    """Each task a data engineer sees in the Prefect UI is in the docs' table of steps (the
+    cold-start flow's, which no stage runs, in its own section)."""
+    docs = (ROOT / "docs" / "pipeline.md").read_text()
+    names = set()
+    for path in sorted((ROOT / "tasks").glob("*.py")):
+        module = importlib.import_module(f"tasks.{path.stem}")
+        names |= {obj.name for obj in vars(module).values() if isinstance(obj, Task)}
+    assert len(names) > 15
+    assert sorted(name for name in names if f"`{name}`" not in docs) == []
 
 
 @pytest.mark.parametrize("flow_name", FLOWS)

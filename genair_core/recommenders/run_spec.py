@@ -2,7 +2,7 @@
 that mark its rows, and its cache key — what decides its result, hashed into its `run_key`.
 
     run = RunSpec.of(RecommenderConfig(), "sasrec", "genair", seed=44)
-    run.name                                        # "sasrec-genair-bce-s44"
+    run.name                                        # "sasrec-genair-ce-s44"
     key = run.cache_key(input_dims=384, table_hashes=hashes)  # hashed by the orchestration
 
 The key names the model and training settings one by one (`MODEL_KEY`, `TRAINING_KEY`), not by

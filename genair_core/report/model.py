@@ -216,10 +216,9 @@ def project_2d(vectors: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
     share of the variance each holds. Each axis's sign is fixed (its largest loading positive),
     so the same vectors always give the same picture.
 
-    PCA rather than t-SNE: exact, and instant where t-SNE took 15-25 s a space for 1,682 items
-    on this 2-core machine. The components are the top eigenvectors of the smaller of the two
-    Gram matrices, computed on one BLAS thread: on a busy machine a threaded SVD of 1,682 × 768
-    took 41 s against 0.6 s on one thread."""
+    PCA rather than t-SNE: exact and far faster. The components are the top eigenvectors of the
+    smaller of the two Gram matrices, computed on one BLAS thread, which a busy machine slows far
+    less than a threaded SVD (docs/benchmarks.md, "Figures measured in passing")."""
     x = np.asarray(vectors, dtype=np.float64)
     if x.ndim != 2 or x.shape[0] < 2:
         raise ValueError(f"need an (N >= 2, D) matrix to project, got shape {x.shape}")

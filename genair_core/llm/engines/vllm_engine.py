@@ -1,7 +1,7 @@
 """The vLLM engine: archetypes with `LLM.generate`, hidden states with a pooling-runner `LLM`.
 
 Two engine instances on the same weights, each started on first use and kept for the life of
-this object (start-up ~30 s each on the 2-core CPU):
+this object (their start-up: docs/benchmarks.md):
 
     generator: runner="generate"; one SamplingParams per prompt with its own seed
     pooler:    runner="pooling", PoolerConfig(task="token_embed", pooling_type="ALL",

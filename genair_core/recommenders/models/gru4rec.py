@@ -5,7 +5,8 @@ position, which for a recurrent model equals training on every prefix of the seq
 augmentation) at the cost of one pass. The GRU reads each sequence right-aligned (items first,
 padding after), so a user's state starts from zero at their first item whatever the padding of
 the batch, and outputs after the last item are dropped. (Packed sequences give the same outputs,
-but their backward pass on the CPU zero-fills a full gradient per time step: 5 s for one batch.)
+but their backward pass on the CPU zero-fills a full gradient per time step: docs/benchmarks.md,
+"Training seconds per epoch".)
 """
 
 from __future__ import annotations
