@@ -339,6 +339,19 @@ class Store:
         """{table: its TableInfo.sha256}, for the fingerprint of a step that reads `names`."""
         return {name: self.table_info(name).sha256 for name in names}
 
+    def columns_sha256(self, name: str, columns: list[str]) -> str:
+        """SHA-256 of the values of `columns` of a table, in its row order: for the fingerprint
+        of a step that reads only those, which a rewrite of the same values with other
+        timestamps (a refresh) leaves unchanged. Reads the columns; TableInfo.sha256 does not."""
+        table = self.read_table(name, columns=columns)
+        digest = hashlib.sha256(json.dumps(columns).encode())
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            for batch in table.combine_chunks().to_batches():
+                writer.write_batch(batch)
+        digest.update(sink.getvalue())
+        return digest.hexdigest()
+
     # -- manifests ---------------------------------------------------------------------------
     def write_manifest(self, manifest: StepManifest) -> None:
         manifest.completed_at = datetime.now(UTC).isoformat(timespec="seconds")

@@ -25,6 +25,10 @@ AS_OF = "as_of = 1970-01-01T01:23:20Z\n"
 NEW = {"m90": range(0, 10), "m91": range(10, 20)}  # new item: the users who then take it
 
 
+def with_as_of(config_text: str) -> str:
+    return config_text.replace('name = "files"\n', f'name = "files"\n{AS_OF}', 1)
+
+
 def vectors(store: Store, table: str) -> dict[str, np.ndarray]:
     rows = store.read_table(table, columns=["item_id", "vector"])
     return dict(zip(rows["item_id"].to_pylist(), to_matrix(rows["vector"]), strict=True))
@@ -38,7 +42,7 @@ def config(tmp_path: Path) -> Path:
     text = path.read_text().replace('variants = ["id"]', 'variants = ["id", "genair"]')
     # Calibration keeps its adapter trained as of T, whatever the later pairs.
     text = text.replace("[calibration]\n", "[calibration]\nmax_drift = inf\n")
-    path.write_text(text.replace('name = "files"\n', f'name = "files"\n{AS_OF}', 1))
+    path.write_text(with_as_of(text))
     for item_id in NEW:
         add_item(path, item_id, f"Movie {item_id}")
     # m90 in the first half of the time after T (validation), m91 in the second (test).
@@ -115,9 +119,16 @@ def test_a_replay_as_of_t_then_a_refresh_adds_what_came_later(config: Path) -> N
     assert f"`{summary['chosen']}` against `content-" in report
     # Nothing was trained: the weights are those trained as of T.
     assert {run: store.best_weights_path(run).read_bytes() for run in weights} == weights
-    # Again from the command line (the flow's parameter a time, as the CLI passes it): every
-    # method's step is up to date, the report the same.
+    # The study's next chunk: the run as of T and the refresh again rewrite the tables with the
+    # same values (and their own timestamps). Then, from the command line (the flow's parameter a
+    # time, as the CLI passes it): every method's step is up to date, the report the same.
+    scored = {path: path.stat().st_mtime_ns for path in store.part_paths("cold_start_targets")}
+    config.write_text(with_as_of(config.read_text()))
+    scripted_pipeline(str(config), TitleEngines())
+    config.write_text(config.read_text().replace(AS_OF, ""))
+    scripted_refresh(RefreshParams(config_path=str(config), recommenders="never"), TitleEngines())
     assert genair(["--config", str(config), "cold-start", "--as-of", as_of]) == 0
     assert Path(summary["report"]).read_text() == report
+    assert {path: path.stat().st_mtime_ns for path in scored} == scored
     # The runs, genair mixed with content at 4 weights, random (3 seeds), the other baselines.
     assert len(store.part_paths("cold_start_targets")) == 2 + 4 + 3 + 3

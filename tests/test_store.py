@@ -73,6 +73,19 @@ def test_streams_write_every_named_table_even_empty(tmp_path):
     assert infos["rejects"].rows == 2
 
 
+def test_a_hash_of_some_columns_sees_their_values_only(tmp_path):
+    store = Store(tmp_path)
+    store.write_table("cooccurrence", pairs(5))
+    before = store.columns_sha256("cooccurrence", ["i", "j"])
+    rescored = pairs(5).set_column(3, "s", pa.array([2.0] * 5, pa.float32()))
+    after_rescore = store.write_table("cooccurrence", rescored)
+    assert store.columns_sha256("cooccurrence", ["i", "j"]) == before
+    assert store.columns_sha256("cooccurrence", ["i", "j", "s"]) != before
+    store.write_table("cooccurrence", pairs(5).set_column(1, "j", pa.array(range(5), pa.int32())))
+    assert store.columns_sha256("cooccurrence", ["i", "j"]) != before
+    assert after_rescore.sha256 != store.table_info("cooccurrence").sha256
+
+
 def test_unknown_and_missing_tables(tmp_path):
     store = Store(tmp_path)
     with pytest.raises(
