@@ -347,8 +347,7 @@ class Store:
         digest = hashlib.sha256(json.dumps(columns).encode())
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, table.schema) as writer:
-            for batch in table.combine_chunks().to_batches():
-                writer.write_batch(batch)
+            writer.write_table(table.combine_chunks())
         digest.update(sink.getvalue())
         return digest.hexdigest()
 
