@@ -8,12 +8,14 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from functools import cache, partial
 
+import pyarrow as pa
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
 from genair_core.recommenders.cold_start import (
     GENAIR_FAMILY,
+    AlignedScores,
     ColdStartLog,
     ContentScores,
     FixedScores,
@@ -56,6 +58,8 @@ INPUTS = {
     "calibrated_embeddings": ["item_id", "vector"],
 }
 MIX_WEIGHTS = (0.25, 0.5, 1.0, 2.0)
+# The cold items' shift, in deviations of the warm items' scores (AlignedScores).
+ALIGN_OFFSETS = (-1.0, -0.5, 0.0, 0.5)
 WARM_WITHIN = 0.05  # target 3: warm NDCG@10 moves by at most 5% with the new items in
 MakeScorers = Callable[[], dict[str, Scorer]]
 
@@ -66,10 +70,13 @@ def evaluate_cold_start(
     as_of: datetime,
     baseline_seeds: tuple[int, ...] = (44, 45, 46),
     mix_weights: tuple[float, ...] = MIX_WEIGHTS,
+    align_offsets: tuple[float, ...] = ALIGN_OFFSETS,
 ) -> dict[str, object]:
     """Score every interaction after `as_of` with the baselines, each finished run (all trained
-    as of then) and each GenAIR-family run mixed with the content-only score on cold items
-    (`mix_weights`; genair_core.recommenders.cold_start.MixedScores); write the rows, the report
+    as of then) and each GenAIR-family run's remedies for cold items: mixed with the content-only
+    score (`+mix`, `mix_weights`; genair_core.recommenders.cold_start.MixedScores), and with the
+    cold items' scores, its own (`+align`) or content-only (`+switch`), aligned with the warm
+    items' and shifted (`align_offsets`; AlignedScores). Write the rows, the report
     `cold_start.md` and an artifact."""
     store = store_for(settings)
     logger = get_run_logger()
@@ -91,21 +98,29 @@ def evaluate_cold_start(
 
     def score(seed: int, methods: Mapping[str, str], make_scorers: MakeScorers) -> None:
         """Each of `methods` (name -> the id its rows depend on) a step of its own, skipped when
-        its inputs are unchanged; the first to run scores all of them in one pass
-        (evaluate_all), so a run's forward pass serves its mixes too. Scorers are made only
+        its inputs are unchanged; the first to run scores every stale one in one pass
+        (evaluate_all), so a run's forward pass serves its remedies too. Scorers are made only
         when a step runs (a skipped run builds no model)."""
-        done: dict[str, object] = {}
-        for method, run_id in methods.items():
-            partition = f"{method}-s{seed}"
+        steps = {
+            method: (
+                f"{method}-s{seed}",
+                fingerprint(COLD_START_VERSION, as_of.isoformat(), run_id, tables),
+            )
+            for method, run_id in methods.items()
+        }
+        stale = {m for m, (part, inputs) in steps.items() if not _fresh(store, part, inputs)}
+        done: dict[str, pa.Table] = {}
+        for method, (partition, inputs) in steps.items():
 
             def produce(method: str = method, partition: str = partition) -> tuple[dict, dict]:
                 if method not in done:
-                    done.update(evaluate_all(log, make_scorers()))
+                    scorers = make_scorers()
+                    done.update(evaluate_all(log, {m: scorers[m] for m in stale | {method}}))
+                    stale.clear()
                 rows = done.pop(method)
                 info = store.write_part(TABLE, partition, key, rows)
                 return {TABLE: info}, {"targets": rows.num_rows}
 
-            inputs = fingerprint(COLD_START_VERSION, as_of.isoformat(), run_id, tables)
             run_step(store, f"cold-start-{partition}", inputs, produce)
             results.append(Scored(method, seed, store.read_parts(TABLE, partition)))
             logger.info("cold start: %s scored", partition)
@@ -133,9 +148,13 @@ def evaluate_cold_start(
         method = method_name(scored["backbone"], scored["variant"], run_tag(name, seed))
         methods = {method: served.run_id}
         if variant_of(method) in GENAIR_FAMILY:
-            methods |= {f"{method}+mix{w:g}": f"{served.run_id}+{space}" for w in mix_weights}
+            with_content = f"{served.run_id}+{space}"
+            methods |= {f"{method}+mix{w:g}": with_content for w in mix_weights}
+            methods |= {f"{method}+align{b:g}": served.run_id for b in align_offsets}
+            methods |= {f"{method}+switch{b:g}": with_content for b in align_offsets}
         model = partial(_model_scores, served, catalog_ids, raw)
-        score(seed, methods, partial(_run_and_mixes, method, model, standard_content, mix_weights))
+        remedies = partial(_remedies, mix_weights, align_offsets)
+        score(seed, methods, partial(_run_and_remedies, method, model, standard_content, remedies))
 
     return _report(store, as_of, log, results)
 
@@ -144,21 +163,34 @@ def _model_scores(served: ServedRun, catalog_ids: list[str], raw: object) -> Mod
     return ModelScores(*serving_model(served, catalog_ids, raw))
 
 
-def _run_and_mixes(
+def _fresh(store: Store, partition: str, inputs: str) -> bool:
+    return store.fresh_manifest(f"cold-start-{partition}", inputs) is not None
+
+
+def _run_and_remedies(
     method: str,
     make_model: Callable[[], Scorer],
     content: Callable[[], Scorer],
-    weights: tuple[float, ...],
+    remedies: Callable[[Scorer, Scorer], dict[str, Scorer]],
 ) -> dict[str, Scorer]:
-    """A run's scorer and, for a GenAIR-family run, its mixes with the standardised content-only
-    scores (`content`), all sharing one forward pass a batch."""
+    """A run's scorer and, for a GenAIR-family run, its remedies (named `method` + theirs), all
+    sharing one forward pass a batch."""
     model = LastBatch(make_model())
     if variant_of(method) not in GENAIR_FAMILY:
         return {method: model}
-    standard_model = LastBatch(Standardised(model))
+    named = remedies(LastBatch(Standardised(model)), content())
+    return {method: model, **{method + name: scorer for name, scorer in named.items()}}
+
+
+def _remedies(
+    weights: tuple[float, ...], offsets: tuple[float, ...], model: Scorer, content: Scorer
+) -> dict[str, Scorer]:
+    """The remedies for cold items, from a run's and the content-only baseline's standardised
+    scores: `+mix<weight>`, `+align<offset>` and `+switch<offset>`."""
     return {
-        method: model,
-        **{f"{method}+mix{w:g}": MixedScores(standard_model, content(), w) for w in weights},
+        **{f"+mix{w:g}": MixedScores(model, content, w) for w in weights},
+        **{f"+align{b:g}": AlignedScores(model, model, b) for b in offsets},
+        **{f"+switch{b:g}": AlignedScores(model, content, b) for b in offsets},
     }
 
 

@@ -14,6 +14,7 @@ from scripted_pipeline import write_catalog_dataset as catalog
 from flows.cli import main as genair
 from flows.cold_start import genair_cold_start
 from flows.params import RefreshParams
+from genair_core.recommenders import cold_start
 from genair_core.tables import VECTOR_SPACES, to_matrix
 from storage import delta
 from storage.recommenders import finished_runs
@@ -54,7 +55,9 @@ def config(tmp_path: Path) -> Path:
     return path
 
 
-def test_a_replay_as_of_t_then_a_refresh_adds_what_came_later(config: Path) -> None:
+def test_a_replay_as_of_t_then_a_refresh_adds_what_came_later(
+    config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert datetime(1970, 1, 1, 1, 23, 20, tzinfo=UTC).timestamp() == T
     summary = scripted_pipeline(str(config), TitleEngines())
     store = Store(config.parent / "data")
@@ -130,5 +133,20 @@ def test_a_replay_as_of_t_then_a_refresh_adds_what_came_later(config: Path) -> N
     assert genair(["--config", str(config), "cold-start", "--as-of", as_of]) == 0
     assert Path(summary["report"]).read_text() == report
     assert {path: path.stat().st_mtime_ns for path in scored} == scored
-    # The runs, genair mixed with content at 4 weights, random (3 seeds), the other baselines.
-    assert len(store.part_paths("cold_start_targets")) == 2 + 4 + 3 + 3
+    # The runs; genair mixed with content at 4 weights, aligned and switched at 4 offsets each;
+    # random (3 seeds); the other baselines.
+    assert len(store.part_paths("cold_start_targets")) == 2 + 4 + 4 + 4 + 3 + 3
+    # A method whose rows are lost is the only one scored again, in a pass of its own.
+    lost = store.part_paths("cold_start_targets", "sasrec-genair+align0-s1")
+    assert len(lost) == 1
+    lost[0].unlink()
+    passes = []
+
+    def evaluate_all(log, scorers):
+        passes.append(sorted(scorers))
+        return cold_start.evaluate_all(log, scorers)
+
+    monkeypatch.setattr("tasks.cold_start.evaluate_all", evaluate_all)
+    assert genair(["--config", str(config), "cold-start", "--as-of", as_of]) == 0
+    assert passes == [["sasrec-genair+align0"]]
+    assert Path(summary["report"]).read_text() == report

@@ -14,6 +14,7 @@ from genair_core.config import ModelConfig
 from genair_core.recommenders.cold_start import (
     KINDS,
     WINDOWS,
+    AlignedScores,
     ColdStartLog,
     ContentScores,
     FixedScores,
@@ -200,6 +201,32 @@ def test_the_mix_adds_the_content_score_on_cold_items_only(log):
     assert got[1 + log.candidate_ids.index("x")] == pytest.approx(
         z(model_scores)[1 + log.candidate_ids.index("x")], abs=1e-5
     )
+
+
+def test_the_alignment_standardises_each_group_apart_and_moves_the_cold_ones(log):
+    rng = np.random.default_rng(3)
+    model_scores = rng.normal(loc=4.0, scale=3.0, size=len(CATALOG) + 1).astype(np.float32)
+    model_scores[1 + CATALOG.index("f03")] = -np.inf  # an item the model cannot score
+    content_scores = rng.normal(size=len(CATALOG) + 1).astype(np.float32)
+    cold = FixedScores.popularity(log).scores < 1  # x, y and v are warm: interacted with by T
+    cold[0] = False
+    scored = np.isfinite(model_scores)
+    scored[0] = False
+
+    def z(x: np.ndarray, over: np.ndarray) -> np.ndarray:
+        return (x - x[over].mean()) / x[over].std()
+
+    for cold_scores, offset in ((model_scores, -0.5), (content_scores, 1.0)):
+        aligned = AlignedScores(FixedScores(model_scores), FixedScores(cold_scores), offset, few=1)
+        got = aligned(log, np.arange(2)).numpy()[0]
+        in_cold, in_warm = cold & scored, ~cold & scored
+        expected = np.where(in_cold, z(cold_scores, in_cold) + offset, z(model_scores, in_warm))
+        np.testing.assert_allclose(got[in_cold | in_warm], expected[in_cold | in_warm], atol=1e-5)
+        assert np.isneginf(got[~(in_cold | in_warm)]).all()
+        # Each group in its scorer's order; the offset moves the cold group as a whole.
+        assert (np.argsort(got[in_cold]) == np.argsort(cold_scores[in_cold])).all()
+        assert got[in_cold].mean() == pytest.approx(offset, abs=1e-5)
+        assert got[in_warm].std() == pytest.approx(1.0, abs=1e-5)
 
 
 def test_one_pass_over_several_scorers_gives_each_one_its_own_rows_and_shares_their_scores(log):
