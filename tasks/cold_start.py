@@ -8,7 +8,6 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from functools import cache, partial
 
-import pyarrow as pa
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
@@ -109,7 +108,7 @@ def evaluate_cold_start(
             for method, run_id in methods.items()
         }
         stale = {m for m, (part, inputs) in steps.items() if not _fresh(store, part, inputs)}
-        done: dict[str, pa.Table] = {}
+        done: dict[str, object] = {}
         for method, (partition, inputs) in steps.items():
 
             def produce(method: str = method, partition: str = partition) -> tuple[dict, dict]:
