@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import partial
+from functools import cached_property, partial
 
 import numpy as np
 import pyarrow as pa
@@ -116,6 +116,16 @@ class ColdStartLog:
             window,
         )
 
+    @cached_property
+    def counts_up_to_t(self) -> np.ndarray:
+        """(N + 1,) each item's interactions up to T (the padding's 0), counted once a log."""
+        counts = np.bincount(
+            self.items[self.seconds <= self.as_of.timestamp()],
+            minlength=len(self.candidate_ids) + 1,
+        )
+        counts[0] = 0
+        return counts
+
     @property
     def target_items(self) -> np.ndarray:
         return self.items[self.position]
@@ -204,9 +214,7 @@ class FixedScores:
 
     @classmethod
     def popularity(cls, log: ColdStartLog) -> FixedScores:
-        known = log.items[log.seconds <= log.as_of.timestamp()]
-        counts = np.bincount(known, minlength=len(log.candidate_ids) + 1)
-        counts[0] = 0
+        counts = log.counts_up_to_t
         return cls(counts.astype(np.float32))
 
     @classmethod
@@ -262,7 +270,7 @@ class Standardised:
 def cold_items(log: ColdStartLog, few: int) -> torch.Tensor:
     """(N + 1,) True for the items with fewer than `few` interactions up to T: every new item,
     and the old items the remedies treat as new (the padding aside)."""
-    cold = torch.from_numpy(FixedScores.popularity(log).scores < few)
+    cold = torch.from_numpy(log.counts_up_to_t < few)
     cold[0] = False
     return cold
 
