@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from flows.cli_console import EXIT_FAILED, EXIT_USER_ERROR, UserError, run_console, smoke_note
+from flows.temporary_server import start_temporary_server_in_own_session
 from genair_core.environment import set_run_environment
 from tasks.settings import Settings
 
@@ -101,6 +102,7 @@ def run_flow(args: argparse.Namespace, settings: Settings, flow: Callable[[], di
     """Run a flow (imported inside `flow`, once the environment is in place) with the progress
     view on the terminal and the log in a file, then print how it went."""
     set_run_environment(settings.prefect.ephemeral_startup_timeout_s, verbose=args.verbose)
+    start_temporary_server_in_own_session()
     with run_console(settings, args):
         summary = flow()
     if "dry_run" in summary:

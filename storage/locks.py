@@ -177,13 +177,16 @@ def _start_guard() -> tuple[subprocess.Popen, int]:
     """Start the watchdog of this process; return it and the pipe end that keeps it waiting.
 
     The pipe's write end is this process's alone (not inherited by children: PEP 446), so it
-    closes exactly when this process dies or stops the guard."""
+    closes exactly when this process dies or stops the guard. The watchdog is a session of its
+    own: a signal to the holder's whole process group (Ctrl-C, `kill -- -PGID`, up to SIGKILL)
+    leaves it to end what the group's death leaves behind."""
     read_end, write_end = os.pipe()
     try:
         watchdog = subprocess.Popen(
             [sys.executable, "-I", "-S", __file__, str(os.getpid()), str(read_end)],
             pass_fds=(read_end,),
             stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
     finally:
         os.close(read_end)
@@ -203,7 +206,6 @@ def _stop_guard(watchdog: subprocess.Popen, write_end: int) -> None:
 
 def _guard(holder: int, pipe: int) -> None:
     """Wait for the holder's word or death; on death end every process it left behind."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the holder's to handle
     seen: dict[int, int] = {}  # pid -> start ticks, to never signal a reused pid
     trace = os.environ.get(GUARD_TRACE_ENV)
     while True:

@@ -87,16 +87,23 @@ def environment(tmp_path_factory) -> dict[str, str]:
 
 
 def start(env: dict[str, str], config: Path, *args: str) -> subprocess.Popen:
-    """`genair run ARGS` in a session of its own, its output in run-<n>.log beside `config`."""
+    """`genair run ARGS` in a session of its own, its output in run-<n>.log beside `config`,
+    with SIGINT at its default as in a terminal: the background job of a shell without job
+    control (`nohup pytest &`, a CI runner) ignores SIGINT, and its children inherit that."""
     log = config.parent / f"run-{len(list(config.parent.glob('run-*.log')))}.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [BIN / "genair", "--config", str(config), "run", *args],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    # A handled signal is reset to its default in an exec'd child; an ignored one stays ignored.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with open(log, "w") as out:
+            proc = subprocess.Popen(
+                [BIN / "genair", "--config", str(config), "run", *args],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+    finally:
+        signal.signal(signal.SIGINT, previous)
     proc.log = log
     return proc
 
@@ -113,11 +120,17 @@ def run_to_end(env: dict[str, str], config: Path, *args: str) -> str:
 
 
 def kill_when(
-    proc: subprocess.Popen, landed: Callable[[], bool], what: str, sig: int = signal.SIGKILL
+    proc: subprocess.Popen,
+    landed: Callable[[], bool],
+    what: str,
+    sig: int = signal.SIGKILL,
+    *,
+    group: bool = False,
 ) -> dict:
-    """Send `sig` to `proc` (the genair process itself, nothing else) as soon as `landed()`, and
-    wait for it to end (`proc.stopped_s` after the signal); return {psutil.Process: name} of
-    every process it had started, listed just before the signal."""
+    """Send `sig` to `proc` (the genair process itself, nothing else; with `group`, its whole
+    process group, as Ctrl-C in a terminal does) as soon as `landed()`, and wait for it to end
+    (`proc.stopped_s` after the signal); return {psutil.Process: name} of every process it had
+    started, listed just before the signal."""
     deadline = time.monotonic() + 600
     while not landed():
         if proc.poll() is not None:
@@ -131,9 +144,15 @@ def kill_when(
     for child in psutil.Process(proc.pid).children(recursive=True):
         with contextlib.suppress(psutil.NoSuchProcess):
             tree[child] = child.name()
-    os.kill(proc.pid, sig)
+    if group:
+        os.killpg(proc.pid, sig)  # `start` made proc a session (and group) leader
+    else:
+        os.kill(proc.pid, sig)
     signalled = time.monotonic()
-    proc.wait()
+    try:
+        proc.wait(timeout=GRACE_S)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"still running {GRACE_S} s after {signal.Signals(sig).name}")
     proc.stopped_s = time.monotonic() - signalled
     return tree
 
@@ -332,18 +351,33 @@ def test_killed_after_the_first_checkpoint_resumes_from_it(
     )
 
 
-def test_sigterm_during_training_ends_the_run_at_the_next_batch(
-    environment, ml100k_config, uninterrupted
+@pytest.mark.parametrize(
+    ("sig", "group", "code"),
+    [
+        (signal.SIGTERM, False, 143),  # a plain `kill PID`: 128 + SIGTERM
+        (signal.SIGTERM, True, 143),  # `kill -- -PGID`, `timeout`
+        (signal.SIGINT, True, 130),  # Ctrl-C in a terminal
+    ],
+    ids=["sigterm", "sigterm-to-group", "ctrl-c"],
+)
+def test_a_signal_during_training_ends_the_run_at_the_next_batch(
+    environment, ml100k_config, uninterrupted, sig, group, code
 ):
-    """A plain `kill` ends the run at the next batch of every training run, not once the runs
-    have finished (the epoch cap is far beyond what the run gets to), and ends what it started:
-    the temporary Prefect server is stopped at exit, not orphaned. Said in epochs, not seconds:
-    the last checkpoint is at most one epoch past the one there at the signal."""
+    """A plain `kill` or a Ctrl-C ends the run at the next batch of every training run, not once
+    the runs have finished (the epoch cap is far beyond what the run gets to), and ends what it
+    started: the temporary Prefect server is stopped at exit, not orphaned. Said in epochs, not
+    seconds: the last checkpoint is at most one epoch past the one there at the signal.
+
+    Sent to the whole process group, the signal reaches the processes genair started too. The
+    temporary Prefect server and the lock's watchdog are sessions of their own, so they outlive
+    it: the flow run is still recorded Crashed where the UI reads it, and the exit status says
+    the run was interrupted, not that the server went away (it said `failed: ConnectError`
+    after two and a half minutes of retries when the server died with the group)."""
     max_epochs = 1000
     settings = SETTINGS.replace(
         f"max_epochs = {MAX_EPOCHS}", f"max_epochs = {max_epochs}\npatience = {max_epochs}"
     )
-    config = ml100k_config("terminated", settings)
+    config = ml100k_config(f"terminated-{sig.name}-{group}", settings)
     shutil.copytree(uninterrupted.root, config.parent / "data")
     store = Store(config.parent / "data")
     run_name = RunSpec.of(load_settings(config).recommenders, "sasrec", "id", 44).name
@@ -359,11 +393,17 @@ def test_sigterm_during_training_ends_the_run_at_the_next_batch(
             run,
             lambda: seen.append(checkpointed_epoch()) or seen[-1] is not None,
             "training checkpoint",
-            signal.SIGTERM,
+            sig,
+            group=group,
         )
-        assert run.returncode == 143, run.log.read_text()[-4000:]  # 128 + SIGTERM
+        output = run.log.read_text()
+        assert run.returncode == code, output[-4000:]
         assert still_running(tree, GRACE_S) == []
     finally:
         end_session(run)
     assert checkpointed_epoch() <= seen[-1] + 1 < max_epochs
-    print(f"SIGTERM to the end of the run: {run.stopped_s:.1f} s")
+    [log] = [line.split(" log in ", 1)[1] for line in output.splitlines() if " log in " in line]
+    flow_log = Path(log).read_text()
+    assert "Finished in state Crashed" in flow_log, flow_log[-4000:]
+    assert "Error logging to API" not in flow_log
+    print(f"{sig.name}{' to the group' if group else ''} to the end: {run.stopped_s:.1f} s")
