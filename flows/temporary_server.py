@@ -20,11 +20,11 @@ from unittest import mock
 def start_temporary_server_in_own_session() -> None:
     """Make the temporary server Prefect starts on first use (if it starts one) a session
     leader. Call once the run's environment is set (Prefect reads it at import)."""
-    from prefect.server.api import server as prefect_server
     from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_ALLOW_EPHEMERAL_MODE
 
     if PREFECT_API_URL.value() or not PREFECT_SERVER_ALLOW_EPHEMERAL_MODE.value():
         return
+    from prefect.server.api import server as prefect_server  # the server app: only when used
 
     class OwnSessionServer(prefect_server.SubprocessASGIServer):
         def _run_uvicorn_command(self) -> subprocess.Popen:
